@@ -1,0 +1,8 @@
+"""flatlens: how flat is a network's minimum? Hessian spectra, landscapes, sharpness, QAT."""
+__version__ = "0.1.0"
+
+from ._util import FlatlensError
+from .objective import BatchLoss, Objective
+from . import toys, hessian  # noqa: E402
+
+__all__ = ["Objective", "BatchLoss", "FlatlensError", "toys", "hessian", "__version__"]

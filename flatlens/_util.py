@@ -1,0 +1,96 @@
+"""Small shared helpers: atomic writes, seeded generators, confidence intervals."""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+
+class FlatlensError(ValueError):
+    """Bad input: the CLI prints the message on one line and exits with code 2."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed for item `keys` of a stream seeded by `seed`: items are reproducible one by one,
+    so chunks and distributed shards draw exactly what a single pass would."""
+    h = hashlib.blake2b(repr((int(seed),) + tuple(keys)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+def generator(seed: int, *keys, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, *keys))
+    return g
+
+
+def rademacher(shape, *, gen: torch.Generator, dtype, device) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=gen, device=device).to(dtype).mul_(2).sub_(1)
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for a mean of n samples (inf for n < 2)."""
+    if n < 2:
+        return math.inf
+    return float(stats.t.ppf(0.5 + level / 2, df=n - 1))
+
+
+def mean_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95, axis: int = 0):
+    """Mean, standard error and the t-based CI of the mean along `axis`."""
+    x = np.asarray(samples, dtype=np.float64)
+    n = x.shape[axis]
+    mean = x.mean(axis=axis)
+    if n < 2:
+        se = np.full_like(mean, np.inf)
+    else:
+        se = x.std(axis=axis, ddof=1) / math.sqrt(n)
+    half = t_quantile(n, level) * se
+    return mean, se, mean - half, mean + half
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

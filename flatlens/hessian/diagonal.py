@@ -1,0 +1,45 @@
+"""Hutchinson estimate of the Hessian diagonal:  diag(H) = E[g * (H g)],  g Rademacher."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._util import FlatlensError, generator, rademacher
+from ..objective import Objective, timer
+from .results import DiagonalResult
+
+
+def diagonal(obj: Objective, *, n_probes: int = 100, seed: int = 0, weights: torch.Tensor | None = None,
+             return_samples: bool = False):
+    """Per-entry estimate and standard error of diag(H), from `n_probes` Rademacher probes.
+
+    weights (optional, flat): also return the per-probe samples of sum_i weights_i * g_i (Hg)_i, whose mean
+    estimates sum_i weights_i H_ii (used by the quantization-noise test for its CI).
+    """
+    if n_probes < 2:
+        raise FlatlensError("diagonal needs at least 2 probes for a standard error")
+    elapsed = timer()
+    start = obj.n_hvp
+    d = obj.num_params
+    s1 = torch.zeros(d, dtype=torch.float64, device=obj.device)
+    s2 = torch.zeros(d, dtype=torch.float64, device=obj.device)
+    weighted = []
+    for i in range(n_probes):
+        g = generator(seed, "diag-probe", i)
+        v = rademacher((d,), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
+        x = (v * obj.hvp(v)).double()
+        s1 += x
+        s2 += x * x
+        if weights is not None:
+            weighted.append(float(weights.double().to(obj.device) @ x))
+    mean = s1 / n_probes
+    var = (s2 - n_probes * mean * mean).clamp_min(0) / (n_probes - 1)
+    se = (var / n_probes).sqrt()
+    res = DiagonalResult(values=mean.cpu().tolist(), stderr=se.cpu().tolist(), names=list(obj.names),
+                         offsets=list(obj.offsets), n_probes=n_probes, n_hvp=obj.n_hvp - start,
+                         seconds=elapsed(), seed=seed, objective=obj.describe())
+    if weights is not None or return_samples:
+        return res, np.asarray(weighted)
+    return res

@@ -1,0 +1,158 @@
+"""Extreme Hessian eigenvalues: implicitly restarted Lanczos (scipy's ARPACK) or power iteration."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+from .._util import FlatlensError, generator
+from ..objective import Objective, timer
+from .results import EigenResult
+
+WHICH = ("LA", "SA", "LM")
+
+
+def _sort(values, which):
+    values = np.asarray(values, dtype=np.float64)
+    if which == "LA":
+        return values[np.argsort(-values)]
+    if which == "SA":
+        return values[np.argsort(values)]
+    return values[np.argsort(-np.abs(values))]
+
+
+def _residuals(obj, vals, vecs) -> list[float]:
+    """Relative residuals ||H v - lambda v|| / |lambda| (one extra HVP each)."""
+    out = []
+    for lam, v in zip(vals, vecs):
+        r = obj.hvp(v) - lam * v
+        out.append(float(r.norm() / max(abs(lam), 1e-30)))
+    return out
+
+
+def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: str = "lanczos",
+                    tol: float = 1e-4, max_hvp: int | None = None, seed: int = 0,
+                    backend: str = "flatlens", return_vectors: bool = False) -> EigenResult:
+    """The k algebraically largest ("LA"), smallest ("SA") or largest-magnitude ("LM") eigenvalues of H."""
+    if which not in WHICH:
+        raise FlatlensError(f"which must be one of {', '.join(WHICH)}; got {which!r}")
+    if not isinstance(k, int) or k < 1:
+        raise FlatlensError(f"k must be a positive integer; got {k!r}")
+    if k > obj.num_params:
+        raise FlatlensError(f"k = {k} exceeds the number of parameters ({obj.num_params})")
+    if backend == "pyhessian":
+        from .pyhessian_backend import pyhessian_eigenvalues
+        return pyhessian_eigenvalues(obj, k, tol=tol, max_iter=max_hvp or 100, seed=seed)
+    if backend != "flatlens":
+        raise FlatlensError(f"unknown backend {backend!r} (flatlens or pyhessian)")
+    if method == "lanczos":
+        res, vecs = _lanczos(obj, k, which, tol, max_hvp, seed)
+    elif method == "power":
+        res, vecs = _power(obj, k, which, tol, max_hvp, seed)
+    else:
+        raise FlatlensError(f"method must be lanczos or power; got {method!r}")
+    if return_vectors:
+        res.vectors = vecs
+    return res
+
+
+def _lanczos(obj, k, which, tol, max_hvp, seed):
+    d = obj.num_params
+    elapsed = timer()
+    start = obj.n_hvp
+    g = generator(seed, "lanczos-v0")
+    v0 = torch.randn(d, generator=g, dtype=torch.float64).numpy()
+
+    def matvec(x):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+        return obj.hvp(x.to(obj.device, obj.dtype)).double().cpu().numpy()
+
+    if d <= max(2 * k + 1, 3) or k >= d - 1:
+        # ARPACK needs k < d - 1; for tiny spaces build H from d HVPs and solve densely
+        H = np.stack([matvec(e) for e in np.eye(d)])
+        w, V = np.linalg.eigh(0.5 * (H + H.T))
+        order = {"LA": np.argsort(-w), "SA": np.argsort(w), "LM": np.argsort(-np.abs(w))}[which][:k]
+        vals, vecs, converged = w[order], V[:, order].T, True
+    else:
+        op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
+        ncv = min(d, max(2 * k + 1, 20))
+        # ARPACK's maxiter counts restarts; each restart costs about ncv - k products
+        maxiter = max(1, (max_hvp or 100 * d) // max(1, ncv - k))
+        try:
+            vals, V = eigsh(op, k=k, which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter)
+            converged = True
+        except ArpackNoConvergence as e:
+            vals, V = e.eigenvalues, e.eigenvectors
+            converged = False
+        order = {"LA": np.argsort(-vals), "SA": np.argsort(vals), "LM": np.argsort(-np.abs(vals))}[which]
+        vals, vecs = vals[order], V[:, order].T
+    n_hvp = obj.n_hvp - start
+    vec_t = [torch.from_numpy(np.ascontiguousarray(v)).to(obj.device, obj.dtype) for v in vecs]
+    res = EigenResult(values=[float(x) for x in vals], which=which, method="lanczos", n_hvp=n_hvp,
+                      converged=bool(converged and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
+                      objective=obj.describe())
+    return res, vec_t
+
+
+def _power(obj, k, which, tol, max_hvp, seed):
+    """Power iteration with deflation against found eigenvectors; stops when the Rayleigh quotient
+    changes by less than tol (relative). "LA"/"SA" shift by the largest-magnitude eigenvalue."""
+    elapsed = timer()
+    start = obj.n_hvp
+    budget = max_hvp or 1000 * k
+    converged_all = True
+    shift = 0.0
+    if which in ("LA", "SA"):
+        lm, _, ok, _ = _power_one(obj, [], 0.0, tol, budget, seed, "shift")
+        converged_all &= ok
+        # H - shift I has the wanted end of the spectrum as its largest magnitude
+        if which == "LA" and lm < 0:
+            shift = lm
+        elif which == "SA" and lm > 0:
+            shift = lm
+    vals, vecs = [], []
+    for i in range(k):
+        remaining = budget - (obj.n_hvp - start)
+        if remaining <= 0:
+            converged_all = False
+            break
+        lam, v, ok, _ = _power_one(obj, vecs, shift, tol, remaining, seed, i)
+        converged_all &= ok
+        vals.append(lam + shift)
+        vecs.append(v)
+    order = np.argsort(-np.asarray(vals)) if which == "LA" else (
+        np.argsort(vals) if which == "SA" else np.argsort(-np.abs(vals)))
+    vals = [float(vals[i]) for i in order]
+    vecs = [vecs[i] for i in order]
+    res = EigenResult(values=vals, which=which, method="power", n_hvp=obj.n_hvp - start,
+                      converged=bool(converged_all and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
+                      objective=obj.describe())
+    return res, vecs
+
+
+def _power_one(obj, deflate, shift, tol, budget, seed, key):
+    g = generator(seed, "power", key)
+    v = torch.randn(obj.num_params, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
+
+    def project(x):
+        for u in deflate:
+            x = x - (u @ x) * u
+        return x
+
+    v = project(v)
+    v = v / v.norm()
+    lam_old = None
+    for it in range(budget):
+        hv = obj.hvp(v) - shift * v
+        hv = project(hv)
+        lam = float(v @ hv)  # Rayleigh quotient of the shifted, deflated operator
+        nrm = hv.norm()
+        if nrm == 0:
+            return lam, v, True, it + 1
+        v = hv / nrm
+        if lam_old is not None and abs(lam - lam_old) <= tol * (abs(lam) + 1e-12):
+            return lam, v, True, it + 1
+        lam_old = lam
+    return lam, v, False, budget

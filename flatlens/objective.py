@@ -1,0 +1,359 @@
+"""Objective: the one definition of "the loss over the data" that every measurement shares.
+
+    F(theta) = sum_b n_b * loss_b(theta) / sum_b n_b        (sample-weighted mean over all batches)
+
+The caller's model is deep-copied once; the copy lives on the objective's device with the data, so no
+measurement ever touches the caller's weights or train/eval mode.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._util import FlatlensError, resolve_device
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+class BatchLoss:
+    """Marks a custom loss: `fn(model, batch) -> (loss, n_samples)`. `model` is a callable that runs
+    the network at the weights being evaluated; `batch` is whatever the data yields (a dict, a tuple...)."""
+
+    def __init__(self, fn: Callable):
+        if not callable(fn):
+            raise FlatlensError("BatchLoss needs a callable fn(model, batch) -> (loss, n_samples)")
+        self.fn = fn
+
+
+class _Bound:
+    """The model at given weights, as a plain callable (handed to BatchLoss functions)."""
+
+    def __init__(self, module, tensors):
+        self._module, self._tensors = module, tensors
+
+    def __call__(self, *args, **kwargs):
+        return functional_call(self._module, self._tensors, args, kwargs)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch) if isinstance(batch, tuple) else [
+            _to_device(v, device) for v in batch]
+    return batch
+
+
+def _select_params(model: nn.Module, params) -> list[str]:
+    named = dict(model.named_parameters())
+    if params is None:
+        names = [n for n, p in named.items() if p.requires_grad]
+    elif callable(params):
+        names = [n for n, p in named.items() if params(n, p)]
+    else:
+        names = list(params)
+        missing = [n for n in names if n not in named]
+        if missing:
+            raise FlatlensError(f"unknown parameter name(s): {', '.join(missing[:5])}")
+    if not names:
+        raise FlatlensError("no parameters span the space (none selected or none require grad)")
+    return names
+
+
+class Objective:
+    """F(theta) over fixed, device-resident data. See the module docstring and README.
+
+    Parameters
+    ----------
+    model: the network (never modified).
+    loss_fn: `loss_fn(model(x), y) -> scalar` with mean reduction, or a `BatchLoss`.
+    data: an `(x, y)` pair of tensors, or an iterable of batches (a DataLoader is read once).
+    device: where the copy and the data live (default: the model's device).
+    params: names (or a predicate `(name, param) -> bool`) of the parameters spanning the space.
+    bn: "eval" (running statistics, default) or "train" (batch statistics, running stats untouched).
+    hvp_mode: "graph" keeps one double-backward graph over all the data and reuses it for every HVP;
+        "recompute" redoes forward and backward per HVP (memory of one batch); "auto" keeps the graph
+        when its measured size fits `graph_budget_bytes`.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, data, *, device=None, params=None, bn: str = "eval",
+                 hvp_mode: str = "auto", graph_budget_bytes: int = 2 << 30):
+        if bn not in ("eval", "train"):
+            raise FlatlensError(f"bn must be 'eval' or 'train', got {bn!r}")
+        if hvp_mode not in ("auto", "graph", "recompute"):
+            raise FlatlensError(f"hvp_mode must be auto, graph or recompute, got {hvp_mode!r}")
+        if not isinstance(model, nn.Module):
+            raise FlatlensError("model must be a torch.nn.Module")
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else "cpu"
+        self.device = resolve_device(device)
+        self.bn = bn
+        self.loss_fn = loss_fn
+        self._custom = isinstance(loss_fn, BatchLoss)
+        if not self._custom and not callable(loss_fn):
+            raise FlatlensError("loss_fn must be callable (output, target) -> scalar, or a BatchLoss")
+
+        self.model = copy.deepcopy(model).to(self.device)
+        self.model.eval()
+        if bn == "train":
+            # batch statistics always, and no running statistics to update (vmap-safe)
+            torch.func.replace_all_batch_norm_modules_(self.model)
+            for m in self.model.modules():
+                if isinstance(m, BN_TYPES):
+                    m.train()
+        self.names = _select_params(self.model, params)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        named = dict(self.model.named_parameters())
+        self.center = {n: named[n].detach().clone() for n in self.names}
+        self.shapes = [self.center[n].shape for n in self.names]
+        self.numels = [self.center[n].numel() for n in self.names]
+        self.offsets = [0]
+        for k in self.numels:
+            self.offsets.append(self.offsets[-1] + k)
+        self.num_params = self.offsets[-1]
+        self.dtype = self.center[self.names[0]].dtype
+
+        self.batches = self._load(data)
+        self.n_hvp = 0
+        self._graph = None
+        self._loss0 = None
+        self.sample_counts = None
+        with torch.no_grad():
+            value, counts, _ = self._forward(self.center, need_counts=True)
+        self.sample_counts = counts
+        self.n_samples = int(sum(counts))
+        if self.n_samples <= 0:
+            raise FlatlensError("data holds no samples")
+        self._weights = [c / self.n_samples for c in counts]
+        self._loss0 = float(sum(w * v for w, v in zip(self._weights, value)))
+        if not math.isfinite(self._loss0):
+            raise FlatlensError(f"the loss at the centre is not finite ({self._loss0})")
+        self.hvp_mode = self._pick_hvp_mode(hvp_mode, graph_budget_bytes)
+
+    # ---------------------------------------------------------------- data
+    def _load(self, data) -> list:
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            batches = [data]
+        elif isinstance(data, (torch.Tensor, str, bytes)) or data is None:
+            raise FlatlensError("data must be an (x, y) pair of tensors or an iterable of batches")
+        else:
+            try:
+                batches = list(data)
+            except TypeError:
+                raise FlatlensError("data must be an (x, y) pair of tensors or an iterable of batches") from None
+        if not batches:
+            raise FlatlensError("data is empty: no batches")
+        out = []
+        for b in batches:
+            if not self._custom:
+                if not (isinstance(b, (tuple, list)) and len(b) >= 2):
+                    raise FlatlensError("each batch must be (x, y); pass a BatchLoss for other batch shapes")
+                b = (b[0], b[1])
+                if len(b[0]) == 0:
+                    continue
+            out.append(_to_device(b, self.device))
+        if not out:
+            raise FlatlensError("data holds no samples")
+        return out
+
+    # ---------------------------------------------------------------- evaluation
+    def full_params(self, params: Mapping[str, torch.Tensor]) -> dict:
+        """`params` over the centre: names not given stay at the centre."""
+        unknown = set(params) - set(self.names)
+        if unknown:
+            raise FlatlensError(f"parameter(s) not in this objective's space: {', '.join(sorted(unknown)[:5])}")
+        full = dict(self.center)
+        full.update(params)
+        return full
+
+    def _batch_loss(self, tensors: dict, batch):
+        """(mean loss of the batch, its sample count, its number of correct predictions or None)."""
+        if self._custom:
+            loss, n = self.loss_fn.fn(_Bound(self.model, tensors), batch)
+            correct = None
+        else:
+            x, y = batch
+            out = functional_call(self.model, tensors, (x,))
+            loss = self.loss_fn(out, y)
+            n = x.shape[0]
+            correct = None
+            if out.dim() == 2 and not torch.is_floating_point(y) and y.dim() == 1:
+                correct = (out.argmax(dim=1) == y).sum()
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise FlatlensError(f"the loss must be a scalar; got {shape}")
+        return loss.reshape(()), n, correct
+
+    def _forward(self, params, need_counts=False):
+        tensors = self.full_params(params) if params is not self.center else self.center
+        values, counts, corrects = [], [], []
+        for b in self.batches:
+            loss, n, correct = self._batch_loss(tensors, b)
+            values.append(loss)
+            counts.append(int(n) if need_counts else n)
+            corrects.append(correct)
+        return values, counts, corrects
+
+    def value(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """F at `params` as a differentiable tensor (names not given stay at the centre)."""
+        values, _, _ = self._forward(params)
+        return sum(w * v for w, v in zip(self._weights, values))
+
+    def loss(self) -> float:
+        """F at the centre (computed once)."""
+        return self._loss0
+
+    def loss_at(self, params: Mapping[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            return float(self.value(params))
+
+    def loss_and_accuracy(self, params: Mapping[str, torch.Tensor] | None = None):
+        """(F, accuracy or None) at `params` (default: the centre)."""
+        with torch.no_grad():
+            values, _, corrects = self._forward(params if params is not None else {})
+            f = float(sum(w * v for w, v in zip(self._weights, values)))
+            acc = None if any(c is None for c in corrects) else float(sum(corrects)) / self.n_samples
+        return f, acc
+
+    def grad_at(self, params: Mapping[str, torch.Tensor] | None = None) -> tuple[float, dict]:
+        """(F, dF/dtheta) at `params` (default: the centre); unused parameters get zero gradient."""
+        base = self.full_params(params or {})
+        leaves = {n: base[n].detach().clone().requires_grad_(True) for n in self.names}
+        with torch.enable_grad():
+            f = self.value(leaves)
+            grads = torch.autograd.grad(f, list(leaves.values()), allow_unused=True)
+        return float(f), {n: (g if g is not None else torch.zeros_like(leaves[n]))
+                          for n, g in zip(self.names, grads)}
+
+    # ---------------------------------------------------------------- flat vectors
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        try:
+            return torch.cat([tensors[n].reshape(-1).to(self.dtype) for n in self.names])
+        except KeyError as e:
+            raise FlatlensError(f"vector lacks parameter {e.args[0]!r}") from None
+
+    def unflatten(self, vec: torch.Tensor) -> dict:
+        if vec.shape[-1] != self.num_params:
+            raise FlatlensError(f"vector has {vec.shape[-1]} entries, the objective has {self.num_params}")
+        lead = vec.shape[:-1]
+        return {n: vec[..., a:b].reshape(*lead, *s)
+                for n, a, b, s in zip(self.names, self.offsets[:-1], self.offsets[1:], self.shapes)}
+
+    def _as_flat(self, v) -> tuple[torch.Tensor, bool]:
+        if isinstance(v, Mapping):
+            missing = [n for n in self.names if n not in v]
+            if missing:
+                raise FlatlensError(f"vector lacks parameter(s): {', '.join(missing[:5])}")
+            for n, s in zip(self.names, self.shapes):
+                if tuple(v[n].shape) != tuple(s):
+                    raise FlatlensError(f"vector entry {n!r} has shape {tuple(v[n].shape)}, expected {tuple(s)}")
+            return self.flatten({n: v[n].to(self.device) for n in self.names}), True
+        v = torch.as_tensor(v, device=self.device, dtype=self.dtype)
+        if v.shape[-1] != self.num_params:
+            raise FlatlensError(f"vector has {v.shape[-1]} entries, the objective has {self.num_params}")
+        return v, False
+
+    # ---------------------------------------------------------------- Hessian-vector products
+    def _build_graph(self):
+        leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
+        with torch.enable_grad():
+            f = self.value(dict(zip(self.names, leaves)))
+            grads = torch.autograd.grad(f, leaves, create_graph=True, allow_unused=True)
+        # gradients that do not depend on theta (or parameters the loss never uses) carry no curvature
+        used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return leaves, grads, used
+
+    def _pick_hvp_mode(self, mode: str, budget: int) -> str:
+        if mode != "auto":
+            return mode
+        # measure the bytes the double-backward graph saves for the first batch, extrapolate to all data
+        saved = [0]
+
+        def pack(t):
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        first = self.batches[0]
+        leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), first)
+            torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        per_sample = saved[0] / max(1, self.sample_counts[0])
+        self.graph_bytes_estimate = int(per_sample * self.n_samples)
+        return "graph" if self.graph_bytes_estimate <= budget else "recompute"
+
+    def _hvp_flat(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for one flat vector (Hessian of F at the centre)."""
+        vd = self.unflatten(v)
+        out = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        outd = self.unflatten(out)
+        if self.hvp_mode == "graph":
+            if self._graph is None:
+                self._graph = self._build_graph()
+            leaves, grads, used = self._graph
+            if used:
+                with torch.enable_grad():
+                    hv = torch.autograd.grad([grads[i] for i in used], leaves,
+                                             grad_outputs=[vd[self.names[i]] for i in used],
+                                             retain_graph=True, allow_unused=True)
+                for n, h in zip(self.names, hv):
+                    if h is not None:
+                        outd[n].copy_(h)
+        else:  # recompute per batch: memory of one batch, one forward + double backward per batch per HVP
+            for w, b in zip(self._weights, self.batches):
+                leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
+                with torch.enable_grad():
+                    loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), b)
+                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+                    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+                    if not used:
+                        continue
+                    hv = torch.autograd.grad([grads[i] for i in used], leaves,
+                                             grad_outputs=[vd[self.names[i]] for i in used],
+                                             allow_unused=True)
+                for n, h in zip(self.names, hv):
+                    if h is not None:
+                        outd[n].add_(h, alpha=w)
+        self.n_hvp += 1
+        return out
+
+    def hvp(self, v):
+        """H v. `v` is a dict name -> tensor (returns a dict) or a flat vector (returns a flat vector)."""
+        flat, was_dict = self._as_flat(v)
+        if flat.dim() != 1:
+            raise FlatlensError("hvp takes one vector; use hvp_many for a stack")
+        out = self._hvp_flat(flat)
+        return {n: t.clone() for n, t in self.unflatten(out).items()} if was_dict else out
+
+    def hvp_many(self, V: torch.Tensor) -> torch.Tensor:
+        """H applied to each row of V (m, num_params). A loop over the reused graph: measured faster
+        than vmap (is_grads_batched) on CPU, see benchmarks/hessian_vs_pyhessian.py."""
+        V, _ = self._as_flat(V)
+        if V.dim() == 1:
+            V = V[None]
+        return torch.stack([self._hvp_flat(v) for v in V]) if len(V) else V.clone()
+
+    def release_graph(self) -> None:
+        """Free the cached double-backward graph (rebuilt on the next HVP)."""
+        self._graph = None
+
+    def describe(self) -> dict:
+        """What every result records about the objective it measured."""
+        return {"num_params": self.num_params, "n_samples": self.n_samples, "n_batches": len(self.batches),
+                "bn": self.bn, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "hvp_mode": self.hvp_mode}
+
+
+def timer():
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0

@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flatlens import FlatlensError, Objective, hessian, toys
+from nets import image_data, tiny_cnn, tiny_mlp, vector_data
+
+SPREAD = np.concatenate([np.logspace(-3, 3, 195), -np.logspace(-3, 1, 5)])  # 200 dims, a few negative
+
+
+@pytest.fixture(scope="module")
+def spread():
+    return toys.quadratic(SPREAD, seed=0)
+
+
+def test_lanczos_top5_and_most_negative_on_spread_quadratic(spread):
+    exact = np.sort(SPREAD)
+    top = hessian.top_eigenvalues(spread, 5, which="LA", tol=1e-10)
+    assert top.converged and top.n_hvp > 0
+    np.testing.assert_allclose(top.values, exact[::-1][:5], rtol=1e-6)
+    low = hessian.top_eigenvalues(spread, 2, which="SA", tol=1e-10)
+    np.testing.assert_allclose(low.values, exact[:2], rtol=1e-6)
+    lm = hessian.top_eigenvalues(spread, 1, which="LM", tol=1e-10)
+    assert lm.values[0] == pytest.approx(1000.0, rel=1e-6)
+
+
+def test_power_iteration_with_deflation_finds_top_and_negative():
+    lam = np.array([10.0, 5.0, 2.0, 1.0, 0.5, -20.0, 0.1, 0.2])
+    obj = toys.quadratic(lam, seed=2)
+    la = hessian.top_eigenvalues(obj, 2, method="power", which="LA", tol=1e-12, max_hvp=20000)
+    np.testing.assert_allclose(la.values, [10.0, 5.0], rtol=1e-5)
+    sa = hessian.top_eigenvalues(obj, 1, method="power", which="SA", tol=1e-12, max_hvp=20000)
+    assert sa.values[0] == pytest.approx(-20.0, rel=1e-5)
+
+
+def test_trace_ci_covers_exact_trace_in_at_least_90_percent_of_50_seeds():
+    lam = np.concatenate([np.logspace(-1, 2, 190), -np.logspace(-1, 0.5, 10)])
+    obj = toys.quadratic(lam, seed=3)
+    exact = float(lam.sum())
+    for method in ("hutch++", "hutchinson"):
+        covered = 0
+        for seed in range(50):
+            t = hessian.trace(obj, method=method, rtol=0.05, seed=seed, per_layer=False)
+            assert t.converged
+            covered += t.ci95[0] <= exact <= t.ci95[1]
+        assert covered >= 45, (method, covered)
+
+
+def test_hutchpp_needs_fewer_hvps_than_hutchinson_on_dominated_spectrum():
+    lam = np.concatenate([[1000.0, 800.0, 600.0, 500.0, 400.0], np.ones(195)])
+    obj = toys.quadratic(lam, seed=1)
+    pp = hessian.trace(obj, method="hutch++", rtol=0.02, seed=0)
+    hu = hessian.trace(obj, method="hutchinson", rtol=0.02, seed=0, max_hvp=5000)
+    assert pp.converged and hu.converged
+    assert pp.n_hvp < hu.n_hvp / 5
+    assert pp.ci95[0] <= lam.sum() <= pp.ci95[1]
+
+
+def test_trace_stops_on_ci_width_not_running_mean():
+    obj = toys.quadratic(np.linspace(-1, 5, 100), seed=4)
+    t = hessian.trace(obj, method="hutchinson", rtol=0.02, seed=0)
+    half = (t.ci95[1] - t.ci95[0]) / 2
+    assert half <= 0.02 * abs(t.value) + 1e-12 and t.n_probes >= 10
+
+
+def test_density_integrates_to_one_and_its_mean_is_trace_over_d():
+    lam = np.linspace(0.0, 10.0, 200)
+    obj = toys.quadratic(lam, seed=5)
+    d = hessian.density(obj, n_iter=30, n_runs=20, seed=0)
+    assert np.trapezoid(d.density, d.grid) == pytest.approx(1.0, abs=1e-9)
+    means = [np.dot(w, v) for w, v in zip(d.weights, d.nodes)]
+    se = np.std(means, ddof=1) / np.sqrt(len(means))
+    assert abs(d.mean - lam.mean()) < 4 * se + 1e-9
+    grid_mean = np.trapezoid(np.asarray(d.grid) * np.asarray(d.density), d.grid)
+    assert grid_mean == pytest.approx(d.mean, rel=1e-3)
+
+
+def test_linear_regression_hvps_match_exact_hessian():
+    obj = toys.linear_regression(64, 12, seed=0, batch_size=20)
+    H = torch.stack([obj.hvp(e) for e in torch.eye(12, dtype=torch.float64)])
+    assert torch.allclose(H, obj.hessian, rtol=1e-10, atol=1e-12)
+    top = hessian.top_eigenvalues(obj, 3, tol=1e-12)
+    np.testing.assert_allclose(top.values, obj.eigenvalues[:3].numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_small_nets_against_dense_hessian(net, dense):
+    if net == "mlp":
+        obj = Objective(tiny_mlp(), nn.CrossEntropyLoss(), vector_data())
+    else:
+        obj = Objective(tiny_cnn(), nn.CrossEntropyLoss(), image_data(), bn="eval")
+    H = dense(obj)
+    w = torch.linalg.eigvalsh(H).numpy()
+    top = hessian.top_eigenvalues(obj, 3, tol=1e-12)
+    np.testing.assert_allclose(top.values, w[::-1][:3], rtol=1e-6)
+    low = hessian.top_eigenvalues(obj, 1, which="SA", tol=1e-12)
+    np.testing.assert_allclose(low.values, w[:1], rtol=1e-6, atol=1e-9)
+    exact = float(torch.trace(H))
+    t = hessian.trace(obj, rtol=0.02, seed=0)
+    assert t.ci95[0] <= exact <= t.ci95[1]
+    assert sum(v["value"] for v in t.per_layer.values()) == pytest.approx(t.value, rel=1e-9)
+    diag = torch.diagonal(H)
+    for name, a, b in zip(obj.names, obj.offsets[:-1], obj.offsets[1:]):
+        lt = t.per_layer[name]  # several layers at once: 4 standard errors per layer
+        assert abs(lt["value"] - float(diag[a:b].sum())) <= 4 * lt["stderr"] + 1e-9, name
+    dg = hessian.diagonal(obj, n_probes=400, seed=1)
+    z = (np.asarray(dg.values) - diag.numpy()) / np.maximum(np.asarray(dg.stderr), 1e-12)
+    assert np.mean(np.abs(z) < 1.96) > 0.85  # 95 % intervals, per entry
+    assert np.all(np.abs(z)[np.asarray(dg.stderr) > 0] < 6)
+
+
+def test_one_tensor_pair_equals_unequal_batches_for_estimators():
+    x, y = vector_data(30)
+    a = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y))
+    b = Objective(tiny_mlp(), nn.CrossEntropyLoss(), [(x[:4], y[:4]), (x[4:20], y[4:20]), (x[20:], y[20:])])
+    ta, tb = hessian.trace(a, seed=3), hessian.trace(b, seed=3)
+    assert ta.value == pytest.approx(tb.value, rel=1e-9) and ta.n_hvp == tb.n_hvp
+    ea, eb = hessian.top_eigenvalues(a, 2, tol=1e-10), hessian.top_eigenvalues(b, 2, tol=1e-10)
+    np.testing.assert_allclose(ea.values, eb.values, rtol=1e-9)
+
+
+def test_same_seed_same_numbers():
+    obj = toys.quadratic(np.linspace(0.1, 3, 50), seed=0)
+    assert hessian.trace(obj, seed=7).value == hessian.trace(obj, seed=7).value
+    assert hessian.density(obj, seed=2).density == hessian.density(obj, seed=2).density
+
+
+def test_pyhessian_backend_agrees_with_flatlens_on_small_net():
+    obj = Objective(tiny_mlp(dtype=torch.float32), nn.CrossEntropyLoss(), vector_data(dtype=torch.float32))
+    ours = hessian.top_eigenvalues(obj, 1, tol=1e-8)
+    theirs = hessian.top_eigenvalues(obj, 1, backend="pyhessian", tol=1e-6, max_hvp=1000)
+    assert theirs.backend == "pyhessian"
+    assert theirs.values[0] == pytest.approx(ours.values[0], rel=1e-3)
+    t_pyh = hessian.trace(obj, backend="pyhessian", n_probes=400, seed=0)
+    t_ours = hessian.trace(obj, rtol=0.01, seed=0)
+    assert abs(t_pyh.value - t_ours.value) < 4 * np.hypot(t_pyh.stderr, t_ours.stderr)
+
+
+def test_results_serialize_to_json_and_back():
+    from flatlens.results import result_from_dict
+    import json
+    obj = toys.quadratic(np.linspace(0.1, 3, 20), seed=0)
+    for r in (hessian.trace(obj), hessian.top_eigenvalues(obj, 2), hessian.density(obj, n_iter=5, n_runs=2)):
+        back = result_from_dict(json.loads(r.to_json()))
+        assert back.to_dict() == r.to_dict()
+
+
+def test_bad_input_errors():
+    obj = toys.quadratic([1.0, 2.0, 3.0])
+    with pytest.raises(FlatlensError, match="exceeds"):
+        hessian.top_eigenvalues(obj, 4)
+    with pytest.raises(FlatlensError, match="which"):
+        hessian.top_eigenvalues(obj, 1, which="XX")
+    with pytest.raises(FlatlensError, match="method"):
+        hessian.trace(obj, method="xtrace")

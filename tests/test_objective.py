@@ -1,0 +1,94 @@
+import pytest
+import torch
+from torch import nn
+
+from flatlens import BatchLoss, FlatlensError, Objective
+from nets import image_data, tiny_cnn, tiny_mlp, vector_data
+
+
+def test_value_is_sample_weighted_mean_over_unequal_batches():
+    model = tiny_mlp()
+    x, y = vector_data(30)
+    whole = Objective(model, nn.CrossEntropyLoss(), (x, y))
+    parts = Objective(model, nn.CrossEntropyLoss(), [(x[:7], y[:7]), (x[7:25], y[7:25]), (x[25:], y[25:])])
+    assert whole.n_samples == parts.n_samples == 30
+    assert parts.loss() == pytest.approx(whole.loss(), rel=1e-12)
+    v = torch.randn(whole.num_params, dtype=torch.float64)
+    assert torch.allclose(whole.hvp(v), parts.hvp(v), rtol=1e-10, atol=1e-12)
+
+
+def test_callers_model_weights_and_mode_are_untouched():
+    model = tiny_cnn()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = Objective(model, nn.CrossEntropyLoss(), image_data())
+    obj.hvp(torch.ones(obj.num_params, dtype=torch.float64))
+    obj.loss_at({n: t + 1 for n, t in obj.center.items()})
+    assert model.training and model.bn.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unused_parameters_give_zero_curvature():
+    model = tiny_mlp()
+    model.unused = nn.Linear(3, 3).double()
+    obj = Objective(model, nn.CrossEntropyLoss(), vector_data())
+    hv = obj.hvp({n: torch.ones_like(t) for n, t in obj.center.items()})
+    assert torch.count_nonzero(hv["unused.weight"]) == 0 and torch.count_nonzero(hv["unused.bias"]) == 0
+    assert hv["fc1.weight"].abs().sum() > 0
+
+
+def test_bn_eval_uses_running_statistics_and_train_uses_batch_statistics():
+    model = tiny_cnn()
+    data = image_data()
+    ev = Objective(model, nn.CrossEntropyLoss(), data, bn="eval")
+    tr = Objective(model, nn.CrossEntropyLoss(), data, bn="train")
+    model.eval()
+    with torch.no_grad():
+        ref = nn.CrossEntropyLoss()(model(data[0]), data[1]).item()
+    assert ev.loss() == pytest.approx(ref, rel=1e-12)
+    assert tr.loss() != pytest.approx(ref, rel=1e-6)
+    assert tr.describe()["bn"] == "train"
+
+
+def test_custom_batch_loss_on_dict_batches_matches_plain_loss():
+    model = tiny_mlp()
+    x, y = vector_data()
+
+    def fn(m, batch):
+        return nn.functional.cross_entropy(m(batch["input"]), batch["label"]), len(batch["label"])
+
+    custom = Objective(model, BatchLoss(fn), [{"input": x[:10], "label": y[:10]}, {"input": x[10:], "label": y[10:]}])
+    plain = Objective(model, nn.CrossEntropyLoss(), (x, y))
+    assert custom.loss() == pytest.approx(plain.loss(), rel=1e-12)
+
+
+def test_loss_at_params_subset_and_accuracy():
+    model = tiny_mlp()
+    obj = Objective(model, nn.CrossEntropyLoss(), vector_data(), params=["fc2.weight", "fc2.bias"])
+    assert obj.num_params == 6 * 3 + 3
+    assert obj.loss_at({"fc2.bias": obj.center["fc2.bias"] + 0.0}) == obj.loss()
+    f, acc = obj.loss_and_accuracy()
+    assert 0.0 <= acc <= 1.0 and f == pytest.approx(obj.loss())
+
+
+@pytest.mark.parametrize("mode", ["graph", "recompute"])
+def test_hvp_modes_agree(mode):
+    obj = Objective(tiny_cnn(), nn.CrossEntropyLoss(), [image_data(10, 1), image_data(14, 2)], hvp_mode=mode)
+    ref = Objective(tiny_cnn(), nn.CrossEntropyLoss(), [image_data(10, 1), image_data(14, 2)], hvp_mode="graph")
+    v = torch.randn(obj.num_params, dtype=torch.float64)
+    assert torch.allclose(obj.hvp(v), ref.hvp(v), rtol=1e-10, atol=1e-12)
+
+
+def test_bad_input_is_refused_clearly():
+    model = tiny_mlp()
+    with pytest.raises(FlatlensError, match="empty"):
+        Objective(model, nn.CrossEntropyLoss(), [])
+    with pytest.raises(FlatlensError, match="scalar"):
+        Objective(model, nn.CrossEntropyLoss(reduction="none"), vector_data())
+    with pytest.raises(FlatlensError, match="bn"):
+        Objective(model, nn.CrossEntropyLoss(), vector_data(), bn="frozen")
+    obj = Objective(model, nn.CrossEntropyLoss(), vector_data())
+    with pytest.raises(FlatlensError, match="entries"):
+        obj.hvp(torch.ones(3, dtype=torch.float64))
