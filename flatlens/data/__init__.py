@@ -1,0 +1,32 @@
+"""Domain-generalization data: rotated digits (embedded default) and DomainBed image folders."""
+from __future__ import annotations
+
+from .._util import FlatlensError
+from .domains import DomainData, split_indices
+from .digits import ANGLES, rotated_digits
+
+DOMAINBED = {
+    "pacs": ("PACS", ["art_painting", "cartoon", "photo", "sketch"]),
+    "vlcs": ("VLCS", ["Caltech101", "LabelMe", "SUN09", "VOC2007"]),
+    "officehome": ("office_home", ["Art", "Clipart", "Product", "Real World"]),
+    "terraincognita": ("terra_incognita", ["location_100", "location_38", "location_43", "location_46"]),
+    "domainnet": ("domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]),
+}
+DATASETS = ("rotated-digits",) + tuple(DOMAINBED)
+
+
+def load(name: str, root: str | None = None, *, seed: int = 0, image_size: int | None = None) -> DomainData:
+    """Load a dataset by name: 'rotated-digits' (no root) or a DomainBed set under `root`."""
+    key = name.lower().replace("_", "").replace("-", "") if name != "rotated-digits" else name
+    if name == "rotated-digits":
+        return rotated_digits(seed=seed)
+    if key in DOMAINBED:
+        if not root:
+            raise FlatlensError(f"--data-root is required for {name}")
+        from .domainbed import image_folders
+        folder, domains = DOMAINBED[key]
+        return image_folders(key, root, folder, domains, image_size=image_size or 224)
+    raise FlatlensError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+__all__ = ["DomainData", "split_indices", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES"]

@@ -1,0 +1,289 @@
+"""ERM and QAT (QT-DoG) training on a leave-one-domain-out protocol, with a delayed quantization start.
+
+Each step draws one minibatch per source domain (from its 80 % in-split), takes one Adam step on the mean
+cross-entropy, and every `eval_every` steps records accuracy per domain: training-domain validation (the
+20 % out-split) and the held-out test domain(s). The checkpoint keeps the step with the best mean
+validation accuracy (among quantized steps for QAT, since the quantized model is what is deployed).
+
+At `quant_start` the conv/linear weights (all but the classifier) are parametrized with LSQ; the latent
+weights are the same Parameter objects the optimizer already holds (their Adam moments carry over) and the
+new step sizes are added as a parameter group, unlike the paper's released code, which never trains them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._util import FlatlensError, atomic_torch_save, resolve_device
+from ..checkpoint import save_checkpoint
+from ..data import DomainData, load, split_indices
+from ..data.domains import gather
+from ..models import build, freeze_batchnorm
+from ..quant import latent_state, packed_size, quantize_model, step_parameters
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "rotated-digits"
+    data_root: str | None = None
+    test_domains: list = field(default_factory=lambda: ["75"])
+    arch: str = "small_cnn"
+    arch_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False
+    freeze_bn: bool = False
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    bits: int | None = None
+    per_channel: bool = True
+    quant_start: int = 400
+    eval_every: int = 100
+    holdout: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def paper_domainbed(cls, **kw) -> "TrainConfig":
+        """The paper's DomainBed defaults: ResNet-50, Adam 5e-5, no weight decay, batch 32 per domain, 5000
+        steps, quantization from step 2000, evaluation every 300 steps, frozen BatchNorm."""
+        base = dict(arch="resnet50", lr=5e-5, weight_decay=0.0, batch_size=32, steps=5000, quant_start=2000,
+                    eval_every=300, freeze_bn=True, pretrained=True)
+        base.update(kw)
+        return cls(**base)
+
+    def validate(self, data: DomainData) -> None:
+        for d in self.test_domains:
+            data.index(d)
+        if len(self.test_domains) >= len(data.domains):
+            raise FlatlensError("at least one domain must remain for training")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise FlatlensError("steps, batch size and eval_every must be positive")
+        if self.bits is not None and not 0 <= self.quant_start < self.steps:
+            raise FlatlensError(f"quant_start must lie in [0, steps); got {self.quant_start} of {self.steps}")
+        if self.bits is not None and not 2 <= int(self.bits) <= 8:
+            raise FlatlensError(f"bits must be 2..8; got {self.bits}")
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: DomainData | None = None, *, quiet: bool = False):
+        self.cfg = cfg
+        self.data = data or load(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
+        cfg.test_domains = [str(d) for d in cfg.test_domains]
+        cfg.validate(self.data)
+        self.quiet = quiet
+        self.device = resolve_device(cfg.device)
+        self.train_domains = [d for d in self.data.domains if d not in cfg.test_domains]
+        self.splits = {}
+        for d in self.data.domains:
+            n = self.data.size(d)
+            self.splits[d] = split_indices(n, self.data.index(d), cfg.split_seed, cfg.holdout)
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        kwargs = dict(cfg.arch_kwargs)
+        kwargs.setdefault("num_classes", self.data.num_classes)
+        if cfg.arch in ("small_cnn",):
+            kwargs.setdefault("in_channels", self.data.in_channels)
+        if cfg.arch.startswith("resnet"):
+            kwargs.setdefault("pretrained", cfg.pretrained)
+        self.arch = {"name": cfg.arch, "kwargs": {k: v for k, v in kwargs.items() if k != "pretrained"}}
+        self.model = build(cfg.arch, **kwargs).to(self.device)
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.quantized_names: list[str] = []
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ data
+    def _batch(self, domain: str):
+        idx_in = self.splits[domain][0]
+        pick = idx_in[torch.randint(len(idx_in), (self.cfg.batch_size,), generator=self.gen)]
+        if domain in self.data.tensors:
+            x, y = self.data.tensors[domain]
+            return x[pick], y[pick]
+        return gather(self.data.get(domain, True), pick)
+
+    def eval_sets(self) -> dict:
+        """name -> (domain, indices): in-domain validation ('val') and held-out test ('test')."""
+        sets = {}
+        for d in self.train_domains:
+            sets[("val", d)] = self.splits[d][1]
+        for d in self.cfg.test_domains:
+            sets[("test", d)] = torch.arange(self.data.size(d))
+        return sets
+
+    @torch.no_grad()
+    def accuracy(self, domain: str, indices) -> float:
+        was = self.model.training
+        self.model.eval()
+        correct = 0
+        ds = self.data.get(domain, False)
+        for i in range(0, len(indices), 256):
+            chunk = indices[i:i + 256]
+            if domain in self.data.tensors:
+                x, y = self.data.tensors[domain][0][chunk], self.data.tensors[domain][1][chunk]
+            else:
+                x, y = gather(ds, chunk)
+            correct += int((self.model(x.to(self.device)).argmax(1) == y.to(self.device)).sum())
+        self.model.train(was)
+        return correct / max(1, len(indices))
+
+    def evaluate(self) -> dict:
+        rec = {"step": self.step, "quantized": bool(self.quantized_names), "val_acc": {}, "test_acc": {}}
+        for (kind, d), idx in self.eval_sets().items():
+            rec[f"{kind}_acc"][d] = self.accuracy(d, idx)
+        rec["mean_val_acc"] = sum(rec["val_acc"].values()) / len(rec["val_acc"])
+        rec["mean_test_acc"] = sum(rec["test_acc"].values()) / len(rec["test_acc"])
+        return rec
+
+    # ------------------------------------------------------------------ quantization switch
+    def switch_to_quantized(self) -> None:
+        cfg = self.cfg
+        x, _ = self._probe_batch()
+        self.model.eval()
+        with torch.no_grad():
+            before = self.model(x)
+        self.quantized_names = quantize_model(self.model, int(cfg.bits), per_channel=cfg.per_channel)
+        with torch.no_grad():
+            after = self.model(x)
+        self.model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        # latent weights are the same Parameters (Adam state kept); the steps join as a new group
+        self.optimizer.add_param_group({"params": step_parameters(self.model)})
+        self.history.append({"step": self.step, "event": "quantization on", "bits": int(cfg.bits),
+                             "max_logit_change": float((after - before).abs().max()),
+                             "mean_logit_scale": float(before.abs().mean())})
+
+    def _probe_batch(self):
+        d = self.train_domains[0]
+        idx = self.splits[d][1][:64]
+        if d in self.data.tensors:
+            return self.data.tensors[d][0][idx].to(self.device), None
+        return gather(self.data.get(d, False), idx)[0].to(self.device), None
+
+    # ------------------------------------------------------------------ state
+    def _snapshot(self) -> dict:
+        sd, steps = latent_state(self.model)
+        return {"state_dict": sd, "steps": steps}
+
+    def partial_state(self) -> dict:
+        return {"format": "flatlens-train-partial", "config": dataclasses.asdict(self.cfg), "step": self.step,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "quantized": bool(self.quantized_names), "rng": _rng_state(self.gen),
+                "history": self.history, "best": self.best, "train_seconds": self.train_seconds}
+
+    def load_partial(self, state: dict) -> None:
+        if state.get("format") != "flatlens-train-partial":
+            raise FlatlensError("the partial training file is not a flatlens training state")
+        if state["config"] != dataclasses.asdict(self.cfg):
+            raise FlatlensError("the partial training state was made with other settings; remove it or "
+                                "rerun with the same arguments")
+        if state["quantized"]:
+            self.quantized_names = quantize_model(self.model, int(self.cfg.bits), per_channel=self.cfg.per_channel)
+            self.optimizer.add_param_group({"params": step_parameters(self.model)})
+            if self.cfg.freeze_bn:
+                freeze_batchnorm(self.model)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["rng"]["gen"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        self.train_seconds = state["train_seconds"]
+
+    # ------------------------------------------------------------------ loop
+    def run(self, *, partial_path: str | None = None, stop_at: int | None = None) -> bool:
+        """Train until cfg.steps (or `stop_at`); returns True when training is complete."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, desc="train", leave=False)
+        self.model.train()
+        t0 = time.perf_counter()
+        while self.step < end:
+            if cfg.bits is not None and self.step == cfg.quant_start and not self.quantized_names:
+                self.switch_to_quantized()
+            batches = [self._batch(d) for d in self.train_domains]
+            x = torch.cat([b[0] for b in batches]).to(self.device)
+            y = torch.cat([b[1] for b in batches]).to(self.device)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                self.train_seconds += time.perf_counter() - t0
+                rec = self.evaluate()
+                rec["loss"] = float(loss.detach())
+                self.history.append(rec)
+                bar.set_postfix(val=f"{rec['mean_val_acc']:.3f}", test=f"{rec['mean_test_acc']:.3f}")
+                eligible = cfg.bits is None or rec["quantized"]
+                if eligible and (self.best is None or rec["mean_val_acc"] > self.best["record"]["mean_val_acc"]):
+                    self.best = {"record": rec, **self._snapshot()}
+                if partial_path:
+                    atomic_torch_save(self.partial_state(), partial_path)
+                t0 = time.perf_counter()
+        self.train_seconds += time.perf_counter() - t0
+        bar.close()
+        return self.step >= cfg.steps
+
+    def checkpoint(self) -> dict:
+        cfg = self.cfg
+        if self.best is None:
+            self.best = {"record": self.evaluate(), **self._snapshot()}
+        rec = self.best["record"]
+        quant = None
+        if cfg.bits is not None:
+            quant = {"bits": int(cfg.bits), "per_channel": cfg.per_channel, "start_step": cfg.quant_start,
+                     "layers": [n[: -len(".weight")] for n in self.best["steps"]], "steps": self.best["steps"]}
+        size = packed_size(self.best["state_dict"], quant)
+        return {
+            "arch": self.arch,
+            "state_dict": self.best["state_dict"],
+            "quant": quant,
+            "data": {"dataset": self.data.name, "root": self.data.root, "domains": list(self.data.domains),
+                     "train_domains": self.train_domains, "test_domains": list(cfg.test_domains),
+                     "split_seed": cfg.split_seed, "holdout": cfg.holdout},
+            "train": dataclasses.asdict(cfg),
+            "history": self.history,
+            "metrics": {"selected_step": rec["step"], "val_acc": rec["val_acc"], "test_acc": rec["test_acc"],
+                        "mean_val_acc": rec["mean_val_acc"], "mean_test_acc": rec["mean_test_acc"],
+                        "train_seconds": self.train_seconds, "packed_bytes": size["bytes"],
+                        "fp32_bytes": size["fp32_bytes"], "size_ratio": size["ratio"]},
+        }
+
+
+def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, quiet: bool = False,
+          data: DomainData | None = None, stop_at: int | None = None) -> dict | None:
+    """Train and (if `out`) write the checkpoint atomically. With `resume`, continue from `out`.partial.
+    Returns the checkpoint dict, or None when stopped early at `stop_at`."""
+    trainer = Trainer(cfg, data, quiet=quiet)
+    partial = f"{out}.partial" if out else None
+    if resume and partial and os.path.exists(partial):
+        trainer.load_partial(torch.load(partial, map_location="cpu", weights_only=True))
+    done = trainer.run(partial_path=partial, stop_at=stop_at)
+    if not done:
+        return None
+    ckpt = trainer.checkpoint()
+    if out:
+        save_checkpoint(out, ckpt)
+        if partial and os.path.exists(partial):
+            os.unlink(partial)
+    return ckpt
