@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from ._util import FlatlensError
 from .objective import BatchLoss, Objective
-from . import toys, hessian  # noqa: E402
+from . import toys, hessian, landscape, sharpness  # noqa: E402
 
-__all__ = ["Objective", "BatchLoss", "FlatlensError", "toys", "hessian", "__version__"]
+__all__ = ["Objective", "BatchLoss", "FlatlensError", "toys", "hessian", "landscape", "sharpness",
+           "__version__"]

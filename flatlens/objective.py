@@ -232,7 +232,7 @@ class Objective:
         with torch.enable_grad():
             f = self.value(leaves)
             grads = torch.autograd.grad(f, list(leaves.values()), allow_unused=True)
-        return float(f), {n: (g if g is not None else torch.zeros_like(leaves[n]))
+        return float(f.detach()), {n: (g if g is not None else torch.zeros_like(leaves[n]))
                           for n, g in zip(self.names, grads)}
 
     # ---------------------------------------------------------------- flat vectors

@@ -1,0 +1,138 @@
+"""1D curves and 2D slices of the loss along directions:  F(w + a dx)  and  F(w + a dx + b dy)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._util import FlatlensError, mean_ci
+from ..objective import Objective, timer
+from .directions import DirectionSpace, as_flat_direction
+from .evaluator import Evaluator
+from .results import CurveResult, CurvesResult, SurfaceResult
+from .runner import run_chunks
+
+
+def grid(lo: float, hi: float, n: int) -> np.ndarray:
+    """n evenly spaced values from lo to hi with 0 snapped exactly onto the grid when lo < 0 < hi
+    (an odd n on a symmetric range lands on 0 itself)."""
+    if n < 1:
+        raise FlatlensError("a grid needs at least one point")
+    g = np.linspace(lo, hi, n)
+    if lo < 0 < hi:
+        g[np.argmin(np.abs(g))] = 0.0
+    return g
+
+
+def _check_grid(values, name) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    if a.size == 0:
+        raise FlatlensError(f"{name} is empty: give at least one point")
+    if not np.all(np.isfinite(a)):
+        raise FlatlensError(f"{name} holds non-finite values")
+    return a
+
+
+def _evaluator(obj, evaluator, strategy, precision):
+    return evaluator if evaluator is not None else Evaluator(obj, strategy=strategy, precision=precision)
+
+
+def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", precision: str = "fp32",
+             evaluator: Evaluator | None = None, store: str | None = None, progress: bool = False,
+             chunk: int = 64) -> CurveResult:
+    """F(w + a d) for each a in alphas; `direction` is a dict name -> tensor or a flat vector."""
+    elapsed = timer()
+    alphas = _check_grid(alphas, "alphas")
+    d = as_flat_direction(obj, direction)
+    ev = _evaluator(obj, evaluator, strategy, precision)
+    a_t = torch.as_tensor(alphas, dtype=obj.dtype, device=obj.device)
+    n_chunks = -(-len(alphas) // chunk)
+
+    def compute(i):
+        a = a_t[i * chunk:(i + 1) * chunk]
+        lo, acc = ev(a[:, None] * d[None, :])
+        return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
+
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="curve",
+                       args={"m": "curve", "alphas": alphas.tolist(), "d": float(d.double().norm()),
+                             "obj": obj.describe(), "chunk": chunk})
+    losses = torch.cat([p["loss"] for p in parts]).tolist()
+    accs = torch.cat([p["acc"] for p in parts]).tolist() if ev._accuracy else None
+    return CurveResult(alphas=alphas.tolist(), losses=losses, accuracies=accs, center_loss=obj.loss(),
+                       direction={"kind": "custom", "norm": float(d.double().norm())}, evaluator=ev.describe(),
+                       seconds=elapsed(), objective=obj.describe())
+
+
+def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions: int = 10, seed: int = 0,
+                  ignore: str | None = None, strategy: str = "auto", precision: str = "fp32",
+                  evaluator: Evaluator | None = None, store: str | None = None, progress: bool = False,
+                  directions_per_chunk: int = 1) -> CurvesResult:
+    """Curves along n seeded random directions of `kind`; mean and 95 % CI of F per alpha."""
+    elapsed = timer()
+    alphas = _check_grid(alphas, "alphas")
+    if n_directions < 1:
+        raise FlatlensError("n_directions must be >= 1")
+    space = DirectionSpace(obj, kind, ignore)
+    ev = _evaluator(obj, evaluator, strategy, precision)
+    a_t = torch.as_tensor(alphas, dtype=obj.dtype, device=obj.device)
+    k = directions_per_chunk
+    n_chunks = -(-n_directions // k)
+
+    def compute(i):
+        idx = list(range(i * k, min(n_directions, (i + 1) * k)))
+        D = space.make(seed, idx)
+        deltas = (a_t[None, :, None] * D[:, None, :]).reshape(-1, obj.num_params)
+        lo, acc = ev(deltas)
+        return {"loss": lo.reshape(len(idx), -1),
+                "acc": acc.reshape(len(idx), -1) if acc is not None else torch.empty(0)}
+
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc=f"{kind} curves",
+                       args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
+                             "seed": seed, "ignore": space.ignore, "obj": obj.describe(), "k": k})
+    L = torch.cat([p["loss"] for p in parts]).numpy()
+    A = torch.cat([p["acc"] for p in parts]).tolist() if ev._accuracy else None
+    m, se, lo, hi = mean_ci(L, axis=0)
+    return CurvesResult(alphas=alphas.tolist(), mean=m.tolist(), stderr=se.tolist(),
+                        ci95=list(zip(lo.tolist(), hi.tolist())), losses=L.tolist(), accuracies=A,
+                        center_loss=obj.loss(), n_directions=n_directions, seed=seed,
+                        direction={"kind": kind, "ignore": space.ignore, "seed": seed},
+                        evaluator=ev.describe(), seconds=elapsed(), objective=obj.describe())
+
+
+def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precision: str = "fp32",
+               evaluator: Evaluator | None = None, store: str | None = None, progress: bool = False,
+               chunk: int = 64) -> SurfaceResult:
+    """F(w + a dx + b dy) on the grid xs x ys; losses[j][i] is at (xs[i], ys[j])."""
+    elapsed = timer()
+    xs, ys = _check_grid(xs, "xs"), _check_grid(ys, "ys")
+    fx, fy = as_flat_direction(obj, dx), as_flat_direction(obj, dy)
+    ev = _evaluator(obj, evaluator, strategy, precision)
+    A, B = np.meshgrid(xs, ys)  # (ny, nx)
+    a_t = torch.as_tensor(A.reshape(-1), dtype=obj.dtype, device=obj.device)
+    b_t = torch.as_tensor(B.reshape(-1), dtype=obj.dtype, device=obj.device)
+    n = a_t.numel()
+    n_chunks = -(-n // chunk)
+
+    def compute(i):
+        s = slice(i * chunk, min(n, (i + 1) * chunk))
+        lo, acc = ev(a_t[s, None] * fx[None] + b_t[s, None] * fy[None])
+        return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
+
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="surface",
+                       args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
+                             "dx": float(fx.double().norm()), "dy": float(fy.double().norm()),
+                             "obj": obj.describe(), "chunk": chunk})
+    L = torch.cat([p["loss"] for p in parts]).reshape(len(ys), len(xs))
+    acc = torch.cat([p["acc"] for p in parts]).reshape(len(ys), len(xs)).tolist() if ev._accuracy else None
+    return SurfaceResult(xs=xs.tolist(), ys=ys.tolist(), losses=L.tolist(), accuracies=acc,
+                         center_loss=obj.loss(), direction={"kind": "custom"}, evaluator=ev.describe(),
+                         seconds=elapsed(), objective=obj.describe())
+
+
+def random_surface(obj: Objective, xs, ys, *, kind: str = "filter", seed: int = 0, ignore: str | None = None,
+                   **kw) -> SurfaceResult:
+    """surface_2d along a seeded, orthogonalized pair of `kind` directions (recorded in the result)."""
+    space = DirectionSpace(obj, kind, ignore)
+    dx, dy = space.orthogonal_pair(seed)
+    res = surface_2d(obj, dx, dy, xs, ys, **kw)
+    res.direction = {"kind": kind, "ignore": space.ignore, "seed": seed, "orthogonalized": True}
+    return res

@@ -1,0 +1,65 @@
+"""Result dataclasses of sharpness measures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..results import Result, register
+
+
+@register
+@dataclass
+class FlatnessResult(Result):
+    """SWAD-style local flatness: mean over unit directions u of F(w + r u) - F(w), per radius r."""
+    radii: list[float]
+    mean: list[float]
+    stderr: list[float]
+    ci95: list[tuple[float, float]]
+    increases: list[list[float]]    # (n_directions, n_radii)
+    center_loss: float
+    n_directions: int
+    seed: int
+    direction: dict
+    evaluator: dict
+    seconds: float
+    objective: dict = field(default_factory=dict)
+
+
+@register
+@dataclass
+class WorstCaseResult(Result):
+    """max_{||delta|| <= rho} F(w + delta) - F(w) by projected gradient ascent (a lower bound)."""
+    rho: float
+    adaptive: bool
+    increase: float
+    loss: float
+    center_loss: float
+    perturbation_norm: float   # ||delta||_2 reached
+    scaled_norm: float         # ||delta / |w| ||_2 (adaptive) or ||delta||_2
+    steps: int
+    restarts: int
+    seed: int
+    trajectory: list[float]    # best increase after each step (of the best restart)
+    n_grad: int
+    seconds: float
+    objective: dict = field(default_factory=dict)
+
+
+@register
+@dataclass
+class QuantNoiseResult(Result):
+    """E_D[F(w + D)] - F(w) for D_i ~ U(-s_i/2, s_i/2) against its prediction (1/24) sum_i s_i^2 H_ii."""
+    measured: float
+    measured_stderr: float
+    measured_ci95: tuple[float, float]
+    predicted: float
+    predicted_stderr: float
+    predicted_ci95: tuple[float, float]
+    ratio: float
+    n_samples: int
+    n_probes: int
+    seed: int
+    n_noisy_params: int
+    center_loss: float
+    evaluator: dict
+    seconds: float
+    objective: dict = field(default_factory=dict)

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flatlens import FlatlensError, Objective, landscape, toys
+from flatlens.landscape import DirectionSpace, Evaluator
+from nets import image_data
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.act(self.bn(self.conv1(x)))
+        return self.fc(self.pool(self.act(self.conv2(h))).flatten(1))
+
+
+def bnnet_objective(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    m = BNNet().to(dtype)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.3, 0.3)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m, Objective(m, nn.CrossEntropyLoss(), [image_data(20, 0, dtype), image_data(13, 1, dtype)])
+
+
+def test_curve_along_eigenvector_is_half_lambda_a_squared():
+    lam = np.array([4.0, 1.0, 0.25, -0.5, 2.0])
+    obj = toys.quadratic(lam, seed=0)
+    alphas = landscape.grid(-2, 2, 9)
+    for i in range(len(lam)):
+        res = landscape.curve_1d(obj, obj.eigenvectors[:, i], alphas, strategy="loop")
+        np.testing.assert_allclose(np.array(res.losses), 0.5 * lam[i] * alphas ** 2, atol=1e-12)
+
+
+def test_vmap_and_loop_agree_on_cnn_with_batchnorm():
+    _, obj = bnnet_objective()
+    space = DirectionSpace(obj, "filter")
+    D = space.make(0, range(6)) * 0.7
+    lo_loop, acc_loop = Evaluator(obj, strategy="loop")(D)
+    lo_vmap, acc_vmap = Evaluator(obj, strategy="vmap")(D)
+    np.testing.assert_allclose(lo_loop.numpy(), lo_vmap.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acc_loop.numpy(), acc_vmap.numpy())
+    ev = Evaluator(obj, strategy="auto")
+    lo_auto, _ = ev(D)
+    assert ev.describe()["strategy"] in ("loop", "vmap") and "picked" in ev.calibration
+    np.testing.assert_allclose(lo_auto.numpy(), lo_loop.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluator_leaves_models_untouched_and_centre_exact():
+    model, obj = bnnet_objective()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ev = Evaluator(obj, strategy="loop")
+    D = DirectionSpace(obj, "gaussian").make(1, range(3))
+    D[1] = 0
+    lo, _ = ev(D)
+    assert lo[1] == obj.loss()
+    assert obj.loss_at({}) == pytest.approx(obj.loss(), rel=1e-7)  # private copy restored
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def _scaled_relu_pair(c):
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        m[0].weight *= c
+        m[0].bias *= c
+        m[2].weight /= c
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    return Objective(m, nn.CrossEntropyLoss(), (x, y))
+
+
+def test_filter_normalized_curves_are_scale_invariant_gaussian_are_not():
+    alphas = landscape.grid(-1, 1, 7)
+    a, b = _scaled_relu_pair(1.0), _scaled_relu_pair(5.0)
+    assert a.loss() == pytest.approx(b.loss(), rel=1e-12)  # same function
+    fa = landscape.random_curves(a, alphas, kind="filter", n_directions=3, seed=0, ignore="none")
+    fb = landscape.random_curves(b, alphas, kind="filter", n_directions=3, seed=0, ignore="none")
+    np.testing.assert_allclose(fa.losses, fb.losses, rtol=1e-9)
+    ga = landscape.random_curves(a, alphas, kind="gaussian", n_directions=3, seed=0)
+    gb = landscape.random_curves(b, alphas, kind="gaussian", n_directions=3, seed=0)
+    assert np.max(np.abs(np.array(ga.losses) - np.array(gb.losses))) > 1e-3
+
+
+def test_surface_centre_equals_loss_and_pair_is_orthogonal():
+    _, obj = bnnet_objective(torch.float64)
+    xs, ys = landscape.grid(-1, 1, 5), landscape.grid(-0.5, 1, 4)
+    assert 0.0 in ys
+    res = landscape.random_surface(obj, xs, ys, kind="filter", seed=2)
+    j, i = list(ys).index(0.0), list(xs).index(0.0)
+    assert res.losses[j][i] == obj.loss()
+    dx, dy = DirectionSpace(obj, "filter").orthogonal_pair(2)
+    assert abs(float(dx @ dy)) < 1e-10 * float(dx.norm() * dy.norm())
+    # the second direction keeps the filter norms exactly
+    w = obj.center["conv1.weight"].reshape(4, -1).norm(dim=1)
+    d = obj.unflatten(dy)["conv1.weight"].reshape(4, -1).norm(dim=1)
+    assert torch.allclose(w, d)
+    assert obj.unflatten(dy)["bn.bias"].abs().sum() == 0  # biasbn policy
+
+
+def test_zero_bias_gives_zero_direction_not_nan():
+    m = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        m.bias.zero_()
+    obj = Objective(m, nn.MSELoss(), (torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)))
+    for kind in ("filter", "layer"):
+        d = landscape.directions(obj, kind, ignore="none")
+        assert torch.all(d["bias"] == 0) and torch.isfinite(d["weight"]).all()
+    s = landscape.directions(obj, "sphere")
+    assert float(obj.flatten(s).norm()) == pytest.approx(1.0)
+    g = landscape.directions(obj, "gaussian", seed=0)
+    assert (obj.flatten(g) < 0).any() and (obj.flatten(g) > 0).any()  # signed, unlike loss-landscapes
+
+
+def test_bad_input_errors():
+    _, obj = bnnet_objective()
+    with pytest.raises(FlatlensError, match="empty"):
+        landscape.curve_1d(obj, landscape.directions(obj), [])
+    with pytest.raises(FlatlensError, match="shape"):
+        landscape.curve_1d(obj, {"conv1.weight": torch.ones(2, 2)}, [0.0, 1.0])
+    with pytest.raises(FlatlensError, match="kind"):
+        landscape.directions(obj, "random")
+    with pytest.raises(FlatlensError, match="strategy"):
+        Evaluator(obj, strategy="fast")
+
+
+def test_bf16_precision_reports_its_error():
+    _, obj = bnnet_objective()
+    ev = Evaluator(obj, strategy="loop", precision="bf16")
+    lo, _ = ev(DirectionSpace(obj, "filter").make(0, range(4)) * 0.3)
+    ref, _ = Evaluator(obj, strategy="loop")(DirectionSpace(obj, "filter").make(0, range(4)) * 0.3)
+    assert ev.precision_error is not None and ev.precision_error == pytest.approx(float((lo - ref).abs().max()))
+    assert ev.precision_error < 0.1
