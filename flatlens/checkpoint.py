@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 
 import torch
@@ -38,8 +39,14 @@ def _safe_load(path):
         raise FlatlensError(f"{path}: is a directory, not a checkpoint")
     if os.path.getsize(path) == 0:
         raise FlatlensError(f"{path}: empty file, not a checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise FlatlensError(f"{path}: not a checkpoint (neither a torch zip archive nor a pickle)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
@@ -50,7 +57,7 @@ def _safe_load(path):
             UnicodeDecodeError, AttributeError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "zip" in msg.lower() or "archive" in msg.lower() or isinstance(e, EOFError):
-            raise FlatlensError(f"{path}: truncated or corrupt checkpoint ({msg[:100]})") from None
+            raise FlatlensError(f"{path}: truncated or corrupt checkpoint (incomplete archive)") from None
         raise FlatlensError(f"{path}: not a checkpoint ({msg[:120]})") from None
 
 

@@ -96,3 +96,29 @@ def export_integer(state_dict: dict, quant: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def quantization_error(state_dict: dict, quant: dict, bins: int = 50) -> dict:
+    """The quantization error D = w_q - w of each quantized layer, in units of its step: r = D / s lies in
+    [-1/2, 1/2] for weights inside the clip range. Histogram against the uniform law U(-1/2, 1/2) and the
+    KL divergence KL(hist || uniform) over `bins` bins (the form of the paper's Fig. 2)."""
+    edges = torch.linspace(-0.5, 0.5, bins + 1)
+    total = torch.zeros(bins)
+    per_layer = {}
+
+    def kl(counts):
+        p = counts / counts.sum().clamp_min(1)
+        nz = p > 0
+        return float((p[nz] * torch.log(p[nz] * bins)).sum())
+
+    for name, step in quant["steps"].items():
+        w = state_dict[name].float()
+        s = step.float().reshape((-1,) + (1,) * (w.dim() - 1)) if step.numel() > 1 else step.float()
+        r = (fake_quantize(w, step.float(), quant["bits"]) - w) / s
+        inside = r.abs() <= 0.5 + 1e-6
+        counts = torch.histc(r[inside].clamp(-0.5, 0.5), bins=bins, min=-0.5, max=0.5)
+        total += counts
+        per_layer[name] = {"kl": kl(counts), "clipped_fraction": float(1 - inside.float().mean()),
+                           "n": int(w.numel())}
+    return {"edges": edges.tolist(), "counts": total.tolist(), "kl": kl(total), "per_layer": per_layer,
+            "bits": quant["bits"]}

@@ -226,6 +226,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.quantized_names:
+                with torch.no_grad():  # a step size must stay positive (Adam can push a small one past 0)
+                    for st in step_parameters(self.model):
+                        st.clamp_(min=1e-6)
             self.step += 1
             bar.update(1)
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
