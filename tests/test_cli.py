@@ -1,0 +1,97 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flatlens.cli import main
+from flatlens.data import rotated_digits
+from flatlens.train import TrainConfig, train
+
+DATA = rotated_digits()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    out = {}
+    for name, bits, dom in (("fp", None, "75"), ("q4", 4, "75"), ("other", None, "0")):
+        p = d / f"{name}.pt"
+        train(TrainConfig(steps=40, eval_every=20, quant_start=20, bits=bits, test_domains=[dom],
+                          arch_kwargs={"width": 8}), str(p), quiet=True, data=DATA)
+        out[name] = str(p)
+    return out
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_CLI",))
+
+
+def _bad_files(tmp_path, good):
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint\n")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(open(good, "rb").read()[:2000])
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    evil_zip = tmp_path / "evil_zip.pt"
+    torch.save({"x": Evil()}, evil_zip)
+    return [str(tmp_path / "missing.pt"), str(text), str(trunc), str(evil), str(evil_zip)]
+
+
+def test_version_and_help():
+    r = subprocess.run([sys.executable, "-m", "flatlens", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("flatlens ")
+    r = subprocess.run([sys.executable, "-m", "flatlens", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "compare" in r.stdout and "reproduce" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["evaluate", "hessian", "flatness", "landscape", "compare"])
+def test_bad_files_give_one_line_and_exit_2(command, tmp_path, ckpts, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bad in _bad_files(tmp_path, ckpts["fp"]):
+        args = [command, bad] + (["--quiet"] if command != "compare" else [ckpts["fp"], "--quiet"])
+        assert main(args) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("flatlens: error:"), err
+    assert not (tmp_path / "PWNED_CLI").exists()
+
+
+def test_usage_errors_exit_2_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "flatlens", "flatness"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["train", "--test-domain", "75", "--bits", "4", "--quant-start", "10", "--steps", "20",
+                 "--eval-every", "10", "--width", "8", "--out", str(out), "--quiet"]) == 0
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "out-of-domain test" in text and "4-bit QAT" in text
+    j = tmp_path / "h.json"
+    assert main(["hessian", ckpts["q4"], "--samples", "64", "--metric", "all", "--density-iter", "10",
+                 "--json", str(j), "--quiet"]) == 0
+    h = json.loads(j.read_text())
+    assert h["weights"].startswith("deployed 4-bit") and {"eig", "trace", "density"} <= set(h["results"]["train"])
+    npz = tmp_path / "s.npz"
+    assert main(["landscape", ckpts["fp"], "--dim", "2", "--points", "5", "--samples", "64", "--npz", str(npz),
+                 "--json", str(tmp_path / "l.json"), "--quiet"]) == 0
+    import numpy as np
+    arr = np.load(npz)
+    assert arr["train_losses"].shape == (5, 5) and 0.0 in arr["xs"]
+    fj = tmp_path / "f.json"
+    assert main(["flatness", ckpts["fp"], "--radii", "0", "1", "--directions", "5", "--samples", "64",
+                 "--json", str(fj), "--resume-dir", str(tmp_path / "chunks"), "--quiet"]) == 0
+    f = json.loads(fj.read_text())
+    assert set(f["results"]) == {"train", "test"} and len(f["results"]["train"]["ci95"]) == 2
+    assert main(["flatness", ckpts["fp"], "--radii", "-1", "--quiet"]) == 2
+
+
+def test_ensemble_cli(ckpts, capsys):
+    assert main(["ensemble", ckpts["fp"], ckpts["q4"], "--split", "both"]) == 0
+    assert "ensemble" in capsys.readouterr().out
