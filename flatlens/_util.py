@@ -13,6 +13,10 @@ import torch
 from scipy import stats
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class FlatlensError(ValueError):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
 
@@ -28,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

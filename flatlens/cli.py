@@ -45,10 +45,24 @@ def _splits(split):
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args):
     from .train import TrainConfig, train
+    full_precision = args.bits == 32  # --bits 32: full precision, also over a config file's bits
+    if full_precision:
+        args.bits = None
     kw = dict(dataset=args.dataset, data_root=args.data_root, test_domains=args.test_domain, arch=args.arch,
               seed=args.seed, bits=args.bits, per_channel=not args.per_tensor, device=args.device,
               split_seed=args.split_seed, pretrained=args.pretrained, freeze_bn=args.freeze_bn)
-    if args.dataset == "rotated-digits":
+    if args.config:
+        cfg = _config_from_file(args.config)
+        for k, v in kw.items():  # flags given on the command line override the file
+            if v is not None and f"--{k.replace('_', '-')}" in sys.argv:
+                setattr(cfg, k, v)
+        if args.test_domain:
+            cfg.test_domains = args.test_domain
+        if args.bits is not None or full_precision:
+            cfg.bits = args.bits
+        if args.seed is not None and "--seed" in sys.argv:
+            cfg.seed = args.seed
+    elif args.dataset == "rotated-digits":
         cfg = TrainConfig(**{k: v for k, v in kw.items() if v is not None})
     else:
         if args.arch == "small_cnn":
@@ -68,6 +82,27 @@ def cmd_train(args):
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
                f"({', '.join(f'{d}: {100 * a:.2f} %' for d, a in m['test_acc'].items())}); "
                f"{m['train_seconds']:.1f} s; size {m['size_ratio']:.3f} x fp32")
+
+
+def _config_from_file(path):
+    import dataclasses
+    from .train import TrainConfig
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except FileNotFoundError:
+        raise FlatlensError(f"{path}: no such config file") from None
+    except ValueError as e:
+        raise FlatlensError(f"{path}: not valid JSON ({e})") from None
+    train_cfg = raw.get("train", raw)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(train_cfg) - names
+    if unknown:
+        raise FlatlensError(f"{path}: unknown training setting(s) {', '.join(sorted(unknown))}")
+    base = TrainConfig.paper_domainbed() if train_cfg.get("dataset", "rotated-digits") != "rotated-digits" else TrainConfig()
+    for k, v in train_cfg.items():
+        setattr(base, k, v)
+    return base
 
 
 def cmd_evaluate(args):
@@ -301,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
 
     t = sub.add_parser("train", help="train an ERM or QAT model on a leave-one-domain-out protocol")
+    t.add_argument("--config", help="a JSON file of training settings (experiments/*.json); flags override it")
     t.add_argument("--dataset", default="rotated-digits",
                    help="rotated-digits (default) or pacs, vlcs, officehome, terraincognita, domainnet")
     t.add_argument("--data-root", help="folder holding the DomainBed data set")
@@ -309,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=int, help="small_cnn width (default 32)")
     t.add_argument("--pretrained", action="store_true", default=None, help="ImageNet weights (ResNets)")
     t.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm in eval mode")
-    t.add_argument("--bits", type=int, help="weight bits for QAT (2..8); omit for full precision")
+    t.add_argument("--bits", type=int, help="weight bits for QAT (2..8); omit (or 32) for full precision")
     t.add_argument("--per-tensor", action="store_true", help="one step per tensor instead of per channel")
     t.add_argument("--quant-start", type=int, help="step at which quantization switches on")
     t.add_argument("--steps", type=int)

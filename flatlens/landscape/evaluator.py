@@ -19,6 +19,7 @@ from .._util import FlatlensError
 from ..objective import Objective
 
 STRATEGIES = ("auto", "loop", "vmap")
+_PICKS: dict = {}  # calibration results per (model, size, device, dtype, precision, batch shapes)
 
 
 def _wide(out: torch.Tensor) -> torch.Tensor:
@@ -154,29 +155,44 @@ class Evaluator:
                 correct.append(co.double().cpu())
         return torch.cat(losses), torch.cat(correct)
 
-    def _calibrate(self, deltas: torch.Tensor) -> str:
+    def _signature(self):
+        o = self.obj
+        return (type(o.model).__name__, o.num_params, str(o.device), str(o.dtype), self.precision,
+                tuple((tuple(b[0].shape) if isinstance(b[0], torch.Tensor) else None) for b in o.batches))
+
+    def _timed(self, fn, deltas):
+        if self.obj.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(deltas)
+        if self.obj.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, (time.perf_counter() - t0) / len(deltas)
+
+    def _calibrate(self, deltas: torch.Tensor):
+        """Pick loop or vmap by timing both on the first points (kept: the winner's values are returned, the
+        loser's points are redone by the winner). The pick is remembered per model shape and device."""
         if self.obj._custom:
             self.calibration = {"picked": "loop", "reason": "custom BatchLoss"}
-            return "loop"
-        probe = deltas[: max(2, min(self.chunk, 8))]
-        timings = {}
+            return "loop", None
+        sig = self._signature()
+        if sig in _PICKS:
+            self.calibration = {**_PICKS[sig], "reused": True}
+            return _PICKS[sig]["picked"], None
+        k = min(max(2, min(self.chunk, 4)), len(deltas))
+        timings, outs = {}, {}
         for name, fn in (("loop", self._loop), ("vmap", self._vmap)):
             try:
-                fn(probe[:1])  # warm-up
-                if self.obj.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                fn(probe)
-                if self.obj.device.type == "cuda":
-                    torch.cuda.synchronize()
-                timings[name] = (time.perf_counter() - t0) / len(probe)
+                fn(deltas[:1])  # warm-up
+                outs[name], timings[name] = self._timed(fn, deltas[:k])
             except Exception as e:  # a model vmap cannot trace (data-dependent control flow, ...)
                 timings[name] = float("inf")
                 self.calibration[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:100]}"
         picked = min(timings, key=timings.get)
-        self.calibration.update({"seconds_per_point": timings, "picked": picked, "probe_points": len(probe),
+        self.calibration.update({"seconds_per_point": timings, "picked": picked, "probe_points": k,
                                  "vmap_chunk": self.chunk})
-        return picked
+        _PICKS[sig] = dict(self.calibration)
+        return picked, (k, outs.get(picked))
 
     # ----------------------------------------------------------------- public
     def __call__(self, deltas: torch.Tensor):
@@ -195,10 +211,19 @@ class Evaluator:
         todo = (~zero).nonzero().flatten()
         if len(todo):
             sub = deltas[todo.to(deltas.device)]
+            done = None
             if self.strategy is None:
-                self.strategy = self._calibrate(sub)
+                self.strategy, done = self._calibrate(sub)
             fn = self._loop if self.strategy == "loop" else self._vmap
-            lo, co = fn(sub)
+            if done is not None and done[1] is not None:
+                k, (lo0, co0) = done
+                if k < len(sub):
+                    lo1, co1 = fn(sub[k:])
+                    lo, co = torch.cat([lo0, lo1]), torch.cat([co0, co1])
+                else:
+                    lo, co = lo0, co0
+            else:
+                lo, co = fn(sub)
             if self.precision != "fp32" and self.precision_error is None:
                 ref, _ = fn(sub[:4], precision="fp32")
                 self.precision_error = float((lo[:4] - ref).abs().max())
