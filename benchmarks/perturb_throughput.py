@@ -75,36 +75,28 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
     crit = loss_fn()
     loader = DataLoader(ConvertingDataset(raw_u8, y, mean, std), batch_size=batch, shuffle=False)
 
-    def way_a(n):
-        m = model
-        out = []
-        for i in range(n):
-            m.load_state_dict(perturbed_state(i))
-            tot, cnt = 0.0, 0
-            with torch.no_grad():
-                for xb, yb in loader:
-                    xb, yb = xb.to(device), yb.to(device)
-                    tot += float(crit(m(xb), yb)) * len(yb)
-                    cnt += len(yb)
-            out.append(tot / cnt)
-        m.load_state_dict(center)
-        return out
-
     cached = [(xb.to(device), yb.to(device)) for xb, yb in obj.batches]
 
-    def way_b(n):
-        m = model
+    def per_point_state_dict(n, batches):
+        """Per point: load a perturbed state dict, then run `batches` (a DataLoader or cached tensors)."""
         out = []
         for i in range(n):
-            m.load_state_dict(perturbed_state(i))
+            model.load_state_dict(perturbed_state(i))
             tot, cnt = 0.0, 0
             with torch.no_grad():
-                for xb, yb in cached:
-                    tot += float(crit(m(xb), yb)) * len(yb)
+                for xb, yb in batches:
+                    xb, yb = xb.to(device), yb.to(device)
+                    tot += float(crit(model(xb), yb)) * len(yb)
                     cnt += len(yb)
             out.append(tot / cnt)
-        m.load_state_dict(center)
+        model.load_state_dict(center)
         return out
+
+    def way_a(n):
+        return per_point_state_dict(n, loader)
+
+    def way_b(n):
+        return per_point_state_dict(n, cached)
 
     def way_c(n):
         evaluator_module._PICKS.clear()  # calibration included
@@ -119,13 +111,22 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
     ((lc, ev), tc) = timed(way_c, points)
     np.testing.assert_allclose(lb, lc, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(la, lc[:n_a], rtol=1e-4, atol=1e-5)
+    # what makes the loop fast: inference mode + in-place weights (c, loop) vs channels_last on top
+    loop_rates = {}
+    for cl in (False, True):
+        o2 = Objective(model, loss_fn(), [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)],
+                       device=device)
+        ev2 = Evaluator(o2, strategy="loop", channels_last=cl)
+        ev2(D[:2])
+        _, t2 = timed(ev2, D[:points // 2])
+        loop_rates["channels_last" if cl else "contiguous"] = (points // 2) / t2
     fl = forward_flops(model, x.to(device)) * 1.0
     mm = matmul_flops_per_second(device)
     ra, rb, rc = n_a / ta, points / tb, points / tc
     return {"label": label, "num_params": obj.num_params, "n_inputs": len(y), "points": points,
             "evals_per_second": {"a_loss_landscape_style": ra, "b_cached_loop": rb, "c_flatlens_auto": rc},
             "c_over_a": rc / ra, "c_over_b": rc / rb, "strategy": ev.describe()["strategy"],
-            "calibration": ev.calibration, "forward_flops_per_eval": fl,
+            "calibration": ev.calibration, "forward_flops_per_eval": fl, "loop_memory_format": loop_rates,
             "achieved_flops_per_second": fl * rc, "matmul_flops_per_second": mm,
             "fraction_of_matmul_rate": fl * rc / mm}
 
@@ -161,6 +162,8 @@ def main():
         print(f"c/a = {r['c_over_a']:.2f}, c/b = {r['c_over_b']:.2f}; achieved {r['achieved_flops_per_second'] / 1e9:.2f}"
               f" GFLOP/s = {100 * r['fraction_of_matmul_rate']:.1f} % of a dense fp32 matmul "
               f"({r['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s)")
+        lm = r["loop_memory_format"]
+        print(f"loop evals/s: contiguous {lm['contiguous']:.2f}, channels_last {lm['channels_last']:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -150,8 +150,9 @@ def compute_metric(metric: str, obj: Objective, ckpt: dict, s: Settings, *, prog
     if metric == "flatness":
         r = sharpness.local_flatness(obj, list(s.radii), n_directions=s.n_directions, seed=s.seed,
                                      strategy=s.strategy, progress=progress)
-        rows = [_row(f"local flatness r={rad:g}", m, se, ci, n=r.n_directions)
-                for rad, m, se, ci in zip(r.radii, r.mean, r.stderr, r.ci95) if rad > 0]
+        inc = np.asarray(r.increases)
+        rows = [_row(f"local flatness r={rad:g}", m, se, ci, n=r.n_directions, samples=inc[:, j].tolist())
+                for j, (rad, m, se, ci) in enumerate(zip(r.radii, r.mean, r.stderr, r.ci95)) if rad > 0]
         return {"rows": rows, "result": r.to_dict()}
     if metric == "curve":
         r = landscape.random_curves(obj, list(s.curve_alphas), kind="filter", n_directions=s.curve_directions,
@@ -159,7 +160,8 @@ def compute_metric(metric: str, obj: Objective, ckpt: dict, s: Settings, *, prog
         L = np.asarray(r.losses) - r.center_loss
         edge = 0.5 * (L[:, 0] + L[:, -1])  # mean increase at the ends alpha = +-max (filter-normalized)
         m, se, lo, hi = mean_ci(edge)
-        return {"rows": [_row(f"filter-normalized curve increase at |a|={max(abs(a) for a in s.curve_alphas):g}", m, se, (lo, hi), n=r.n_directions)],
+        return {"rows": [_row(f"filter-normalized curve increase at |a|={max(abs(a) for a in s.curve_alphas):g}", m, se, (lo, hi), n=r.n_directions,
+                              samples=edge.tolist())],
                 "result": r.to_dict()}
     if metric == "surface":
         n = s.surface_points
@@ -187,8 +189,8 @@ def compute_metric(metric: str, obj: Objective, ckpt: dict, s: Settings, *, prog
             results.append({"worst_case": w.to_dict(), "adaptive": a.to_dict()})
         m, se, lo, hi = mean_ci(vals)
         am, ase, alo, ahi = mean_ci(adapt)
-        rows = [_row(f"worst-case sharpness rho={s.rho:g}", m, se, (lo, hi), n=B),
-                _row(f"adaptive sharpness rho={s.rho / 10:g}", am, ase, (alo, ahi), n=B)]
+        rows = [_row(f"worst-case sharpness rho={s.rho:g}", m, se, (lo, hi), n=B, samples=vals),
+                _row(f"adaptive sharpness rho={s.rho / 10:g}", am, ase, (alo, ahi), n=B, samples=adapt)]
         return {"rows": rows, "result": {"batches": results}}
     if metric == "qnoise":
         steps, how = qnoise_steps(ckpt, obj, s.qnoise_bits)
@@ -234,17 +236,26 @@ def measure(ckpt: dict, metric: str, split: str, s: Settings, *, cache=None, dev
 
 
 def difference(a: dict, b: dict) -> dict:
-    """b - a with a 95 % CI from the two standard errors (independent estimates), and the verdict."""
+    """b - a with a 95 % CI, and the verdict. Rows measured on the same directions / data batches carry their
+    per-sample values: then the CI is the paired t-interval of the differences (both models saw the same
+    seeded directions), otherwise it combines the two standard errors as independent estimates."""
     diff = b["value"] - a["value"]
     rel = diff / abs(a["value"]) if a["value"] else math.nan
-    if a.get("stderr") is None or b.get("stderr") is None:
-        return {"diff": diff, "rel": rel, "ci95": None, "verdict": "no CI (not tested)"}
-    se = math.hypot(a["stderr"], b["stderr"])
-    lo, hi = diff - 1.96 * se, diff + 1.96 * se
+    sa, sb = a.get("samples"), b.get("samples")
+    if sa is not None and sb is not None and len(sa) == len(sb) and len(sa) >= 2:
+        d = np.asarray(sb, float) - np.asarray(sa, float)
+        m, se, lo, hi = (float(x) for x in mean_ci(d))
+        paired = True
+    elif a.get("stderr") is None or b.get("stderr") is None:
+        return {"diff": diff, "rel": rel, "ci95": None, "verdict": "no CI (not tested)", "paired": False}
+    else:
+        se = math.hypot(a["stderr"], b["stderr"])
+        lo, hi = diff - 1.96 * se, diff + 1.96 * se
+        paired = False
     if lo > 0:
         verdict = "sharper"
     elif hi < 0:
         verdict = "flatter"
     else:
         verdict = "no significant difference"
-    return {"diff": diff, "rel": rel, "ci95": [lo, hi], "verdict": verdict}
+    return {"diff": diff, "rel": rel, "ci95": [lo, hi], "verdict": verdict, "paired": paired}

@@ -141,3 +141,23 @@ def test_bf16_precision_reports_its_error():
     ref, _ = Evaluator(obj, strategy="loop")(DirectionSpace(obj, "filter").make(0, range(4)) * 0.3)
     assert ev.precision_error is not None and ev.precision_error == pytest.approx(float((lo - ref).abs().max()))
     assert ev.precision_error < 0.1
+
+
+def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
+    from flatlens.landscape import evaluator as evmod
+    torch.manual_seed(0)
+    m = BNNet()
+    x, y = image_data(300, 0, torch.float32)
+    evmod._PICKS.clear()
+    for bn in ("eval", "train"):
+        obj = Objective(m, nn.CrossEntropyLoss(), (x, y), bn=bn)
+        ev = Evaluator(obj, strategy="auto")
+        D = DirectionSpace(obj, "filter").make(0, range(3)) * 0.2
+        lo, _ = ev(D)
+        ref, _ = Evaluator(obj, strategy="loop")(D)
+        np.testing.assert_allclose(lo.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+        timed = ev.calibration["seconds_per_point"]
+        if bn == "train":  # batch statistics: re-cut batches would change F, so none were timed
+            assert all(k.endswith("resident") for k in timed) and ev.batch_size is None
+        else:
+            assert any(k.endswith("|64") for k in timed)

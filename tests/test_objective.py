@@ -92,3 +92,12 @@ def test_bad_input_is_refused_clearly():
     obj = Objective(model, nn.CrossEntropyLoss(), vector_data())
     with pytest.raises(FlatlensError, match="entries"):
         obj.hvp(torch.ones(3, dtype=torch.float64))
+
+
+def test_batched_hvp_equals_loop():
+    obj = Objective(tiny_cnn(), nn.CrossEntropyLoss(), image_data(), hvp_mode="graph")
+    V = torch.randn(5, obj.num_params, dtype=torch.float64)
+    loop = obj.hvp_many(V)
+    batched = obj.hvp_many(V, batched=True)
+    assert torch.allclose(loop, batched, rtol=1e-10, atol=1e-12)
+    assert obj.n_hvp == 10

@@ -9,7 +9,7 @@ from ..objective import Objective, timer
 from .directions import DirectionSpace, as_flat_direction
 from .evaluator import Evaluator
 from .results import CurveResult, CurvesResult, SurfaceResult
-from .runner import run_chunks
+from .runner import run_chunks, tensor_digest
 
 
 def grid(lo: float, hi: float, n: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="curve",
-                       args={"m": "curve", "alphas": alphas.tolist(), "d": float(d.double().norm()),
+                       args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
                              "obj": obj.describe(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
     accs = torch.cat([p["acc"] for p in parts]).tolist() if ev._accuracy else None
@@ -119,7 +119,7 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="surface",
                        args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
-                             "dx": float(fx.double().norm()), "dy": float(fy.double().norm()),
+                             "dx": tensor_digest(fx), "dy": tensor_digest(fy),
                              "obj": obj.describe(), "chunk": chunk})
     L = torch.cat([p["loss"] for p in parts]).reshape(len(ys), len(xs))
     acc = torch.cat([p["acc"] for p in parts]).reshape(len(ys), len(xs)).tolist() if ev._accuracy else None

@@ -36,6 +36,11 @@ def init_distributed() -> tuple[int, int]:
     return dist_info()
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """Content hash of a tensor (directions, step vectors) for the resume key."""
+    return hashlib.sha256(t.detach().double().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def args_key(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

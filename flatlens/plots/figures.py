@@ -127,7 +127,7 @@ def fig_surfaces(results):
         ax.plot([0], [0], "r+", ms=8)
         ax.set_title(CONFIG_LABEL[c])
         ax.set_xlabel("α (filter-normalized dx)")
-        ax.set_ylabel("β (filter-normalized dy)")
+    axes[0, 0].set_ylabel("β (filter-normalized dy)")
     fig.colorbar(cs, ax=axes[0].tolist(), label="log10 training loss")
     return fig
 

@@ -14,7 +14,7 @@ import torch
 from .._util import FlatlensError, derive_seed, mean_ci
 from ..hessian.diagonal import diagonal
 from ..landscape.evaluator import Evaluator
-from ..landscape.runner import run_chunks
+from ..landscape.runner import run_chunks, tensor_digest
 from ..objective import Objective, timer
 from .results import QuantNoiseResult
 
@@ -68,7 +68,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 200, see
         return {"inc": lo - f0}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="qnoise",
-                       args={"m": "qnoise", "n": n_samples, "seed": seed, "S": float(S.double().norm()),
+                       args={"m": "qnoise", "n": n_samples, "seed": seed, "S": tensor_digest(S),
                              "obj": obj.describe(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()
     m, se, lo, hi = (float(x) for x in mean_ci(inc))
