@@ -150,7 +150,7 @@ def main():
         xr = (torch.from_numpy(raw_rgb).float().permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
         yr = torch.randint(0, 10, (256,), generator=g)
         m = torchvision.models.resnet18(num_classes=10)
-        results["runs"].append(run(m, xr, yr, raw_rgb, 0.5, 0.25, device, max(8, args.points // 8),
+        results["runs"].append(run(m, xr, yr, raw_rgb, 0.5, 0.25, device, max(16, args.points // 2),
                                    f"ResNet-18 32x32, {device}", batch=128))
     except ImportError:
         pass

@@ -82,10 +82,14 @@ class Objective:
     hvp_mode: "graph" keeps one double-backward graph over all the data and reuses it for every HVP;
         "recompute" redoes forward and backward per HVP (memory of one batch); "auto" keeps the graph
         when its measured size fits `graph_budget_bytes`.
+    hvp_batch_size: HVPs run over the data re-cut into batches of this many samples when that leaves F
+        unchanged (a mean-reduced loss, BN in eval mode; checked at the centre): on this CPU 256-sample
+        batches made an HVP of the digits CNN on 1024 inputs 1.5x faster than one 1024-sample batch
+        (caches). None keeps the caller's batches.
     """
 
     def __init__(self, model: nn.Module, loss_fn, data, *, device=None, params=None, bn: str = "eval",
-                 hvp_mode: str = "auto", graph_budget_bytes: int = 2 << 30):
+                 hvp_mode: str = "auto", graph_budget_bytes: int = 2 << 30, hvp_batch_size: int | None = 256):
         if bn not in ("eval", "train"):
             raise FlatlensError(f"bn must be 'eval' or 'train', got {bn!r}")
         if hvp_mode not in ("auto", "graph", "recompute"):
@@ -138,6 +142,8 @@ class Objective:
         self._loss0 = float(sum(w * v for w, v in zip(self._weights, value)))
         if not math.isfinite(self._loss0):
             raise FlatlensError(f"the loss at the centre is not finite ({self._loss0})")
+        self._hvp_batches, self._hvp_weights = self._recut(hvp_batch_size)
+        self.hvp_batch_size = hvp_batch_size if self._hvp_batches is not self.batches else None
         self.hvp_mode = self._pick_hvp_mode(hvp_mode, graph_budget_bytes)
 
     # ---------------------------------------------------------------- data
@@ -165,6 +171,21 @@ class Objective:
         if not out:
             raise FlatlensError("data holds no samples")
         return out
+
+    def _recut(self, size):
+        """(batches, weights) re-cut to `size` samples when that reproduces F at the centre, else the
+        caller's own."""
+        keep = self.batches, self._weights
+        if not size or self._custom or self.bn != "eval" or max(self.sample_counts) <= size:
+            return keep
+        x = torch.cat([b[0] for b in self.batches])
+        y = torch.cat([b[1] for b in self.batches])
+        batches = [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+        weights = [len(b[1]) / self.n_samples for b in batches]
+        with torch.no_grad():
+            f = float(sum(w * self._batch_loss(self.center, b)[0] for w, b in zip(weights, batches)))
+        tol = 1e-10 if self.dtype == torch.float64 else 1e-5
+        return (batches, weights) if abs(f - self._loss0) <= tol * max(1.0, abs(self._loss0)) else keep
 
     # ---------------------------------------------------------------- evaluation
     def full_params(self, params: Mapping[str, torch.Tensor]) -> dict:
@@ -267,7 +288,8 @@ class Objective:
     def _build_graph(self):
         leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
         with torch.enable_grad():
-            f = self.value(dict(zip(self.names, leaves)))
+            tensors = self.full_params(dict(zip(self.names, leaves)))
+            f = sum(w * self._batch_loss(tensors, b)[0] for w, b in zip(self._hvp_weights, self._hvp_batches))
             grads = torch.autograd.grad(f, leaves, create_graph=True, allow_unused=True)
         # gradients that do not depend on theta (or parameters the loss never uses) carry no curvature
         used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -283,12 +305,12 @@ class Objective:
             saved[0] += t.numel() * t.element_size()
             return t
 
-        first = self.batches[0]
+        first = self._hvp_batches[0]
         leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), first)
             torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        per_sample = saved[0] / max(1, self.sample_counts[0])
+        per_sample = saved[0] / max(1, self._hvp_weights[0] * self.n_samples)
         self.graph_bytes_estimate = int(per_sample * self.n_samples)
         return "graph" if self.graph_bytes_estimate <= budget else "recompute"
 
@@ -310,7 +332,7 @@ class Objective:
                     if h is not None:
                         outd[n].copy_(h)
         else:  # recompute per batch: memory of one batch, one forward + double backward per batch per HVP
-            for w, b in zip(self._weights, self.batches):
+            for w, b in zip(self._hvp_weights, self._hvp_batches):
                 leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
                 with torch.enable_grad():
                     loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), b)
@@ -371,7 +393,7 @@ class Objective:
         """What every result records about the objective it measured."""
         return {"num_params": self.num_params, "n_samples": self.n_samples, "n_batches": len(self.batches),
                 "bn": self.bn, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "hvp_mode": self.hvp_mode}
+                "hvp_mode": self.hvp_mode, "hvp_batch_size": self.hvp_batch_size}
 
 
 def timer():

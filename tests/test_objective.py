@@ -101,3 +101,15 @@ def test_batched_hvp_equals_loop():
     batched = obj.hvp_many(V, batched=True)
     assert torch.allclose(loop, batched, rtol=1e-10, atol=1e-12)
     assert obj.n_hvp == 10
+
+
+def test_hvps_over_recut_batches_equal_the_callers_batches():
+    x, y = image_data(300, 3)
+    a = Objective(tiny_cnn(), nn.CrossEntropyLoss(), (x, y), hvp_batch_size=64)
+    b = Objective(tiny_cnn(), nn.CrossEntropyLoss(), (x, y), hvp_batch_size=None)
+    assert a.describe()["hvp_batch_size"] == 64 and b.describe()["hvp_batch_size"] is None
+    v = torch.randn(a.num_params, dtype=torch.float64)
+    assert torch.allclose(a.hvp(v), b.hvp(v), rtol=1e-9, atol=1e-12)
+    # batch statistics depend on the batching: never re-cut
+    c = Objective(tiny_cnn(), nn.CrossEntropyLoss(), (x, y), bn="train", hvp_batch_size=64)
+    assert c.describe()["hvp_batch_size"] is None

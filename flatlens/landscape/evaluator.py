@@ -194,17 +194,29 @@ class Evaluator:
                 tuple((tuple(b[0].shape) if isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor)
                        else type(b).__name__) for b in o.batches))
 
-    def _time_centre(self, reps: int = 2) -> float:
-        """Seconds of one evaluation at the centre with the current layout (after a warm-up)."""
-        self._forward_all()
-        best = math.inf
-        for _ in range(reps):
-            _sync(self.obj.device)
-            t0 = time.perf_counter()
+    def _time_prefix(self, n_samples: int) -> float:
+        """Seconds per sample of the centre's forward over the first ~n_samples of the current layout
+        (one warm-up, then the faster of two timed runs)."""
+        keep, total = [], 0
+        for w, b in zip(self._weights, self._batches):
+            if total and total + len(b[1]) > n_samples:
+                break
+            keep.append((w, b))
+            total += len(b[1])
+        full = self._batches, self._weights
+        self._weights, self._batches = [w for w, _ in keep], [b for _, b in keep]
+        try:
             self._forward_all()
-            _sync(self.obj.device)
-            best = min(best, time.perf_counter() - t0)
-        return best
+            best = math.inf
+            for _ in range(2):
+                _sync(self.obj.device)
+                t0 = time.perf_counter()
+                self._forward_all()
+                _sync(self.obj.device)
+                best = min(best, time.perf_counter() - t0)
+        finally:
+            self._batches, self._weights = full
+        return best / total
 
     def _calibrate(self) -> None:
         obj = self.obj
@@ -215,20 +227,19 @@ class Evaluator:
             self.strategy = pick["picked"]
             self._configure(pick["channels_last"], pick["batch_size"])
             return
-        sizes = [None]
-        if not obj._custom:
-            biggest = max(len(b[1]) for b in obj.batches)
-            sizes += [s for s in (128, 64) if s < biggest]
-        formats = [False, True] if self._images and self._cl_request is None else [bool(self._cl_request)]
-        f0 = obj.loss()
         timings = {}
-        for cl in formats:
-            for bs in sizes:
-                self._configure(cl and self._images, bs)
-                f, _ = self._forward_all()
-                if bs is not None and abs(f - f0) > 1e-5 * max(1.0, abs(f0)):
-                    continue  # re-cutting the batches changes the loss (batch statistics or a non-mean loss)
-                timings[f"loop|{'channels_last' if cl else 'contiguous'}|{bs or 'resident'}"] = self._time_centre()
+        if obj._custom:
+            timings["loop|contiguous|resident"] = 0.0
+        else:
+            biggest = max(len(b[1]) for b in obj.batches)
+            sizes = [None] + [s for s in (128, 64) if s < biggest]
+            formats = [False, True] if self._images and self._cl_request is None else [bool(self._cl_request)]
+            prefix = min(obj.n_samples, max(biggest, 128))
+            for cl in formats:
+                for bs in sizes:
+                    self._configure(cl and self._images, bs)
+                    timings[f"loop|{'channels_last' if cl else 'contiguous'}|{bs or 'resident'}"] = \
+                        self._time_prefix(prefix) * obj.n_samples
         if obj.device.type == "cuda" and not obj._custom:
             self._configure(False, None)
             zeros = torch.zeros(min(self.chunk, 8), obj.num_params, device=obj.device, dtype=obj.dtype)
@@ -241,15 +252,22 @@ class Evaluator:
                 timings["vmap|contiguous|resident"] = (time.perf_counter() - t0) / len(zeros)
             except Exception as e:  # a model vmap cannot trace (data-dependent control flow, ...)
                 self.calibration["vmap_error"] = f"{type(e).__name__}: {str(e)[:100]}"
-        best = min(timings, key=timings.get)
-        strategy, fmt, bs = best.split("|")
+        f0 = obj.loss()
+        for best in sorted(timings, key=timings.get):
+            strategy, fmt, bs = best.split("|")
+            self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
+            if bs == "resident":
+                break
+            f, _ = self._forward_all()  # re-cut batches must reproduce F (mean loss, BN in eval mode)
+            if abs(f - f0) <= 1e-5 * max(1.0, abs(f0)):
+                break
+            timings[best] = math.inf
         pick = {"picked": strategy, "channels_last": fmt == "channels_last",
                 "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
                 "vmap_chunk": self.chunk}
         _PICKS[sig] = pick
         self.calibration = dict(pick)
         self.strategy = strategy
-        self._configure(pick["channels_last"], pick["batch_size"])
 
     # ----------------------------------------------------------------- public
     def __call__(self, deltas: torch.Tensor):
