@@ -11,6 +11,7 @@ Usage: python benchmarks/hessian_vs_pyhessian.py [--seeds 10] [--json out.json]
 """
 import argparse
 import json
+import warnings
 import math
 import os
 import sys
@@ -52,8 +53,8 @@ def run(model, x, y, device, seeds, budget, label):
     counter = count_pyhessian_hvps()
 
     # reference values
-    ref_eig = hessian.top_eigenvalues(obj, 1, tol=1e-8, max_hvp=3000).values[0]
-    ref_tr = hessian.trace(obj, rtol=0.002, max_hvp=6000, seed=12345)
+    ref_eig = hessian.top_eigenvalues(obj, 1, tol=1e-7, max_hvp=1500).values[0]
+    ref_tr = hessian.trace(obj, method="hutch++", n_probes=960, seed=12345, per_layer=False)
     out["reference"] = {"top_eigenvalue": ref_eig, "trace": ref_tr.value, "trace_ci95": ref_tr.ci95,
                         "trace_hvps": ref_tr.n_hvp}
 
@@ -71,16 +72,23 @@ def run(model, x, y, device, seeds, budget, label):
     obj.release_graph()
     r, t = timed(hessian.top_eigenvalues, obj, 1, tol=1e-3, seed=0)
     obj.release_graph()
-    comp, t_setup = timed(pyhessian_comp, model, x, y, device)
-    counter["n"] = 0
-    torch.manual_seed(0)
-    (pv, _), tp = timed(comp.eigenvalues, maxIter=100, tol=1e-3, top_n=1)
+    # PyHessian's power iteration at its own tol=1e-3, then at tighter tols until it is within 1e-3
+    runs = []
+    for ptol in (1e-3, 1e-4, 1e-5):
+        comp, t_setup = timed(pyhessian_comp, model, x, y, device)
+        counter["n"] = 0
+        torch.manual_seed(0)
+        (pv, _), tp = timed(comp.eigenvalues, maxIter=300, tol=ptol, top_n=1)
+        runs.append({"tol": ptol, "seconds": tp + t_setup, "n_hvp": counter["n"], "value": pv[0],
+                     "rel_error": abs(pv[0] / ref_eig - 1)})
+        if runs[-1]["rel_error"] <= 1e-3:
+            break
+    ok = runs[-1]
     out["a_top_eigenvalue"] = {
         "flatlens": {"seconds": t, "n_hvp": r.n_hvp, "value": r.values[0], "rel_error": abs(r.values[0] / ref_eig - 1)},
-        "pyhessian": {"seconds": tp + t_setup, "n_hvp": counter["n"], "value": pv[0],
-                      "rel_error": abs(pv[0] / ref_eig - 1)},
+        "pyhessian": ok, "pyhessian_runs": runs,
     }
-    out["a_top_eigenvalue"]["speedup"] = (tp + t_setup) / t
+    out["a_top_eigenvalue"]["speedup"] = ok["seconds"] / t
 
     # (b) trace, the same fixed 64 Rademacher probes
     obj.release_graph()
@@ -126,6 +134,7 @@ def run(model, x, y, device, seeds, budget, label):
 
 
 def main():
+    warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=int, default=64)
@@ -151,9 +160,12 @@ def main():
         print(f"== {r['label']}: {r['num_params']} parameters, {r['n_inputs']} inputs ==")
         hm = r["hvp_seconds_each"]
         print("HVP cost: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in hm.items()))
-        print(f"(a) top eigenvalue: flatlens {a['flatlens']['seconds']:.2f} s / {a['flatlens']['n_hvp']} HVPs "
-              f"(rel err {a['flatlens']['rel_error']:.1e}); pyhessian {a['pyhessian']['seconds']:.2f} s / "
-              f"{a['pyhessian']['n_hvp']} HVPs (rel err {a['pyhessian']['rel_error']:.1e}); speedup {a['speedup']:.2f}x")
+        print(f"(a) top eigenvalue to 1e-3: flatlens {a['flatlens']['seconds']:.2f} s / {a['flatlens']['n_hvp']} HVPs "
+              f"(rel err {a['flatlens']['rel_error']:.1e}); pyhessian (tol {a['pyhessian']['tol']:g}) "
+              f"{a['pyhessian']['seconds']:.2f} s / {a['pyhessian']['n_hvp']} HVPs (rel err "
+              f"{a['pyhessian']['rel_error']:.1e}); speedup {a['speedup']:.2f}x")
+        for pr in a["pyhessian_runs"][:-1]:
+            print(f"    pyhessian at tol {pr['tol']:g}: {pr['seconds']:.2f} s, {pr['n_hvp']} HVPs, rel err {pr['rel_error']:.1e}")
         print(f"(b) trace, 64 probes: flatlens {b['flatlens_seconds']:.2f} s, pyhessian {b['pyhessian_seconds']:.2f} s;"
               f" speedup {b['speedup']:.2f}x")
         print(f"(c) trace at {c['hvp_budget']} HVPs over {c['seeds']} seeds: rel RMSE flatlens Hutch++ "

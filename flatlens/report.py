@@ -56,6 +56,9 @@ def write_report(results: dict, path: str) -> str:
     L.append(f"Measurements on {s['samples']} samples per split (train = source-domain training data, test = the "
              f"held-out domain), {results['weights_measured']}, BatchNorm in eval mode, seed {s['seed']}. "
              "Values are means over seeds; ± is the 95 % CI of the measurement (sd = spread over seeds).\n")
+    L.append("## Summary\n")
+    L.append(summary_table(results))
+    L.append("")
     # accuracy
     L.append("## Accuracy (%)\n")
     for d in domains(results):
@@ -188,3 +191,29 @@ def claims(results) -> list[str]:
 
 def _ci(w):
     return "n/a" if w["ci"] is None else f"[{_f(w['ci'][0], 3)}, {_f(w['ci'][1], 3)}]"
+
+
+def summary_table(results: dict, radius: float = 2.0) -> str:
+    """A compact Markdown table over both test domains: accuracy, flatness, trace, top eigenvalue."""
+    doms = domains(results)
+    head = ["model"] + [f"OOD acc {d}° (%)" for d in doms] + [f"in-domain {d}° (%)" for d in doms]
+    head += [f"flatness r={radius:g}, train ({d}°)" for d in doms] + [f"tr(H), train ({d}°)" for d in doms]
+    head += [f"λ₁, train ({d}°)" for d in doms]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs(results):
+        cells = [CONFIG_LABEL[c]]
+        for key in ("mean_test_acc", "mean_val_acc"):
+            for d in doms:
+                st = accuracy(models(results, d, c), key)
+                cells.append(f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}")
+        for d in doms:
+            pf = pooled_flatness(models(results, d, c), "train")
+            j = min(range(len(pf["radii"])), key=lambda i: abs(pf["radii"][i] - radius))
+            cells.append(f"{_f(pf['mean'][j], 3)} [{_f(pf['lo'][j], 3)}, {_f(pf['hi'][j], 3)}]")
+        for d in doms:
+            cells.append(_pm(pooled_row(models(results, d, c), "train", "hessian-trace", "Hessian trace")))
+        for d in doms:
+            p = pooled_row(models(results, d, c), "train", "hessian-eig", "top eigenvalue")
+            cells.append(f"{_f(p['mean'])} (sd {_f(p['std'], 2)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -279,13 +279,13 @@ class Evaluator:
         m = deltas.shape[0]
         losses = torch.empty(m, dtype=torch.float64)
         correct = torch.empty(m, dtype=torch.float64)
-        zero = (deltas == 0).all(dim=1).cpu()
+        zero = (torch.count_nonzero(deltas, dim=1) == 0).cpu()
         _, acc0 = obj.loss_and_accuracy() if self._accuracy else (None, None)
         losses[zero] = obj.loss()
         correct[zero] = (acc0 or 0.0) * obj.n_samples
         todo = (~zero).nonzero().flatten()
         if len(todo):
-            sub = deltas[todo.to(deltas.device)]
+            sub = deltas if len(todo) == m else deltas[todo.to(deltas.device)]  # no copy unless needed
             if self.strategy is None:
                 self._calibrate()
             fn = self._loop if self.strategy == "loop" else self._vmap
