@@ -234,6 +234,12 @@ class Objective:
         """F at the centre (computed once)."""
         return self._loss0
 
+    def accuracy(self) -> float | None:
+        """Accuracy at the centre (computed once), or None when the loss is not a classification loss."""
+        if not hasattr(self, "_acc0"):
+            self._acc0 = self.loss_and_accuracy()[1]
+        return self._acc0
+
     def loss_at(self, params: Mapping[str, torch.Tensor]) -> float:
         with torch.no_grad():
             return float(self.value(params))
