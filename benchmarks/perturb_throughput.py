@@ -64,7 +64,6 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
                     device=device)
     D = DirectionSpace(obj, "filter").make(0, range(points)) * 0.3
     center = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    names = obj.names
 
     def perturbed_state(i):
         sd = dict(center)

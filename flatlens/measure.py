@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._util import FlatlensError, mean_ci, t_quantile
+from ._util import FlatlensError, mean_ci
 from .checkpoint import build_model, weights_label
 from .data import load as load_data
 from .data import split_indices

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ._util import atomic_write_text
-from .summary import (CONFIG_BITS, CONFIG_LABEL, accuracy, configs, domains, models, pooled_flatness, pooled_row,
+from .summary import (CONFIG_LABEL, accuracy, configs, domains, models, pooled_flatness, pooled_row,
                       welch)
 
 

@@ -4,10 +4,10 @@ import os
 import pytest
 
 from flatlens.cli import main
-from test_cli import ckpts  # noqa: F401  (module-scoped fixture)
+from test_cli import ckpts  # noqa: F401,F811  (module-scoped fixture shared with test_cli)
 
 
-def _run(tmp_path, ckpts, extra=()):
+def _run(tmp_path, ckpts, extra=()):  # noqa: F811
     j = tmp_path / "cmp.json"
     code = main(["compare", ckpts["fp"], ckpts["q4"], "--metric", "all", "--split", "both", "--samples", "64",
                  "--directions", "6", "--results", str(tmp_path / "res"), "--json", str(j),

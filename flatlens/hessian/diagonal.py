@@ -1,7 +1,6 @@
 """Hutchinson estimate of the Hessian diagonal:  diag(H) = E[g * (H g)],  g Rademacher."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

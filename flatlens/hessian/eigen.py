@@ -1,7 +1,6 @@
 """Extreme Hessian eigenvalues: implicitly restarted Lanczos (scipy's ARPACK) or power iteration."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

@@ -10,9 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .._util import mean_ci  # noqa: E402
 from ..summary import (CONFIG_BITS, CONFIG_LABEL, configs, domains, models, pooled_flatness,  # noqa: E402
-                       pooled_row, seed_stats)
+                       seed_stats)
 
 PALETTE = dict(zip(["fp32", "q8", "q7", "q4", "q2"], sns.color_palette("colorblind", 5)))
 
@@ -184,7 +183,7 @@ def fig_accuracy(results):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     for d, mk in zip(doms, "os^"):
-        xs, ys, es, ys_in = [], [], [], []
+        xs, ys, es = [], [], []
         for c in configs(results):
             st = seed_stats([m["metrics"]["mean_test_acc"] * 100 for m in models(results, d, c)])
             xs.append(CONFIG_BITS[c])

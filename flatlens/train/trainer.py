@@ -11,7 +11,6 @@ new step sizes are added as a parameter group, unlike the paper's released code,
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .._util import FlatlensError, atomic_torch_save, resolve_device
 from ..checkpoint import save_checkpoint
