@@ -120,3 +120,24 @@ def test_eoq_ensemble(tmp_path):
     with torch.no_grad():
         p = torch.stack([torch.softmax(build_model(c)(x), 1) for c in cks]).mean(0)
     assert res["ensemble"]["test:75"] == pytest.approx(float((p.argmax(1) == y).float().mean()))
+
+
+def test_frozen_batchnorm_keeps_running_statistics():
+    tr = Trainer(small_cfg(freeze_bn=True, steps=5, eval_every=5), DATA, quiet=True)
+    bn = tr.model.features[1]
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    w0 = bn.weight.detach().clone()
+    tr.run()
+    assert not bn.training
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert not torch.equal(bn.weight.detach(), w0)  # the affine parameters still train
+
+
+def test_pretrained_weights_fail_clearly_when_unavailable(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    from flatlens import FlatlensError
+    from flatlens.models import build
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FlatlensError, match="not available offline"):
+        build("resnet18", num_classes=3, pretrained=True)
+    assert build("resnet18", num_classes=3).fc.out_features == 3
