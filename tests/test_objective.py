@@ -113,3 +113,11 @@ def test_hvps_over_recut_batches_equal_the_callers_batches():
     # batch statistics depend on the batching: never re-cut
     c = Objective(tiny_cnn(), nn.CrossEntropyLoss(), (x, y), bn="train", hvp_batch_size=64)
     assert c.describe()["hvp_batch_size"] is None
+
+
+def test_flushing_denormals_does_not_change_hvps():
+    a = Objective(tiny_cnn(), nn.CrossEntropyLoss(), image_data(), flush_denormal=True)
+    b = Objective(tiny_cnn(), nn.CrossEntropyLoss(), image_data(), flush_denormal=False)
+    v = torch.randn(a.num_params, dtype=torch.float64)
+    assert torch.allclose(a.hvp(v), b.hvp(v), rtol=1e-12, atol=1e-14)
+    assert torch.tensor(1e-310, dtype=torch.float64).item() != 0.0  # the global flag is off again
