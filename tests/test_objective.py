@@ -120,4 +120,5 @@ def test_flushing_denormals_does_not_change_hvps():
     b = Objective(tiny_cnn(), nn.CrossEntropyLoss(), image_data(), flush_denormal=False)
     v = torch.randn(a.num_params, dtype=torch.float64)
     assert torch.allclose(a.hvp(v), b.hvp(v), rtol=1e-12, atol=1e-14)
-    assert torch.tensor(1e-310, dtype=torch.float64).item() != 0.0  # the global flag is off again
+    tiny = torch.tensor(1e-300, dtype=torch.float64) * 1e-10  # a subnormal result
+    assert tiny.item() != 0.0  # the global flush flag is off again
