@@ -32,6 +32,13 @@ def _check_grid(values, name) -> np.ndarray:
     return a
 
 
+def max_points(obj: Objective, budget: int = 512 << 20) -> int:
+    """How many perturbation vectors of this objective fit in `budget` bytes (at least 1): a chunk of points
+    is materialized as an (m, P) matrix, so large models get small chunks."""
+    per = obj.num_params * obj.center[obj.names[0]].element_size()
+    return max(1, budget // max(1, per))
+
+
 def _evaluator(obj, evaluator, strategy, precision):
     return evaluator if evaluator is not None else Evaluator(obj, strategy=strategy, precision=precision)
 
@@ -45,6 +52,7 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
     d = as_flat_direction(obj, direction)
     ev = _evaluator(obj, evaluator, strategy, precision)
     a_t = torch.as_tensor(alphas, dtype=obj.dtype, device=obj.device)
+    chunk = min(chunk, max_points(obj))
     n_chunks = -(-len(alphas) // chunk)
 
     def compute(i):
@@ -74,16 +82,16 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
     space = DirectionSpace(obj, kind, ignore)
     ev = _evaluator(obj, evaluator, strategy, precision)
     a_t = torch.as_tensor(alphas, dtype=obj.dtype, device=obj.device)
-    k = directions_per_chunk
+    k = min(directions_per_chunk, max_points(obj))
     n_chunks = -(-n_directions // k)
 
     def compute(i):
         idx = list(range(i * k, min(n_directions, (i + 1) * k)))
         D = space.make(seed, idx)
-        deltas = (a_t[None, :, None] * D[:, None, :]).reshape(-1, obj.num_params)
-        lo, acc = ev(deltas)
-        return {"loss": lo.reshape(len(idx), -1),
-                "acc": acc.reshape(len(idx), -1) if acc is not None else torch.empty(0)}
+        per_alpha = [ev(a * D) for a in a_t]  # one (k, P) matrix at a time
+        lo = torch.stack([p[0] for p in per_alpha], dim=1)
+        acc = torch.stack([p[1] for p in per_alpha], dim=1) if ev._accuracy else torch.empty(0)
+        return {"loss": lo, "acc": acc}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc=f"{kind} curves",
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
@@ -110,6 +118,7 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
     a_t = torch.as_tensor(A.reshape(-1), dtype=obj.dtype, device=obj.device)
     b_t = torch.as_tensor(B.reshape(-1), dtype=obj.dtype, device=obj.device)
     n = a_t.numel()
+    chunk = min(chunk, max_points(obj))
     n_chunks = -(-n // chunk)
 
     def compute(i):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .._util import FlatlensError, mean_ci
+from ..landscape.curves import max_points
 from ..landscape.directions import DirectionSpace
 from ..landscape.evaluator import Evaluator
 from ..landscape.runner import run_chunks
@@ -36,15 +37,15 @@ def local_flatness(obj: Objective, radii, *, n_directions: int = 100, seed: int 
     space = DirectionSpace(obj, kind, ignore)
     ev = evaluator if evaluator is not None else Evaluator(obj, strategy=strategy, precision=precision)
     r_t = torch.as_tensor(r, dtype=obj.dtype, device=obj.device)
-    k = directions_per_chunk
+    k = min(directions_per_chunk, max_points(obj))
     n_chunks = -(-n_directions // k)
     f0 = obj.loss()
 
     def compute(i):
         idx = list(range(i * k, min(n_directions, (i + 1) * k)))
         U = space.make(seed, idx)
-        lo, _ = ev((r_t[None, :, None] * U[:, None, :]).reshape(-1, obj.num_params))
-        return {"inc": lo.reshape(len(idx), len(r)) - f0}
+        lo = torch.stack([ev(rad * U)[0] for rad in r_t], dim=1)  # one (k, P) matrix at a time
+        return {"inc": lo - f0}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="flatness",
                        args={"m": "flatness", "radii": r.tolist(), "n": n_directions, "seed": seed, "kind": kind,

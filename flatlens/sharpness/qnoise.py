@@ -13,6 +13,7 @@ import torch
 
 from .._util import FlatlensError, derive_seed, mean_ci
 from ..hessian.diagonal import diagonal
+from ..landscape.curves import max_points
 from ..landscape.evaluator import Evaluator
 from ..landscape.runner import run_chunks, tensor_digest
 from ..objective import Objective, timer
@@ -54,7 +55,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 200, see
     S = step_vector(obj, steps)
     ev = evaluator if evaluator is not None else Evaluator(obj, strategy=strategy, precision=precision)
     f0 = obj.loss()
-    k = samples_per_chunk
+    k = min(samples_per_chunk, max_points(obj))
     n_chunks = -(-n_samples // k)
 
     def compute(i):
