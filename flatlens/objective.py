@@ -315,9 +315,7 @@ class Objective:
             tensors = self.full_params(dict(zip(self.names, leaves)))
             f = sum(w * self._batch_loss(tensors, b)[0] for w, b in zip(self._hvp_weights, self._hvp_batches))
             grads = torch.autograd.grad(f, leaves, create_graph=True, allow_unused=True)
-        # gradients that do not depend on theta (or parameters the loss never uses) carry no curvature
-        used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return leaves, grads, used
+        return leaves, grads
 
     def _pick_hvp_mode(self, mode: str, budget: int) -> str:
         if mode != "auto":
@@ -338,43 +336,42 @@ class Objective:
         self.graph_bytes_estimate = int(per_sample * self.n_samples)
         return "graph" if self.graph_bytes_estimate <= budget else "recompute"
 
-    def _hvp_flat(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for one flat vector (Hessian of F at the centre)."""
-        with flush_denormals(self.flush_denormal and self.device.type == "cpu"):
-            return self._hvp_flat_impl(v)
+    def _second_backward(self, grads, leaves, vd, *, retain_graph: bool, batched: bool = False):
+        """Hv per parameter (None where zero) from a gradient graph: backward through the gradient entries that
+        depend on theta, with `vd` as their cotangents. Gradients that do not depend on theta (or parameters
+        the loss never uses) carry no curvature."""
+        used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        if not used:
+            return [None] * len(leaves)
+        with torch.enable_grad():
+            return torch.autograd.grad([grads[i] for i in used], leaves,
+                                       grad_outputs=[vd[self.names[i]] for i in used], retain_graph=retain_graph,
+                                       allow_unused=True, is_grads_batched=batched)
 
-    def _hvp_flat_impl(self, v: torch.Tensor) -> torch.Tensor:
-        vd = self.unflatten(v)
-        out = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-        outd = self.unflatten(out)
-        if self.hvp_mode == "graph":
-            if self._graph is None:
-                self._graph = self._build_graph()
-            leaves, grads, used = self._graph
-            if used:
-                with torch.enable_grad():
-                    hv = torch.autograd.grad([grads[i] for i in used], leaves,
-                                             grad_outputs=[vd[self.names[i]] for i in used],
-                                             retain_graph=True, allow_unused=True)
-                for n, h in zip(self.names, hv):
+    def _hvp_into(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        """H v for one flat vector (batched=False) or for the rows of V through one vmapped backward."""
+        out = torch.zeros_like(V)
+        outd, vd = self.unflatten(out), self.unflatten(V)
+        with flush_denormals(self.flush_denormal and self.device.type == "cpu"):
+            if self.hvp_mode == "graph":
+                if self._graph is None:
+                    self._graph = self._build_graph()
+                leaves, grads = self._graph
+                for n, h in zip(self.names, self._second_backward(grads, leaves, vd, retain_graph=True,
+                                                                  batched=batched)):
                     if h is not None:
                         outd[n].copy_(h)
-        else:  # recompute per batch: memory of one batch, one forward + double backward per batch per HVP
-            for w, b in zip(self._hvp_weights, self._hvp_batches):
-                leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
-                with torch.enable_grad():
-                    loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), b)
-                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-                    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                    if not used:
-                        continue
-                    hv = torch.autograd.grad([grads[i] for i in used], leaves,
-                                             grad_outputs=[vd[self.names[i]] for i in used],
-                                             allow_unused=True)
-                for n, h in zip(self.names, hv):
-                    if h is not None:
-                        outd[n].add_(h, alpha=w)
-        self.n_hvp += 1
+            else:  # recompute per batch: memory of one batch, one forward + double backward per batch per HVP
+                for w, b in zip(self._hvp_weights, self._hvp_batches):
+                    leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
+                    with torch.enable_grad():
+                        loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), b)
+                        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+                    for n, h in zip(self.names, self._second_backward(grads, leaves, vd, retain_graph=False,
+                                                                      batched=batched)):
+                        if h is not None:
+                            outd[n].add_(h, alpha=w)
+        self.n_hvp += len(V) if batched else 1
         return out
 
     def hvp(self, v):
@@ -382,7 +379,7 @@ class Objective:
         flat, was_dict = self._as_flat(v)
         if flat.dim() != 1:
             raise FlatlensError("hvp takes one vector; use hvp_many for a stack")
-        out = self._hvp_flat(flat)
+        out = self._hvp_into(flat, batched=False)
         return {n: t.clone() for n, t in self.unflatten(out).items()} if was_dict else out
 
     def hvp_many(self, V: torch.Tensor, *, batched: bool = False) -> torch.Tensor:
@@ -394,24 +391,9 @@ class Objective:
             V = V[None]
         if not len(V):
             return V.clone()
-        if not batched or self.hvp_mode != "graph":
-            return torch.stack([self._hvp_flat(v) for v in V])
-        if self._graph is None:
-            self._graph = self._build_graph()
-        leaves, grads, used = self._graph
-        out = torch.zeros_like(V)
-        if used:
-            Vd = self.unflatten(V)
-            with torch.enable_grad(), flush_denormals(self.flush_denormal and self.device.type == "cpu"):
-                hv = torch.autograd.grad([grads[i] for i in used], leaves,
-                                         grad_outputs=[Vd[self.names[i]] for i in used],
-                                         retain_graph=True, allow_unused=True, is_grads_batched=True)
-            outd = self.unflatten(out)
-            for n, h in zip(self.names, hv):
-                if h is not None:
-                    outd[n].copy_(h)
-        self.n_hvp += len(V)
-        return out
+        if batched:
+            return self._hvp_into(V, batched=True)
+        return torch.stack([self._hvp_into(v, batched=False) for v in V])
 
     def release_graph(self) -> None:
         """Free the cached double-backward graph (rebuilt on the next HVP)."""

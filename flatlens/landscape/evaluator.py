@@ -62,7 +62,7 @@ class Evaluator:
         self._batches, self._weights = obj.batches, obj._weights
         if strategy != "auto":
             self._configure(bool(channels_last) and self._images, batch_size)
-        self.chunk = self._chunk_size()
+        self._chunk = None
         self.n_evals = 0
 
     # ----------------------------------------------------------------- layout of model and data
@@ -100,6 +100,14 @@ class Evaluator:
             for h in hs:
                 h.remove()
         return total[0]
+
+    @property
+    def chunk(self) -> int:
+        """vmap chunk size for the memory budget, measured on first use (a forward pass with hooks), so the
+        loop strategy never pays for it."""
+        if self._chunk is None:
+            self._chunk = self._chunk_size()
+        return self._chunk
 
     def _chunk_size(self) -> int:
         per_point = 3 * self.obj.num_params * self.obj.center[self.obj.names[0]].element_size()
@@ -264,7 +272,7 @@ class Evaluator:
             timings[best] = math.inf
         pick = {"picked": strategy, "channels_last": fmt == "channels_last",
                 "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
-                "vmap_chunk": self.chunk}
+                "vmap_chunk": self._chunk}
         _PICKS[sig] = pick
         self.calibration = dict(pick)
         self.strategy = strategy
@@ -302,5 +310,5 @@ class Evaluator:
     def describe(self) -> dict:
         return {"strategy": self.strategy or self.requested, "requested": self.requested,
                 "precision": self.precision, "precision_max_abs_error": self.precision_error,
-                "vmap_chunk": self.chunk, "channels_last": self.channels_last, "batch_size": self.batch_size,
+                "vmap_chunk": self._chunk, "channels_last": self.channels_last, "batch_size": self.batch_size,
                 "calibration": self.calibration}
