@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 
 
 _UMASK = os.umask(0)
@@ -76,23 +75,15 @@ def rademacher(shape, *, gen: torch.Generator, dtype, device) -> torch.Tensor:
 
 
 def t_quantile(n: int, level: float = 0.95) -> float:
-    """Two-sided Student-t quantile for a mean of n samples (inf for n < 2)."""
-    if n < 2:
-        return math.inf
-    return float(stats.t.ppf(0.5 + level / 2, df=n - 1))
+    """Two-sided Student-t quantile for a mean of n samples (n - 1 df; inf for n < 2)."""
+    from .stats import t_crit
+    return t_crit(n - 1, level) if n >= 2 else math.inf
 
 
-def mean_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95, axis: int = 0):
-    """Mean, standard error and the t-based CI of the mean along `axis`."""
-    x = np.asarray(samples, dtype=np.float64)
-    n = x.shape[axis]
-    mean = x.mean(axis=axis)
-    if n < 2:
-        se = np.full_like(mean, np.inf)
-    else:
-        se = x.std(axis=axis, ddof=1) / math.sqrt(n)
-    half = t_quantile(n, level) * se
-    return mean, se, mean - half, mean + half
+def mean_ci(samples: Sequence[float] | np.ndarray, axis: int = 0):
+    """Mean, standard error and the t-interval (n - 1 df) of the mean along `axis` (stats.mean_ci_rows)."""
+    from .stats import mean_ci_rows
+    return mean_ci_rows(np.moveaxis(np.asarray(samples, dtype=np.float64), axis, 0))
 
 
 def resolve_device(device) -> torch.device:

@@ -1,6 +1,9 @@
-"""On-disk cache of measurements, keyed by (checkpoint content hash, metric, its parameters, the data
-selection, the seed). Entries are JSON written atomically; an entry that does not parse or whose key does
-not match is recomputed, never trusted."""
+"""On-disk cache of measurements, keyed by what they measured: checkpoint content hash, metric, its own
+settings and the common ones (seed included), the data selection, the flatlens version and the device type.
+
+Entries are JSON written atomically and carry a hash of their value, checked on read: an entry that does
+not parse, whose key does not match, whose value was edited, or that the caller cannot read back as its
+type (`reject`) is recomputed, never trusted, and counted as such."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +15,10 @@ from ._util import atomic_write_text
 
 def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _value_hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ResultCache:
@@ -35,20 +42,29 @@ class ResultCache:
         try:
             with open(path) as fh:
                 entry = json.load(fh)
-            if entry.get("key") != key or "value" not in entry:
+            if not isinstance(entry, dict) or entry.get("key") != key or "value" not in entry:
                 raise ValueError("key mismatch")
-        except (OSError, ValueError):
+            if entry.get("sha256") != _value_hash(entry["value"]):
+                raise ValueError("value does not match its hash")
+        except (OSError, ValueError, UnicodeDecodeError):
             self.recomputed_corrupt += 1
             self.misses += 1
             return None
         self.hits += 1
         return entry["value"]
 
+    def reject(self) -> None:
+        """The caller could not read the last hit back as its type: count it as corrupt and recomputed."""
+        self.hits -= 1
+        self.misses += 1
+        self.recomputed_corrupt += 1
+
     def put(self, parts: dict, value) -> None:
         if not self.folder:
             return
         key = cache_key(parts)
-        atomic_write_text(self._path(key), json.dumps({"key": key, "parts": parts, "value": value}, default=str))
+        atomic_write_text(self._path(key), json.dumps({"key": key, "parts": parts, "value": value,
+                                                       "sha256": _value_hash(value)}, default=str))
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "corrupt_recomputed": self.recomputed_corrupt}

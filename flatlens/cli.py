@@ -1,13 +1,23 @@
-"""The `flatlens` command line. Bad input: one line on stderr and exit code 2, never a traceback."""
+"""The `flatlens` command line. Bad input: one line on stderr and exit code 2, never a traceback.
+
+The measuring commands (`hessian`, `landscape`, `flatness`, `compare`) take their metric choices and every
+metric setting's flag from the metric registry (`flatlens.metrics.REGISTRY`); they all measure through
+`measure.measure`, so one metric is one computation whichever command asks for it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 from . import __version__
-from ._util import FlatlensError, atomic_write_bytes, atomic_write_text
+from . import metrics as M
+from ._util import FlatlensError, atomic_write_text
+from .measure import MetricRecord
+from .metrics import Common, Settings
+from .results import Result
+from .results import register as register_dataclass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,14 +38,9 @@ def _data_for(args, ckpt, split):
     from .measure import load_data_file, select_data
     if getattr(args, "data", None):
         return load_data_file(args.data)
-    return select_data(ckpt["data"], split, args.samples, args.seed)
-
-
-def _objective(args, ckpt, split):
-    from .measure import objective_for
-    x, y, info = _data_for(args, ckpt, split)
-    obj = objective_for(ckpt, x, y, device=args.device, weights=args.weights)
-    return obj, info
+    common = Common()
+    return select_data(ckpt["data"], split, args.samples if args.samples is not None else common.samples,
+                       args.seed if args.seed is not None else common.seed)
 
 
 def _splits(split):
@@ -140,185 +145,243 @@ def cmd_ensemble(args):
         _write_json(args.json, res)
 
 
-def cmd_hessian(args):
-    from . import hessian
+
+# ----------------------------------------------------------------------------- measuring commands
+@register_dataclass
+@dataclasses.dataclass
+class MeasurementRun(Result):
+    """What `flatlens hessian | landscape | flatness --json` writes: one record per metric and split."""
+    command: str
+    checkpoint: str
+    sha256: str
+    weights: str
+    records: list[MetricRecord]
+
+
+def _settings(args, metric_names) -> Settings:
+    """Common settings and each metric's own from the parsed flags (flags not given keep the defaults)."""
+    common = Common()
+    for f in dataclasses.fields(Common):
+        flag = f.metadata.get("flag")
+        if flag and getattr(args, _dest(flag), None) is not None:
+            setattr(common, f.name, getattr(args, _dest(flag)))
+    per = {}
+    for name in metric_names:
+        s = M.get(name).settings()
+        for f in dataclasses.fields(s):
+            flag = f.metadata.get("flag")
+            if flag and getattr(args, _dest(flag), None) is not None:
+                v = getattr(args, _dest(flag))
+                setattr(s, f.name, tuple(v) if isinstance(v, list) else v)
+        per[name] = s
+    out = Settings(common=common, metrics=per)
+    out.check()
+    return out
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    a = abs(v)
+    return f"{v:.6g}" if (a >= 1e-3 or a == 0) else f"{v:.4e}"
+
+
+def _record_lines(rec) -> list[str]:
+    m = M.get(rec.metric)
+    lines = [f"  {m.name}: {m.brief(rec.result)}"]
+    for r in rec.rows:
+        iv = ""
+        if r.interval is not None:
+            kind = "95% CI" if r.interval_kind == "ci95" else "bound"
+            iv = f"  [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}] ({kind})"
+        n = f"  n = {r.n}" if r.n else ""
+        lines.append(f"    {m.label(r.key):48} {_fmt(r.value)}{iv}{n}")
+    return lines
+
+
+def _measure_command(args, command: str, metric_names: list[str], extra_lines=None) -> MeasurementRun:
     from .checkpoint import load_checkpoint, weights_label
+    from .landscape.runner import dist_info, init_distributed
+    from .measure import measure
+    settings = _settings(args, metric_names)
+    if getattr(args, "resume_dir", None) is not None:
+        init_distributed()
     ck = load_checkpoint(args.checkpoint)
-    metrics = ["eig", "trace", "density"] if args.metric == "all" else [args.metric]
-    out = {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "weights": weights_label(ck, args.weights),
-           "results": {}}
+    records = []
     for split in _splits(args.split):
-        obj, info = _objective(args, ck, split)
-        res = {"data": info}
-        lines = [f"{split} split: {info['n']} samples, {obj.num_params} parameters, {out['weights']}, BN eval"]
-        if "eig" in metrics:
-            r = hessian.top_eigenvalues(obj, args.k, which=args.which, method=args.method, tol=args.tol,
-                                        max_hvp=args.max_hvp, seed=args.seed, backend=args.backend)
-            res["eig"] = r.to_dict()
-            lines.append(f"  eigenvalues ({args.which}, {r.method}): {', '.join(f'{v:.6g}' for v in r.values)}  "
-                         f"[{r.n_hvp} HVPs, converged {r.converged}, {r.seconds:.1f} s]")
-        if "trace" in metrics:
-            r = hessian.trace(obj, method=args.trace_method, rtol=args.rtol, max_hvp=args.max_hvp, seed=args.seed,
-                              backend=args.backend)
-            res["trace"] = r.to_dict()
-            lines.append(f"  trace ({r.method}): {r.value:.6g} ± {(r.ci95[1] - r.ci95[0]) / 2:.3g} (95% CI)  "
-                         f"[{r.n_hvp} HVPs, converged {r.converged}, {r.seconds:.1f} s]")
-            if args.per_layer:
-                for name, v in r.per_layer.items():
-                    lines.append(f"    {name:40} {v['value']:.6g} ± {1.96 * v['stderr']:.3g}")
-        if "density" in metrics:
-            r = hessian.density(obj, n_iter=args.density_iter, n_runs=args.density_runs, seed=args.seed)
-            res["density"] = r.to_dict()
-            lines.append(f"  spectral density (SLQ, {r.n_runs} runs x {r.n_iter} steps): support "
-                         f"[{min(min(n) for n in r.nodes):.4g}, {max(max(n) for n in r.nodes):.4g}], "
-                         f"mean eigenvalue {r.mean:.4g}")
-        if "diag" in metrics:
-            r = hessian.diagonal(obj, n_probes=args.probes, seed=args.seed)
-            res["diag"] = r.to_dict()
-            lines.append(f"  diagonal: {args.probes} probes, sum {sum(r.values):.6g}")
-        out["results"][split] = res
-        _out(args, "\n".join(lines))
-    if args.json:
-        _write_json(args.json, out)
+        data = _data_for(args, ck, split)
+        lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
+        for name in metric_names:
+            store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
+            rec = measure(ck, name, split, settings, device=args.device, data=data, progress=not args.quiet,
+                          store=store)
+            records.append(rec)
+            lines += _record_lines(rec)
+            if extra_lines:
+                lines += extra_lines(rec)
+        if dist_info()[0] == 0:
+            _out(args, "\n".join(lines))
+    run = MeasurementRun(command=command, checkpoint=args.checkpoint, sha256=ck["sha256"],
+                         weights=weights_label(ck, settings.common.weights), records=records)
+    if args.json and dist_info()[0] == 0:
+        run.to_json(args.json, indent=1)
+    return run
 
 
-def _rank0():
-    from .landscape.runner import dist_info
-    return dist_info()[0] == 0
+def cmd_hessian(args):
+    names = M.names("hessian") if args.metric == "all" else [args.metric]
+
+    def per_layer(rec):
+        if not args.per_layer or rec.metric != "hessian-trace":
+            return []
+        return [f"      {n:46} {_fmt(v['value'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]"
+                for n, v in rec.result.per_layer.items()]
+
+    _measure_command(args, "hessian", names, per_layer)
 
 
 def cmd_landscape(args):
-    import numpy as np
-    from . import landscape
-    from .checkpoint import load_checkpoint, weights_label
-    from .landscape.runner import init_distributed
-    init_distributed()
-    ck = load_checkpoint(args.checkpoint)
-    lo, hi = args.range
-    if args.points < 1 or not lo < hi:
-        raise FlatlensError("--points must be >= 1 and --range LO HI must have LO < HI")
-    xs = landscape.grid(lo, hi, args.points)
-    out = {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "weights": weights_label(ck, args.weights),
-           "results": {}}
-    arrays = {}
-    for split in _splits(args.split):
-        obj, info = _objective(args, ck, split)
-        store = os.path.join(args.resume_dir, split) if args.resume_dir else None
-        if args.dim == 1:
-            r = landscape.random_curves(obj, xs, kind=args.kind, n_directions=args.directions, seed=args.seed,
-                                        ignore=args.ignore, strategy=args.strategy, precision=args.precision,
-                                        store=store, progress=not args.quiet)
-            _out(args, f"{split}: {args.directions} {args.kind} directions x {len(xs)} points; loss at 0: "
-                       f"{r.center_loss:.5g}; mean loss at a={xs[0]:g}: {r.mean[0]:.5g}, a={xs[-1]:g}: "
-                       f"{r.mean[-1]:.5g}; strategy {r.evaluator['strategy']}; {r.seconds:.1f} s")
-            arrays[f"{split}_losses"] = np.asarray(r.losses)
-        else:
-            r = landscape.random_surface(obj, xs, xs, kind=args.kind, seed=args.seed, ignore=args.ignore,
-                                         strategy=args.strategy, precision=args.precision, store=store,
-                                         progress=not args.quiet)
-            L = np.asarray(r.losses)
-            _out(args, f"{split}: {len(xs)} x {len(xs)} grid of {args.kind} directions; loss at centre "
-                       f"{r.center_loss:.5g}, min {L.min():.5g}, max {L.max():.5g}; strategy "
-                       f"{r.evaluator['strategy']}; {r.seconds:.1f} s")
-            arrays[f"{split}_losses"] = L
+    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"])
+    if args.npz:
+        import io
+        import numpy as np
+        from ._util import atomic_write_bytes
+        arrays = {}
+        for rec in run.records:
+            r = rec.result
+            arrays["xs"] = np.asarray(r.alphas if args.dim == 1 else r.xs)
+            arrays[f"{rec.split}_losses"] = np.asarray(r.losses)
             if r.accuracies is not None:
-                arrays[f"{split}_accuracies"] = np.asarray(r.accuracies)
-        d = r.to_dict()
-        d["data"] = info
-        out["results"][split] = d
-    arrays["xs"] = xs
-    if _rank0():
-        if args.json:
-            _write_json(args.json, out)
-        if args.npz:
-            import io
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            atomic_write_bytes(args.npz, buf.getvalue())
+                arrays[f"{rec.split}_accuracies"] = np.asarray(r.accuracies)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(args.npz, buf.getvalue())
 
 
 def cmd_flatness(args):
-    from . import sharpness
-    from .checkpoint import load_checkpoint, weights_label
-    from .landscape.runner import init_distributed
-    init_distributed()
-    ck = load_checkpoint(args.checkpoint)
-    out = {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "weights": weights_label(ck, args.weights),
-           "results": {}}
-    for split in _splits(args.split):
-        obj, info = _objective(args, ck, split)
-        store = os.path.join(args.resume_dir, split) if args.resume_dir else None
-        r = sharpness.local_flatness(obj, args.radii, n_directions=args.directions, seed=args.seed,
-                                     strategy=args.strategy, precision=args.precision, store=store,
-                                     progress=not args.quiet)
-        lines = [f"{split} flatness ({info['n']} samples, {args.directions} directions, {out['weights']}):"]
-        for rad, m, ci in zip(r.radii, r.mean, r.ci95):
-            lines.append(f"  r = {rad:<8g} {m:.5g}  [{ci[0]:.5g}, {ci[1]:.5g}]")
-        if _rank0():
-            _out(args, "\n".join(lines))
-        d = r.to_dict()
-        d["data"] = info
-        out["results"][split] = d
-    if args.json and _rank0():
-        _write_json(args.json, out)
+    _measure_command(args, "flatness", ["flatness"])
 
 
 def cmd_compare(args):
     from .cache import ResultCache
     from .checkpoint import load_checkpoint
-    from .compare import compare, format_table, write_outputs
-    from .measure import METRICS, Settings
-    cks = [load_checkpoint(p) for p in args.checkpoints]
-    metrics = list(METRICS) if args.metric == "all" else [args.metric]
-    s = Settings(samples=args.samples, seed=args.seed)
-    if args.radii:
-        s.radii = tuple(args.radii)
-    if args.directions:
-        s.n_directions = args.directions
+    from .compare import compare, compare_groups, format_table, write_outputs
+    names = M.names() if args.metric == "all" else [args.metric]
+    settings = _settings(args, names)
+    if args.group and args.checkpoints:
+        raise FlatlensError("give either checkpoints or --group NAME CKPT..., not both")
     cache = ResultCache(None if args.no_cache else os.path.join(args.results, "cache"))
-    report = compare(cks, metrics, _splits(args.split), s, cache=cache, device=args.device, data_file=args.data,
-                     progress=not args.quiet)
-    _out(args, format_table(report))
-    _out(args, f"cache: {report['cache']['hits']} hits, {report['cache']['misses']} computed")
-    write_outputs(report, json_path=args.json, csv_path=args.csv)
+    kw = dict(cache=cache, device=args.device, data_file=args.data, progress=not args.quiet)
+    if args.group:
+        groups = {}
+        for g in args.group:
+            if len(g) < 2:
+                raise FlatlensError(f"--group {g[0]}: give the group's name, then its checkpoints")
+            if g[0] in groups:
+                raise FlatlensError(f"group {g[0]!r} given twice")
+            groups[g[0]] = [load_checkpoint(p) for p in g[1:]]
+        rep = compare_groups(groups, names, _splits(args.split), settings, **kw)
+    else:
+        if not args.checkpoints:
+            raise FlatlensError("compare needs checkpoints (A.pt B.pt ...) or --group NAME CKPT... twice")
+        rep = compare([load_checkpoint(p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
+    _out(args, format_table(rep))
+    _out(args, f"cache: {rep.cache['hits']} hits, {rep.cache['misses']} computed")
+    write_outputs(rep, json_path=args.json, csv_path=args.csv)
     if args.plot:
         from .plots import plot_compare
-        plot_compare(report, args.plot)
+        plot_compare(rep, args.plot)
 
 
 def cmd_reproduce(args):
     from .reproduce import run
+    if args.jobs < 1:
+        raise FlatlensError(f"--jobs must be >= 1; got {args.jobs}")
     res = run(args.out, quick=args.quick, device=args.device, quiet=args.quiet, jobs=args.jobs)
     _out(args, f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')} and "
-               f"{len(res.get('figures', []))} figure files in {os.path.join(args.out, 'figures')} "
-               f"({res['seconds']['total']:.0f} s)")
+               f"{len(res.figures)} figure files in {os.path.join(args.out, 'figures')} "
+               f"({res.seconds['total']:.0f} s)")
 
 
 def cmd_figures(args):
     from .plots import make_figures
-    path = os.path.join(args.results, "results.json")
-    if not os.path.exists(path):
-        raise FlatlensError(f"{path}: no such file (run `flatlens reproduce --out {args.results}` first)")
-    try:
-        results = json.load(open(path))
-    except ValueError:
-        raise FlatlensError(f"{path}: not valid JSON") from None
-    files = make_figures(results, args.out, formats=tuple(args.formats))
+    from .reproduce import load_run
+    run = load_run(args.results)
+    out = args.out or os.path.join(args.results if os.path.isdir(args.results) else os.path.dirname(args.results),
+                                   "figures")
+    files = make_figures(run, out, formats=tuple(args.formats))
     _out(args, "\n".join(files))
 
 
+def cmd_report(args):
+    from .report import update_readme, write_report
+    from .reproduce import load_run
+    run = load_run(args.results)
+    folder = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
+    out = args.out or os.path.join(folder, "report.md")
+    write_report(run, out)
+    _out(args, f"wrote {out}")
+    if args.readme:
+        update_readme(run, args.readme)
+        _out(args, f"updated the summary block of {args.readme}")
+
+
 # ----------------------------------------------------------------------------- parser
+def _common_flags(p):
+    for f in dataclasses.fields(Common):
+        flag = f.metadata.get("flag")
+        if not flag:
+            continue
+        kw = {"help": f"{f.metadata['help']} (default {f.default})", "default": None}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        else:
+            kw["type"] = type(f.default)
+        p.add_argument(flag, **kw)
+
+
+def _setting_flags(p, metric_names):
+    """One flag per setting of the given metrics (a flag shared by several metrics sets each of them)."""
+    flags: dict[str, list] = {}
+    for name in metric_names:
+        for f in dataclasses.fields(M.get(name).settings):
+            flag = f.metadata.get("flag")
+            if flag:
+                flags.setdefault(flag, []).append((name, f))
+    for flag, uses in flags.items():
+        f = uses[0][1]
+        meta = f.metadata
+        defaults = "; ".join(f"{n}: {' '.join(map(str, fd.default)) if isinstance(fd.default, tuple) else fd.default}"
+                             for n, fd in uses)
+        kw = {"help": f"{meta['help']} (default {defaults})".replace("%", "%%"), "default": None}
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        if isinstance(f.default, tuple):
+            kw["type"] = float
+            kw["nargs"] = meta.get("nargs", "+")
+        elif f.default is not None and "choices" not in meta:
+            kw["type"] = type(f.default)
+        if meta.get("nargs") == 2:
+            kw["metavar"] = ("LO", "HI")
+        p.add_argument(flag, **kw)
+
+
 def _measure_args(p, split_default="train"):
     p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
     p.add_argument("--split", choices=["train", "test", "both"], default=split_default,
                    help="source-domain training data or the held-out domain (default %(default)s)")
-    p.add_argument("--samples", type=int, default=512, help="evaluation samples (default %(default)s)")
+    _common_flags(p)
     p.add_argument("--data", help="a torch file {'x': tensor, 'y': tensor} to use instead of the checkpoint's data")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", choices=["deployed", "latent"], default="deployed",
-                   help="quantized checkpoints: the deployed weights s*round(clip(w/s)) (default) or latent ones")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the full result as JSON here")
+    p.add_argument("--device", default="cpu", help="(default %(default)s)")
+    p.add_argument("--json", help="write every record (rows, full results, settings) as JSON here")
+
+
+def _cost(names) -> str:
+    return "; ".join(f"{n}: {M.get(n).cost}" for n in names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,9 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "sharpness, and quantization-aware training (QT-DoG).")
     p.add_argument("--version", action="version", version=f"flatlens {__version__}")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     common = _Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars or messages")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add = sub.add_parser
     sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
@@ -370,83 +436,89 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--json")
     en.set_defaults(fn=cmd_ensemble)
 
-    h = sub.add_parser("hessian", help="Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint")
+    hess = M.names("hessian")
+    h = sub.add_parser("hessian", help="Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint",
+                       description=f"Defaults cost, per checkpoint and split of the digits model: {_cost(hess)}.")
     _measure_args(h)
-    h.add_argument("--metric", choices=["eig", "trace", "density", "diag", "all"], default="all")
-    h.add_argument("--k", type=int, default=1, help="number of eigenvalues")
-    h.add_argument("--which", choices=["LA", "SA", "LM"], default="LA")
-    h.add_argument("--method", choices=["lanczos", "power"], default="lanczos")
-    h.add_argument("--tol", type=float, default=1e-4)
-    h.add_argument("--trace-method", choices=["hutch++", "hutchinson"], default="hutch++")
-    h.add_argument("--rtol", type=float, default=0.02, help="trace: stop when the 95%% CI half-width <= rtol*|tr|")
-    h.add_argument("--max-hvp", type=int)
+    h.add_argument("--metric", choices=hess + ["all"], default="all", help="(default %(default)s: every one)")
     h.add_argument("--per-layer", action="store_true", help="print the per-tensor traces")
-    h.add_argument("--density-iter", type=int, default=80)
-    h.add_argument("--density-runs", type=int, default=4)
-    h.add_argument("--probes", type=int, default=100, help="diagonal: Hutchinson probes")
-    h.add_argument("--backend", choices=["flatlens", "pyhessian"], default="flatlens")
+    _setting_flags(h, hess)
     h.set_defaults(fn=cmd_hessian)
 
-    ls = sub.add_parser("landscape", help="1D curves or a 2D slice along random directions")
-    _measure_args(ls)
-    ls.add_argument("--dim", type=int, choices=[1, 2], default=1)
-    ls.add_argument("--kind", choices=["filter", "layer", "gaussian", "sphere"], default="filter")
-    ls.add_argument("--ignore", choices=["biasbn", "none"], help="bias/BN policy (default per kind)")
-    ls.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"))
-    ls.add_argument("--points", type=int, default=21, help="grid points per axis (0 is always on the grid)")
-    ls.add_argument("--directions", type=int, default=10, help="1D: number of random directions")
-    ls.add_argument("--strategy", choices=["auto", "loop", "vmap"], default="auto")
-    ls.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
-    ls.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
-    ls.add_argument("--npz", help="write the grid arrays here")
-    ls.set_defaults(fn=cmd_landscape)
+    land = [n for n in ("curve", "surface") if n in M.REGISTRY]
+    if land:
+        ls = sub.add_parser("landscape", help="1D curves or a 2D slice along random directions",
+                            description=f"Defaults cost, per checkpoint and split of the digits model: {_cost(land)}.")
+        _measure_args(ls)
+        ls.add_argument("--dim", type=int, choices=[1, 2] if len(land) == 2 else ([1] if "curve" in land else [2]),
+                        default=1 if "curve" in land else 2, help="1: curves (metric curve), 2: a slice (surface)")
+        _setting_flags(ls, land)
+        ls.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
+        ls.add_argument("--npz", help="write the grid arrays here")
+        ls.set_defaults(fn=cmd_landscape)
 
-    f = sub.add_parser("flatness", help="SWAD-style local flatness at several radii, with 95%% CIs")
-    _measure_args(f, split_default="both")
-    f.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0, 4.0])
-    f.add_argument("--directions", type=int, default=100)
-    f.add_argument("--strategy", choices=["auto", "loop", "vmap"], default="auto")
-    f.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
-    f.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
-    f.set_defaults(fn=cmd_flatness)
+    if "flatness" in M.REGISTRY:
+        f = sub.add_parser("flatness", help="SWAD-style local flatness at several radii, with 95%% CIs",
+                           description="Defaults cost, per checkpoint and split of the digits model: "
+                                       f"{_cost(['flatness'])}.")
+        _measure_args(f, split_default="both")
+        _setting_flags(f, ["flatness"])
+        f.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
+        f.set_defaults(fn=cmd_flatness)
 
-    c = sub.add_parser("compare", help="is one model flatter than another, by how much, with what confidence?")
-    c.add_argument("checkpoints", nargs="+")
-    c.add_argument("--metric", default="hessian-trace",
-                   choices=["hessian-eig", "hessian-trace", "hessian-density", "flatness", "curve", "surface",
-                            "sharpness", "qnoise", "all"])
-    c.add_argument("--split", choices=["train", "test", "both"], default="train")
-    c.add_argument("--samples", type=int, default=512)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--radii", type=float, nargs="+", help="flatness radii")
-    c.add_argument("--directions", type=int, help="flatness directions")
+    allm = M.names()
+    c = sub.add_parser("compare", help="is one model (or method) flatter than another, by how much, how sure?",
+                       description="Checkpoints A B ...: measurement noise of these models (paired / Welch tests "
+                                   "against the first). --group NAME CKPT... (twice or more): training noise, the "
+                                   "checkpoints of a group are its seeds (Welch over checkpoints). Verdicts use "
+                                   "Holm-adjusted p-values over every row printed. Defaults cost, on the digits "
+                                   f"model, per checkpoint and split: {_cost(allm)}.")
+    c.add_argument("checkpoints", nargs="*", help="checkpoints compared with the first")
+    c.add_argument("--group", nargs="+", action="append", metavar=("NAME", "CKPT"),
+                   help="a named group of checkpoints (seeds of one method); repeat for each group")
+    c.add_argument("--metric", default="hessian-trace", choices=allm + ["all"], help="(default %(default)s)")
+    c.add_argument("--split", choices=["train", "test", "both"], default="train", help="(default %(default)s)")
+    _common_flags(c)
+    _setting_flags(c, allm)
     c.add_argument("--data", help="a torch file {'x': tensor, 'y': tensor}: compare on these samples")
     c.add_argument("--results", default="results", help="results folder holding the cache (default %(default)s)")
     c.add_argument("--no-cache", action="store_true")
-    c.add_argument("--json")
-    c.add_argument("--csv")
-    c.add_argument("--plot", help="PNG/PDF of each value with its CI")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--json", help="write the comparison (rows, tests, records, settings) as JSON here")
+    c.add_argument("--csv", help="write the table as CSV here")
+    c.add_argument("--plot", help="PNG/PDF/SVG of each value with its interval")
+    c.add_argument("--device", default="cpu", help="(default %(default)s)")
     c.set_defaults(fn=cmd_compare)
 
     r = sub.add_parser("reproduce", help="the paper's question end to end on rotated digits (the main job)")
-    r.add_argument("--quick", action="store_true", help="one seed, one test domain, short training (< 3 min)")
+    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 2 min)")
     r.add_argument("--out", default="results/reproduce", help="output folder (default %(default)s)")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu", help="(default %(default)s)")
     r.add_argument("--jobs", type=int, default=2, help="worker processes on CPU (default %(default)s)")
     r.set_defaults(fn=cmd_reproduce)
 
     fg = sub.add_parser("figures", help="draw the figures from a reproduce run's results.json")
-    fg.add_argument("--results", default="results/reproduce")
-    fg.add_argument("--out", default="figures")
-    fg.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    fg.add_argument("--results", default="results/reproduce", help="a run folder or its results.json "
+                                                                  "(default %(default)s)")
+    fg.add_argument("--out", help="output folder (default: the run folder's figures/)")
+    fg.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                    help="(default png pdf)")
     fg.set_defaults(fn=cmd_figures)
+
+    rp = sub.add_parser("report", help="write report.md (and the README's summary block) from a run's results")
+    rp.add_argument("--results", default="results/reproduce", help="a run folder or its results.json "
+                                                                  "(default %(default)s)")
+    rp.add_argument("--out", help="report path (default: the run folder's report.md)")
+    rp.add_argument("--readme", help="also replace the generated summary block of this README")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (exit 2), --help and --version (exit 0): a code, not an exception
+        return e.code if isinstance(e.code, int) else 0
     if args.quiet or os.environ.get("FLATLENS_QUIET"):
         os.environ["TQDM_DISABLE"] = "1"
     try:
@@ -457,6 +529,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("flatlens: interrupted (rerun the same command to resume where supported)", file=sys.stderr)
         return 130
+    except Exception as e:  # the last line of defence: one line, exit 1, the traceback only with --debug
+        if getattr(args, "debug", False):
+            raise
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        print(f"flatlens: internal error in {args.command}: {type(e).__name__}: {msg} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

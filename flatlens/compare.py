@@ -1,14 +1,88 @@
-"""`flatlens compare`: every checkpoint measured on the same samples, with the difference to the first one,
-its CI, and a verdict per row."""
+"""`flatlens compare`: is B flatter than A, by how much, and how sure are we? It answers one of two questions,
+and says which:
+
+- checkpoints (`compare A.pt B.pt ...`): *measurement noise* of these given checkpoints. Every checkpoint is
+  measured on the same samples with the same seeded directions, probes and noise draws; a row whose per-draw
+  values are paired (same `pairing`) is tested by the paired t-test of the differences, other rows by Welch's
+  test with each estimate's own degrees of freedom. Eigenvalues carry residual *bounds*, not CIs: they are not
+  tested (deterministic on the samples).
+- methods (`compare --group fp a1 a2 a3 --group q7 b1 b2 b3`): *training noise*. The unit of replication is
+  the checkpoint (seed): each group's value is the mean over its checkpoints with a t-interval on S - 1 df
+  (for flatness that is the two-level estimate: per-seed means of the directions), the measurement part
+  reported beside it; groups are compared by Welch's test over checkpoints.
+
+Every printed verdict uses Holm-adjusted p-values over the family of rows printed together; the JSON holds the
+test, its df, raw and adjusted p-values and the smallest difference detectable with 80 % power.
+"""
 from __future__ import annotations
 
 import csv
 import io
-import json
+import math
+import os
+from dataclasses import dataclass, field
 
+from . import metrics as M
+from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
-from .measure import METRICS, Settings, difference, load_data_file, measure, select_data, versions
+from .measure import MetricRecord, load_data_file, measure, select_data, versions
+from .results import Result, register
+
+QUESTION = {
+    "checkpoints": "checkpoint vs checkpoint: how precisely these given models were measured (measurement "
+                   "noise: directions, probes, noise draws on fixed samples); says nothing about training methods",
+    "groups": "method vs method: does one training method give flatter models than another (training noise: "
+              "the checkpoints of a group are its independent replicates)",
+}
+
+
+@dataclass
+class ComparisonRow:
+    """One subject's value of one summary row, and its difference to the reference with the test behind it."""
+    split: str
+    metric: str
+    key: str
+    label: str
+    unit: str
+    direction: str | None
+    subject: str                              # checkpoint path, or group name
+    value: float
+    interval: tuple[float, float] | None
+    interval_kind: str | None                 # "ci95" or "bound" (a bound is not a probability statement)
+    source: str                               # "measurement" or "over S seeds"
+    n: int | None
+    df: float | None
+    within_stderr: float | None = None        # groups: the measurement part of the group's uncertainty
+    values: list[float] | None = None         # groups: the per-checkpoint values
+    reference: str | None = None
+    diff: float | None = None
+    diff_interval: tuple[float, float] | None = None
+    diff_interval_kind: str | None = None
+    test: str | None = None
+    statistic: float | None = None
+    test_df: float | None = None
+    p: float | None = None
+    p_holm: float | None = None
+    mde80: float | None = None
+    verdict: str = "(reference)"
+    cached: bool = False
+
+
+@register
+@dataclass
+class Comparison(Result):
+    mode: str
+    question: str
+    rows: list[ComparisonRow]
+    records: list[MetricRecord]
+    settings: M.Settings
+    checkpoints: list[dict]
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    family: dict = field(default_factory=dict)
+    bn: str = "eval"
+    versions: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
 
 
 def check_compatible(ckpts: list[dict]) -> None:
@@ -23,82 +97,230 @@ def check_compatible(ckpts: list[dict]) -> None:
                                 "other settings; pass --data to compare them anyway")
 
 
-def compare(ckpts: list[dict], metrics: list[str], splits: list[str], s: Settings, *, cache: ResultCache,
-            device="cpu", data_file: str | None = None, progress=False) -> dict:
-    if len(ckpts) < 1:
+def _verdict(direction, diff, p_holm, alpha=stats.ALPHA) -> str:
+    if p_holm is None or math.isnan(p_holm):
+        return "not tested"
+    if p_holm >= alpha:
+        return "no significant difference"
+    if direction == M.LOWER:
+        return "flatter" if diff < 0 else "sharper"
+    return "lower" if diff < 0 else "higher"
+
+
+def _pair_test(a: M.Row, b: M.Row):
+    """(TestResult or None, diff interval, its kind, why-not) for b - a of one checkpoint pair."""
+    diff = b.value - a.value
+    if a.samples and b.samples and a.pairing and a.pairing == b.pairing and len(a.samples) == len(b.samples) >= 2:
+        t = stats.paired(a.samples, b.samples)
+        return t, t.ci95, "ci95", None
+    ea, eb = a.estimate(), b.estimate()
+    if ea is not None and eb is not None:
+        t = stats.welch(ea, eb)
+        return t, t.ci95, "ci95", None
+    if a.interval_kind == "bound" and b.interval_kind == "bound":
+        half = (a.interval[1] - a.interval[0]) / 2 + (b.interval[1] - b.interval[0]) / 2
+        side = "higher" if diff - half > 0 else "lower" if diff + half < 0 else "within the bounds"
+        return None, (diff - half, diff + half), "bound", f"not tested (deterministic on these samples; {side})"
+    return None, None, None, "not tested (no CI)"
+
+
+def _apply_holm(rows: list[ComparisonRow]) -> dict:
+    tested = [r for r in rows if r.p is not None and not math.isnan(r.p)]
+    for r, adj in zip(tested, stats.holm([r.p for r in tested])):
+        r.p_holm = adj
+        r.verdict = _verdict(r.direction, r.diff, adj)
+    return {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA,
+            "note": "verdicts use Holm-adjusted p-values over every tested row printed together"}
+
+
+def _qnoise_steps(ckpts, settings: M.Settings):
+    """`--qnoise-steps learned`: the learned steps of the first quantized checkpoint, for every model."""
+    if "qnoise" not in settings.metrics or settings.of("qnoise").steps != "learned":
+        return None
+    q = next((c for c in ckpts if c.get("quant")), None)
+    if q is None:
+        raise FlatlensError("--qnoise-steps learned needs at least one quantized checkpoint in the comparison")
+    settings.of("qnoise").steps_source = q["sha256"]
+    return dict(q["quant"]["steps"])
+
+
+def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress):
+    steps = _qnoise_steps(ckpts, settings)
+    out = {}
+    for split in splits:
+        data = load_data_file(data_file) if data_file else select_data(
+            ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
+        for name in metric_names:
+            out[(split, name)] = [measure(c, name, split, settings, cache=cache, device=device, data=data,
+                                          progress=progress, qnoise_steps=steps if name == "qnoise" else None)
+                                  for c in ckpts]
+    return out
+
+
+def _row_base(metric, split, key, subject, **kw) -> ComparisonRow:
+    m = M.get(metric)
+    spec = m.spec(key)
+    return ComparisonRow(split=split, metric=metric, key=key, label=spec.label_for(key), unit=spec.unit,
+                         direction=spec.direction, subject=subject, **kw)
+
+
+def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], settings: M.Settings, *,
+            cache: ResultCache, device="cpu", data_file: str | None = None, progress=False) -> Comparison:
+    """Checkpoint vs checkpoint (measurement noise): every row of every checkpoint against the first."""
+    if not ckpts:
         raise FlatlensError("compare needs at least one checkpoint")
     if data_file is None:
         check_compatible(ckpts)
-    for m in metrics:
-        if m not in METRICS:
-            raise FlatlensError(f"unknown metric {m!r}; choose from {', '.join(METRICS)} or all")
-    table = []
-    measurements = []
-    for split in splits:
-        data = load_data_file(data_file) if data_file else select_data(ckpts[0]["data"], split, s.samples, s.seed)
-        for metric in metrics:
-            results = [measure(c, metric, split, s, cache=cache, device=device, data=data, progress=progress)
-                       for c in ckpts]
-            measurements += results
-            for j, row0 in enumerate(results[0]["rows"]):
-                for i, (c, res) in enumerate(zip(ckpts, results)):
-                    row = res["rows"][j]
-                    entry = {"split": data[2]["split"], "metric": metric, "label": row["label"],
-                             "checkpoint": c["path"], "weights": res["weights"], "value": row["value"],
-                             "stderr": row["stderr"], "ci95": row["ci95"], "n": row["n"], "cached": res["cached"]}
-                    if i > 0:
-                        entry.update({f"vs_first_{k}": v for k, v in difference(row0, row).items()})
-                    table.append(entry)
-    return {"table": table, "measurements": measurements, "settings": s.__dict__,
-            "checkpoints": [{"path": c["path"], "sha256": c["sha256"], "arch": c["arch"], "quant_bits":
-                             (c["quant"] or {}).get("bits"), "data": c["data"]} for c in ckpts],
-            "bn": "eval", "versions": versions(), "cache": cache.stats()}
+    for name in metric_names:
+        M.get(name)
+    measured = _measure_all(ckpts, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
+                            progress=progress)
+    rows, records = [], []
+    for (split, name), recs in measured.items():
+        records += recs
+        ref = recs[0]
+        for r0 in ref.rows:
+            for c, rec in zip(ckpts, recs):
+                r = rec.row(r0.key)
+                row = _row_base(name, rec.split, r.key, c["path"], value=r.value, interval=r.interval,
+                                interval_kind=r.interval_kind, source=r.source, n=r.n, df=r.df, cached=rec.cached)
+                if rec is not ref:
+                    t, dci, kind, why = _pair_test(r0, r)
+                    row.reference = ckpts[0]["path"]
+                    row.diff = r.value - r0.value
+                    row.diff_interval, row.diff_interval_kind = dci, kind
+                    if t is None:
+                        row.verdict = why
+                    else:
+                        row.test, row.statistic, row.test_df, row.p, row.mde80 = t.test, t.statistic, t.df, t.p, t.mde80
+                rows.append(row)
+    family = _apply_holm(rows)
+    return Comparison(mode="checkpoints", question=QUESTION["checkpoints"], rows=rows, records=records,
+                      settings=settings, checkpoints=[_ckpt_info(c) for c in ckpts], family=family,
+                      versions=versions(), cache=cache.stats())
 
 
+def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], splits: list[str],
+                   settings: M.Settings, *, cache: ResultCache, device="cpu", data_file: str | None = None,
+                   progress=False) -> Comparison:
+    """Method vs method (training noise): each group's checkpoints are its replicates; Welch over them."""
+    if len(groups) < 2:
+        raise FlatlensError("--group needs at least two groups (one --group NAME CKPT... each)")
+    for g, cs in groups.items():
+        if len(cs) < 2:
+            raise FlatlensError(f"group {g!r} has {len(cs)} checkpoint(s); seed-level inference needs >= 2 per group")
+    allc = [c for cs in groups.values() for c in cs]
+    if data_file is None:
+        check_compatible(allc)
+    for name in metric_names:
+        M.get(name)
+    measured = _measure_all(allc, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
+                            progress=progress)
+    names = list(groups)
+    sizes = [len(groups[g]) for g in names]
+    rows, records = [], []
+    for (split, name), recs in measured.items():
+        records += recs
+        by_group, start = {}, 0
+        for g, n in zip(names, sizes):
+            by_group[g] = recs[start:start + n]
+            start += n
+        for r0 in recs[0].rows:
+            ests = {}
+            for g in names:
+                per = [rec.row(r0.key) for rec in by_group[g]]
+                vals = [p.value for p in per]
+                e = stats.t_interval(vals, source=stats.over_seeds(len(vals)))
+                ses = [p.stderr for p in per]
+                within = (math.sqrt(sum(s * s for s in ses)) / len(ses)
+                          if all(s is not None and math.isfinite(s) for s in ses) else None)
+                ests[g] = e
+                row = _row_base(name, split, r0.key, g, value=e.value, interval=e.ci95, interval_kind="ci95",
+                                source=e.source, n=e.n, df=e.df, within_stderr=within, values=vals,
+                                cached=all(rec.cached for rec in by_group[g]))
+                if g != names[0]:
+                    t = stats.welch(ests[names[0]], e)
+                    row.reference = names[0]
+                    row.diff, row.diff_interval, row.diff_interval_kind = t.estimate, t.ci95, "ci95"
+                    row.test, row.statistic, row.test_df, row.p, row.mde80 = (
+                        "Welch t over checkpoints", t.statistic, t.df, t.p, t.mde80)
+                    if row.p is None or math.isnan(row.p):
+                        row.verdict = "not tested (no spread)"
+                rows.append(row)
+    family = _apply_holm(rows)
+    return Comparison(mode="groups", question=QUESTION["groups"], rows=rows, records=records, settings=settings,
+                      checkpoints=[_ckpt_info(c) for c in allc],
+                      groups={g: [c["path"] for c in cs] for g, cs in groups.items()}, family=family,
+                      versions=versions(), cache=cache.stats())
+
+
+def _ckpt_info(c: dict) -> dict:
+    return {"path": c["path"], "sha256": c["sha256"], "arch": c["arch"], "quant_bits": (c["quant"] or {}).get("bits"),
+            "data": c["data"]}
+
+
+# --------------------------------------------------------------------------- output
 def _fmt(v):
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     a = abs(v)
     return f"{v:.4g}" if (a >= 1e-3 or a == 0) else f"{v:.3e}"
 
 
-def format_table(report: dict) -> str:
-    lines = []
-    header = f"{'split':6} {'measure':44} {'checkpoint':28} {'value +- 95% CI':26} {'n':>5}  {'vs first (95% CI)':30} verdict"
-    lines.append(header)
-    lines.append("-" * len(header))
-    for r in report["table"]:
-        ci = r["ci95"]
-        half = f" +- {_fmt((ci[1] - ci[0]) / 2)}" if ci else ""
-        vs = ""
-        verdict = "(reference)"
-        if "vs_first_diff" in r:
-            dci = r["vs_first_ci95"]
-            vs = f"{_fmt(r['vs_first_diff'])}" + (f" [{_fmt(dci[0])}, {_fmt(dci[1])}]" if dci else "")
-            verdict = r["vs_first_verdict"]
-        name = r["checkpoint"].split("/")[-1][:28]
-        lines.append(f"{r['split']:6} {r['label'][:44]:44} {name:28} {(_fmt(r['value']) + half):26} "
-                     f"{str(r['n'] or '-'):>5}  {vs:30} {verdict}")
-    weights = sorted({f"{r['checkpoint'].split('/')[-1]}: {r['weights']}" for r in report["table"]})
-    lines.append("")
-    lines.append("measured at: " + "; ".join(weights) + f". BN policy: {report['bn']}.")
-    return "\n".join(lines)
+def _p(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2g}" if v >= 1e-4 else f"{v:.1e}"
 
 
-def write_outputs(report: dict, *, json_path=None, csv_path=None) -> None:
+def format_table(rep: Comparison) -> str:
+    groups = rep.mode == "groups"
+    L = [f"question: {rep.question}"]
+    head = (f"{'split':6} {'measure':40} {'group' if groups else 'checkpoint':20} {'value [interval]':34} {'n':>4}  "
+            f"{'difference to the first [interval]':38} {'test, p, Holm p':36} {'MDE80':>9}  verdict")
+    L += [head, "-" * len(head)]
+    for r in rep.rows:
+        val = _fmt(r.value) + (f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]" if r.interval else "")
+        val += " bound" if r.interval_kind == "bound" else ""
+        if groups and r.within_stderr is not None:
+            val += f" (meas. se {_fmt(r.within_stderr)})"
+        diff = ""
+        if r.reference is not None and r.diff is not None:
+            diff = _fmt(r.diff)
+            if r.diff_interval:
+                diff += f" [{_fmt(r.diff_interval[0])}, {_fmt(r.diff_interval[1])}]"
+                diff += " bound" if r.diff_interval_kind == "bound" else ""
+        test = f"{r.test}, p {_p(r.p)}, Holm {_p(r.p_holm)}" if r.test else "-"
+        L.append(f"{r.split:6} {r.label[:40]:40} {os.path.basename(r.subject)[:20]:20} {val:34} "
+                 f"{str(r.n or '-'):>4}  {diff:38} {test:36} {_fmt(r.mde80):>9}  {r.verdict}")
+    L.append("")
+    src = "over the checkpoints of each group, i.e. seeds" if groups else "measurement noise of each checkpoint"
+    L.append(f"intervals: 95 % CIs ({src}) unless marked 'bound' (a residual bound, not a probability statement); "
+             f"verdicts: Holm-adjusted p < {rep.family.get('alpha', 0.05)} over the {rep.family.get('size', 0)} "
+             "tested rows; MDE80: the smallest difference this design detects with 80 % power (alpha 0.05).")
+    weights = sorted({f"{os.path.basename(r.checkpoint or '?')}: {r.weights_label}" for r in rep.records})
+    L.append("measured at: " + "; ".join(weights) + f". BN policy: {rep.bn}.")
+    return "\n".join(L)
+
+
+CSV_COLUMNS = ["split", "metric", "key", "label", "subject", "value", "interval_low", "interval_high",
+               "interval_kind", "source", "n", "df", "reference", "diff", "diff_low", "diff_high", "test",
+               "test_df", "p", "p_holm", "mde80", "verdict"]
+
+
+def write_outputs(rep: Comparison, *, json_path=None, csv_path=None) -> None:
     if json_path:
-        atomic_write_text(json_path, json.dumps(report, indent=1, default=str) + "\n")
+        rep.to_json(json_path, indent=1)
     if csv_path:
         buf = io.StringIO()
-        cols = ["split", "metric", "label", "checkpoint", "weights", "value", "stderr", "ci_low", "ci_high", "n",
-                "vs_first_diff", "vs_first_ci_low", "vs_first_ci_high", "vs_first_verdict"]
-        w = csv.DictWriter(buf, fieldnames=cols)
+        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
         w.writeheader()
-        for r in report["table"]:
-            ci, dci = r["ci95"] or [None, None], r.get("vs_first_ci95") or [None, None]
-            w.writerow({"split": r["split"], "metric": r["metric"], "label": r["label"],
-                        "checkpoint": r["checkpoint"], "weights": r["weights"], "value": r["value"],
-                        "stderr": r["stderr"], "ci_low": ci[0], "ci_high": ci[1], "n": r["n"],
-                        "vs_first_diff": r.get("vs_first_diff"), "vs_first_ci_low": dci[0],
-                        "vs_first_ci_high": dci[1], "vs_first_verdict": r.get("vs_first_verdict", "reference")})
+        for r in rep.rows:
+            iv, dv = r.interval or (None, None), r.diff_interval or (None, None)
+            w.writerow({"split": r.split, "metric": r.metric, "key": r.key, "label": r.label, "subject": r.subject,
+                        "value": r.value, "interval_low": iv[0], "interval_high": iv[1],
+                        "interval_kind": r.interval_kind, "source": r.source, "n": r.n, "df": r.df,
+                        "reference": r.reference, "diff": r.diff, "diff_low": dv[0], "diff_high": dv[1],
+                        "test": r.test, "test_df": r.test_df, "p": r.p, "p_holm": r.p_holm, "mde80": r.mde80,
+                        "verdict": r.verdict})
         atomic_write_text(csv_path, buf.getvalue())

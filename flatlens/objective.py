@@ -151,13 +151,14 @@ class Objective:
         self._loss0 = None
         self.sample_counts = None
         with torch.no_grad():
-            value, counts, _ = self._forward(self.center, need_counts=True)
+            value, counts, corrects = self._forward(self.center, need_counts=True)
         self.sample_counts = counts
         self.n_samples = int(sum(counts))
         if self.n_samples <= 0:
             raise FlatlensError("data holds no samples")
         self._weights = [c / self.n_samples for c in counts]
         self._loss0 = float(sum(w * v for w, v in zip(self._weights, value)))
+        self._acc0 = None if any(c is None for c in corrects) else float(sum(corrects)) / self.n_samples
         if not math.isfinite(self._loss0):
             raise FlatlensError(f"the loss at the centre is not finite ({self._loss0})")
         self._hvp_batches, self._hvp_weights = self._recut(hvp_batch_size)
@@ -225,13 +226,26 @@ class Objective:
             out = functional_call(self.model, tensors, (x,))
             loss = self.loss_fn(out, y)
             n = x.shape[0]
-            correct = None
-            if out.dim() == 2 and not torch.is_floating_point(y) and y.dim() == 1:
-                correct = (out.argmax(dim=1) == y).sum()
+            correct = self.count_correct(out, y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise FlatlensError(f"the loss must be a scalar; got {shape}")
         return loss.reshape(()), n, correct
+
+    @staticmethod
+    def count_correct(out: torch.Tensor, y: torch.Tensor):
+        """The classification rule every accuracy in flatlens uses: outputs (n, classes) and integer class
+        labels (n,) give the number of argmax hits; anything else (regression, multi-output targets,
+        custom losses) has no accuracy (None)."""
+        if out.dim() == 2 and y.dim() == 1 and not torch.is_floating_point(y) and not y.is_complex() \
+                and y.shape[0] == out.shape[0]:
+            return (out.argmax(dim=1) == y).sum()
+        return None
+
+    @property
+    def is_classification(self) -> bool:
+        """True when the loss is a classification loss by `count_correct`'s rule (accuracy is defined)."""
+        return self._acc0 is not None
 
     def _forward(self, params, need_counts=False):
         tensors = self.full_params(params) if params is not self.center else self.center
@@ -254,8 +268,6 @@ class Objective:
 
     def accuracy(self) -> float | None:
         """Accuracy at the centre (computed once), or None when the loss is not a classification loss."""
-        if not hasattr(self, "_acc0"):
-            self._acc0 = self.loss_and_accuracy()[1]
         return self._acc0
 
     def loss_at(self, params: Mapping[str, torch.Tensor]) -> float:
@@ -324,8 +336,12 @@ class Objective:
         saved = [0]
 
         def pack(t):
+            # count, and keep a detached alias: returning `t` itself would make a saved output hold its
+            # own grad_fn, a reference cycle through C++ that the garbage collector cannot free (it kept
+            # this first batch's double-backward graph alive for the objective's lifetime). The graph built
+            # here is measured, never differentiated, so the alias is never unpacked for a backward pass.
             saved[0] += t.numel() * t.element_size()
-            return t
+            return t.detach()
 
         first = self._hvp_batches[0]
         leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]

@@ -1,8 +1,9 @@
 """`flatlens reproduce`: the paper's question, end to end, on rotated digits.
 
 Trains full precision and 8/7/4/2-bit QAT models (delayed start at 40 % of training, as the paper's
-2000 of 5000) for several seeds and test domains, plus an EoQ ensemble of the 7-bit seeds; measures every
-metric on the train split (source domains) and the test split (held-out domain); writes results.json,
+2000 of 5000) for 5 seeds and two test domains, plus an EoQ ensemble of the paper's bit-width; measures the
+registry's *headline* metrics on every seed and its *illustrative* ones on one seed, on the train split (source
+domains) and the test split (held-out domain); runs the seed-level tests (`analysis`) and writes results.json,
 report.md and the figures. Every stage is resumable: finished checkpoints are kept, an interrupted training
 resumes from its partial state, measurements come from the cache.
 """
@@ -17,37 +18,148 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
 from .checkpoint import load_checkpoint
-from .measure import METRICS, Settings, measure, versions
+from .measure import MetricRecord, measure, versions
+from .quant.convert import QuantErrorResult
+from .results import Result, register
 
 CONFIGS = (("fp32", None), ("q8", 8), ("q7", 7), ("q4", 4), ("q2", 2))
+SPLITS = ("train", "test")
+
+
+def default_settings() -> M.Settings:
+    """The main job's measurement settings: sized so 50 models are measured in minutes on 2 CPU cores."""
+    return _registered(M.Settings(common=M.Common(samples=256), metrics={
+        "hessian-eig": M.EigSettings(tol=1e-3),
+        "hessian-trace": M.TraceSettings(rtol=0.1),
+        "hessian-density": M.DensitySettings(n_iter=20, n_runs=2),
+        "flatness": M.FlatnessSettings(radii=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0), n_directions=20),
+        "curve": M.CurveSettings(range=(-0.5, 0.5), points=11, n_directions=6),
+        "surface": M.SurfaceSettings(range=(-0.5, 0.5), points=17),
+        "sharpness": M.SharpnessSettings(steps=8, batches=4),
+        "qnoise": M.QnoiseSettings(n_samples=60, pred_rtol=0.1, bits=7),
+    }))
+
+
+def _registered(s: M.Settings) -> M.Settings:
+    """Only the settings of registered metrics (an entry removed from the registry leaves the plan too)."""
+    s.metrics = {k: v for k, v in s.metrics.items() if k in M.REGISTRY}
+    return s
 
 
 @dataclass
 class Plan:
-    domains: tuple = ("75", "0")
-    seeds: tuple = (0, 1, 2)
-    configs: tuple = CONFIGS
+    domains: tuple[str, ...] = ("75", "0")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    configs: tuple[tuple[str, int | None], ...] = CONFIGS
+    paper_bits: int = 7                    # the paper's bit-width: claims test it against full precision
     steps: int = 400
     quant_start: int = 160
     eval_every: int = 50
     width: int = 16
     lr: float = 1e-3
-    surface_seeds: tuple = (0,)
-    settings: Settings = field(default_factory=lambda: Settings(
-        samples=256, n_directions=20, trace_rtol=0.1, eig_tol=1e-3, density_iter=20, density_runs=2,
-        curve_directions=6, surface_points=9, sharpness_steps=8, sharpness_batches=4, qnoise_samples=40,
-        qnoise_probes=20, radii=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0)))
+    illustrative_seeds: tuple[int, ...] = (0,)   # seeds on which the registry's illustrative metrics run
+    settings: M.Settings = field(default_factory=default_settings)
+
+    def label(self, config: str) -> str:
+        bits = dict(self.configs)[config]
+        return "full precision" if bits is None else f"{bits} bit"
+
+    def bits(self, config: str) -> int:
+        return dict(self.configs)[config] or 32
+
+    def config_with_bits(self, bits: int | None) -> str | None:
+        return next((c for c, b in self.configs if b == bits), None)
 
 
 def quick_plan() -> Plan:
-    return Plan(domains=("75",), seeds=(0,), steps=150, quant_start=60, eval_every=30, surface_seeds=(0,),
-                settings=Settings(samples=128, n_directions=10, trace_rtol=0.2, eig_tol=1e-2, density_iter=12,
-                                  density_runs=2, curve_directions=3, surface_points=5, sharpness_steps=4,
-                                  sharpness_batches=2, qnoise_samples=20, qnoise_probes=10,
-                                  radii=(0.0, 1.0, 2.0, 4.0)))
+    return Plan(domains=("75",), seeds=(0, 1), steps=150, quant_start=60, eval_every=30,
+                settings=_registered(M.Settings(common=M.Common(samples=128), metrics={
+                    "hessian-eig": M.EigSettings(tol=1e-2),
+                    "hessian-trace": M.TraceSettings(rtol=0.2),
+                    "hessian-density": M.DensitySettings(n_iter=12, n_runs=2),
+                    "flatness": M.FlatnessSettings(radii=(0.0, 1.0, 2.0, 4.0), n_directions=10),
+                    "curve": M.CurveSettings(range=(-0.5, 0.5), points=7, n_directions=3),
+                    "surface": M.SurfaceSettings(range=(-0.5, 0.5), points=7),
+                    "sharpness": M.SharpnessSettings(steps=4, batches=2),
+                    "qnoise": M.QnoiseSettings(n_samples=20, pred_rtol=0.2, bits=7)})))
+
+
+@dataclass
+class TrainingMetrics:
+    """What training recorded about the selected checkpoint (accuracies are fractions)."""
+    selected_step: int
+    val_acc: dict[str, float]
+    test_acc: dict[str, float]
+    mean_val_acc: float
+    mean_test_acc: float
+    train_seconds: float
+    packed_bytes: int
+    fp32_bytes: int
+    size_ratio: float
+
+
+@register
+@dataclass
+class ModelRun(Result):
+    domain: str
+    config: str
+    bits: int | None
+    seed: int
+    checkpoint: str
+    sha256: str
+    training: TrainingMetrics
+    history: list[dict]
+    measurements: dict[str, dict[str, MetricRecord]]       # split -> metric -> record
+    quant_error: QuantErrorResult | None = None
+    quant_start: int | None = None
+
+    def record(self, split: str, metric: str) -> MetricRecord | None:
+        return self.measurements.get(split, {}).get(metric)
+
+
+@register
+@dataclass
+class EnsembleRun(Result):
+    """EoQ: argmax of the averaged softmax outputs of the paper's-bit-width models of one test domain."""
+    domain: str
+    bits: int
+    members: list[str]
+    member_seeds: list[int]
+    test_acc: dict[str, float]                # ensemble, per test domain
+    val_acc: dict[str, float]
+    member_test_acc: list[dict[str, float]]
+    packed_bytes: int
+    fp32_bytes_one_model: int
+
+    @property
+    def mean_test_acc(self) -> float:
+        return sum(self.test_acc.values()) / len(self.test_acc)
+
+    def member_mean_test_acc(self) -> list[float]:
+        return [sum(m.values()) / len(m) for m in self.member_test_acc]
+
+
+@register
+@dataclass
+class ReproduceRun(Result):
+    plan: Plan
+    models: list[ModelRun]
+    eoq: dict[str, EnsembleRun]
+    analysis: Result | None
+    versions: dict
+    cache: dict
+    device: str
+    weights_measured: str
+    bn: str
+    seconds: dict
+    figures: list[str] = field(default_factory=list)
+
+    def runs(self, domain: str, config: str) -> list[ModelRun]:
+        return [m for m in self.models if m.domain == domain and m.config == config]
 
 
 def model_specs(plan: Plan) -> list[dict]:
@@ -59,8 +171,19 @@ def ckpt_path(out: str, spec: dict) -> str:
     return os.path.join(out, "checkpoints", f"test{spec['domain']}", f"{spec['config']}_s{spec['seed']}.pt")
 
 
-def metrics_for(plan: Plan, spec: dict) -> list[str]:
-    return [m for m in METRICS if m != "surface" or spec["seed"] in plan.surface_seeds]
+def metrics_for(plan: Plan, seed: int) -> list[str]:
+    """The registry's headline metrics on every seed, its illustrative ones on `plan.illustrative_seeds`."""
+    return [n for n, m in M.REGISTRY.items()
+            if m.role == "headline" or (m.role == "illustrative" and seed in plan.illustrative_seeds)]
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(plan), default=str))
+
+
+def plan_from_dict(d: dict) -> Plan:
+    from .results import from_plain
+    return from_plain(Plan, d)
 
 
 def _job(args) -> dict:
@@ -69,7 +192,7 @@ def _job(args) -> dict:
     if threads:
         torch.set_num_threads(threads)
     from .train import TrainConfig, train
-    plan = _plan_from_dict(plan_dict)
+    plan = plan_from_dict(plan_dict)
     path = ckpt_path(out, spec)
     t0 = time.perf_counter()
     if not os.path.exists(path):
@@ -80,36 +203,34 @@ def _job(args) -> dict:
     t_train = time.perf_counter() - t0
     ckpt = load_checkpoint(path)
     cache = ResultCache(os.path.join(out, "cache"))
-    for split in ("train", "test"):
-        for metric in metrics_for(plan, spec):
+    for split in SPLITS:
+        for metric in metrics_for(plan, spec["seed"]):
             measure(ckpt, metric, split, plan.settings, cache=cache, device=device)
     return {"spec": spec, "train_seconds": t_train, "measure_seconds": time.perf_counter() - t0 - t_train}
 
 
-def _plan_from_dict(d: dict) -> Plan:
-    d = dict(d)
-    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("settings").items()})
-    d = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-         for k, v in d.items()}
-    return Plan(settings=s, **d)
-
-
-def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = False, jobs: int = 2,
-        figures: bool = True) -> dict:
-    from tqdm.auto import tqdm
-    plan = quick_plan() if quick else Plan()
-    os.makedirs(out, exist_ok=True)
-    plan_dict = json.loads(json.dumps(dataclasses.asdict(plan)))
+def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
     plan_file = os.path.join(out, "plan.json")
     if os.path.exists(plan_file):
         try:
-            old = json.load(open(plan_file))
+            with open(plan_file) as fh:
+                old = json.load(fh)
         except ValueError:
             old = None
         if old is not None and old != plan_dict:
-            raise FlatlensError(f"{out} holds a run with another plan ({'quick' if not quick else 'full'}?); "
-                                "use another --out")
+            raise FlatlensError(f"{out} holds a run with another plan ({'quick' if not quick else 'full'}, or an "
+                                "older flatlens?); use another --out")
     atomic_write_text(plan_file, json.dumps(plan_dict, indent=1))
+
+
+def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = False, jobs: int = 2,
+        figures: bool = True, plan: Plan | None = None) -> ReproduceRun:
+    from tqdm.auto import tqdm
+    plan = plan or (quick_plan() if quick else Plan())
+    plan.settings.check()
+    os.makedirs(out, exist_ok=True)
+    plan_dict = plan_to_dict(plan)
+    _check_plan_file(out, plan_dict, quick)
     t0 = time.perf_counter()
     specs = model_specs(plan)
     threads = 1 if jobs > 1 else 0
@@ -127,23 +248,32 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
             timings.append(_job(w))
             bar.update(1)
     bar.close()
+    t_collect = time.perf_counter()
     results = collect(out, plan, specs, device)
-    results["seconds"] = {"total_until_collect": time.perf_counter() - t0,
-                          "train_per_model": [t["train_seconds"] for t in timings],
-                          "measure_per_model": [t["measure_seconds"] for t in timings]}
-    atomic_write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1, default=str) + "\n")
+    from .analysis import analyze
+    results.analysis = analyze(results)
+    results.seconds = {"train_and_measure": t_collect - t0, "collect_and_analyze": time.perf_counter() - t_collect,
+                       "train_per_model": [t["train_seconds"] for t in timings],
+                       "measure_per_model": [t["measure_seconds"] for t in timings], "jobs": jobs}
+    results.to_json(os.path.join(out, "results.json"), indent=1)
     from .report import write_report
     write_report(results, os.path.join(out, "report.md"))
     if figures:
         from .plots import make_figures
-        results["figures"] = make_figures(results, os.path.join(out, "figures"))
-    results["seconds"]["total"] = time.perf_counter() - t0
-    atomic_write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1, default=str) + "\n")
+        results.figures = [os.path.relpath(p, out) for p in make_figures(results, os.path.join(out, "figures"))]
+    results.seconds["total"] = time.perf_counter() - t0
+    results.to_json(os.path.join(out, "results.json"), indent=1)
     return results
 
 
-def collect(out: str, plan: Plan, specs: list[dict], device: str) -> dict:
-    """Assemble results.json from the checkpoints and the cache (every measurement is a cache hit here)."""
+def _training_metrics(ckpt: dict) -> TrainingMetrics:
+    from .results import from_plain
+    names = {f.name for f in dataclasses.fields(TrainingMetrics)}
+    return from_plain(TrainingMetrics, {k: v for k, v in ckpt["metrics"].items() if k in names})
+
+
+def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRun:
+    """Assemble the typed run from the checkpoints and the cache (every measurement is a cache hit here)."""
     from .quant import quantization_error
     from .train import ensemble_accuracy
     cache = ResultCache(os.path.join(out, "cache"))
@@ -151,17 +281,39 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> dict:
     for spec in specs:
         ckpt = load_checkpoint(ckpt_path(out, spec))
         meas = {split: {m: measure(ckpt, m, split, plan.settings, cache=cache, device=device)
-                        for m in metrics_for(plan, spec)} for split in ("train", "test")}
+                        for m in metrics_for(plan, spec["seed"])} for split in SPLITS}
         qerr = quantization_error(ckpt["state_dict"], ckpt["quant"]) if ckpt["quant"] else None
-        models.append({**spec, "checkpoint": os.path.relpath(ckpt["path"], out), "sha256": ckpt["sha256"],
-                       "metrics": ckpt["metrics"], "history": ckpt["history"], "measurements": meas,
-                       "quant_error": qerr, "quant_start": (ckpt["quant"] or {}).get("start_step")})
+        models.append(ModelRun(domain=spec["domain"], config=spec["config"], bits=spec["bits"], seed=spec["seed"],
+                               checkpoint=os.path.relpath(ckpt["path"], out), sha256=ckpt["sha256"],
+                               training=_training_metrics(ckpt), history=ckpt["history"], measurements=meas,
+                               quant_error=qerr, quant_start=(ckpt["quant"] or {}).get("start_step")))
     eoq = {}
+    paper = plan.config_with_bits(plan.paper_bits)
     for d in plan.domains:
-        members = [load_checkpoint(ckpt_path(out, s)) for s in specs if s["domain"] == d and s["config"] == "q7"]
-        if members:
-            eoq[d] = ensemble_accuracy(members, split="both", device=device)
-            eoq[d]["members"] = [m["path"] for m in members]
-    return {"plan": json.loads(json.dumps(dataclasses.asdict(plan))), "models": models, "eoq": eoq,
-            "versions": versions(), "cache": cache.stats(), "device": device,
-            "weights_measured": "deployed (dequantized) weights for quantized models", "bn": "eval"}
+        member_specs = [s for s in specs if s["domain"] == d and s["config"] == paper]
+        if len(member_specs) < 2:
+            continue
+        members = [load_checkpoint(ckpt_path(out, s)) for s in member_specs]
+        e = ensemble_accuracy(members, split="both", device=device)
+        eoq[d] = EnsembleRun(
+            domain=d, bits=plan.paper_bits, members=[os.path.relpath(m["path"], out) for m in members],
+            member_seeds=[s["seed"] for s in member_specs],
+            test_acc={k.split(":", 1)[1]: v for k, v in e["ensemble"].items() if k.startswith("test:")},
+            val_acc={k.split(":", 1)[1]: v for k, v in e["ensemble"].items() if k.startswith("val:")},
+            member_test_acc=[{k.split(":", 1)[1]: v for k, v in mm.items() if k.startswith("test:")}
+                             for mm in e["members"]],
+            packed_bytes=e["packed_bytes"], fp32_bytes_one_model=e["fp32_bytes_one_model"])
+    return ReproduceRun(plan=plan, models=models, eoq=eoq, analysis=None, versions=versions(),
+                        cache=cache.stats(), device=device,
+                        weights_measured="deployed (dequantized) weights for quantized models", bn="eval",
+                        seconds={})
+
+
+def load_run(path: str) -> ReproduceRun:
+    """results.json of a reproduce run, read back through its types (one clear error if it is not one)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+        if not os.path.exists(path):
+            raise FlatlensError(f"{path}: no such file (run `flatlens reproduce --out "
+                                f"{os.path.dirname(path)}` first)")
+    return ReproduceRun.from_json(path)

@@ -1,4 +1,3 @@
-import json
 import os
 import pickle
 import subprocess
@@ -76,8 +75,12 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
     j = tmp_path / "h.json"
     assert main(["hessian", ckpts["q4"], "--samples", "64", "--metric", "all", "--density-iter", "10",
                  "--json", str(j), "--quiet"]) == 0
-    h = json.loads(j.read_text())
-    assert h["weights"].startswith("deployed 4-bit") and {"eig", "trace", "density"} <= set(h["results"]["train"])
+    from flatlens.cli import MeasurementRun
+    h = MeasurementRun.from_json(j)
+    assert h.weights.startswith("deployed 4-bit")
+    assert {r.metric for r in h.records} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag"}
+    eig = next(r for r in h.records if r.metric == "hessian-eig")
+    assert eig.row("LA1").interval_kind == "bound" and eig.result.main.bounds
     npz = tmp_path / "s.npz"
     assert main(["landscape", ckpts["fp"], "--dim", "2", "--points", "5", "--samples", "64", "--npz", str(npz),
                  "--json", str(tmp_path / "l.json"), "--quiet"]) == 0
@@ -87,8 +90,9 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
     fj = tmp_path / "f.json"
     assert main(["flatness", ckpts["fp"], "--radii", "0", "1", "--directions", "5", "--samples", "64",
                  "--json", str(fj), "--resume-dir", str(tmp_path / "chunks"), "--quiet"]) == 0
-    f = json.loads(fj.read_text())
-    assert set(f["results"]) == {"train", "test"} and len(f["results"]["train"]["ci95"]) == 2
+    f = MeasurementRun.from_json(fj)
+    assert {r.split for r in f.records} == {"train", "test"}
+    assert [r.key for r in f.records[0].rows] == ["r=1"] and len(f.records[0].result.ci95) == 2
     assert main(["flatness", ckpts["fp"], "--radii", "-1", "--quiet"]) == 2
 
 

@@ -1,57 +1,77 @@
+import csv
 import json
+import math
 import os
 
 import pytest
 
 from flatlens.cli import main
+from flatlens.compare import Comparison
 from test_cli import ckpts  # noqa: F401,F811  (module-scoped fixture shared with test_cli)
 
 
 def _run(tmp_path, ckpts, extra=()):  # noqa: F811
     j = tmp_path / "cmp.json"
     code = main(["compare", ckpts["fp"], ckpts["q4"], "--metric", "all", "--split", "both", "--samples", "64",
-                 "--directions", "6", "--results", str(tmp_path / "res"), "--json", str(j),
-                 "--csv", str(tmp_path / "cmp.csv"), "--plot", str(tmp_path / "cmp.png"), "--quiet", *extra])
-    return code, json.loads(j.read_text()) if j.exists() else None
+                 "--directions", "6", "--qnoise-samples", "10", "--points", "5", "--results", str(tmp_path / "res"),
+                 "--json", str(j), "--csv", str(tmp_path / "cmp.csv"), "--plot", str(tmp_path / "cmp.png"),
+                 "--quiet", *extra])
+    return code, Comparison.from_json(j) if j.exists() else None
+
+
+def _check_verdicts(rep):
+    tested = [r for r in rep.rows if r.p is not None and not math.isnan(r.p)]
+    assert rep.family["size"] == len(tested) and rep.family["correction"] == "Holm"
+    for r in tested:
+        assert r.test and r.test_df is not None and r.p_holm >= r.p - 1e-12
+        if r.p_holm >= 0.05:
+            assert r.verdict == "no significant difference"
+        elif r.direction == "lower":
+            assert r.verdict == ("flatter" if r.diff < 0 else "sharper")
+        else:
+            assert r.verdict == ("lower" if r.diff < 0 else "higher")
+    return tested
 
 
 @pytest.mark.slow
-def test_compare_json_fields_verdicts_and_cache(tmp_path, ckpts):  # noqa: F811
+def test_compare_checkpoints_json_tests_holm_and_cache(tmp_path, ckpts):  # noqa: F811
     code, rep = _run(tmp_path, ckpts)
-    assert code == 0
-    assert {"table", "measurements", "settings", "checkpoints", "bn", "versions", "cache"} <= set(rep)
-    assert rep["bn"] == "eval" and rep["versions"]["torch"]
-    assert all(len(c["sha256"]) == 64 for c in rep["checkpoints"])
-    metrics = {r["metric"] for r in rep["table"]}
-    assert metrics == {"hessian-eig", "hessian-trace", "hessian-density", "flatness", "curve", "surface",
-                       "sharpness", "qnoise"}
-    assert {r["split"] for r in rep["table"]} == {"train", "test"}
-    for m in rep["measurements"]:
-        assert m["data"]["indices_sha256"] and m["seed"] == 0 and m["bn"] == "eval"
-    assert any("deployed 4-bit" in r["weights"] for r in rep["table"])
-    for r in rep["table"]:
-        if "vs_first_verdict" not in r or r["vs_first_ci95"] is None:
-            continue
-        lo, hi = r["vs_first_ci95"]
-        expect = "sharper" if lo > 0 else "flatter" if hi < 0 else "no significant difference"
-        assert r["vs_first_verdict"] == expect
-        assert lo <= r["vs_first_diff"] <= hi
-    assert rep["cache"]["misses"] > 0
-    assert os.path.getsize(tmp_path / "cmp.png") > 0 and (tmp_path / "cmp.csv").read_text().count("\n") > 10
+    assert code == 0 and rep.mode == "checkpoints" and "measurement noise" in rep.question
+    assert rep.versions["torch"] and all(len(c["sha256"]) == 64 for c in rep.checkpoints)
+    assert {r.metric for r in rep.rows} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag",
+                                            "flatness", "curve", "surface", "sharpness", "qnoise"}
+    assert {r.split for r in rep.rows} == {"train", "test"}
+    for rec in rep.records:
+        assert rec.data["indices_sha256"] and rec.seed == 0 and rec.bn == "eval"
+    assert any("deployed 4-bit" in rec.weights_label for rec in rep.records)
+    tested = _check_verdicts(rep)
+    tests = {r.test for r in tested}
+    assert tests == {"paired t", "Welch t"}  # flatness, curves, noise draws, SLQ runs: paired; the trace: Welch
+    assert next(r for r in tested if r.metric == "flatness").test == "paired t"
+    assert next(r for r in tested if r.metric == "hessian-trace").test == "Welch t"
+    eig = [r for r in rep.rows if r.metric == "hessian-eig" and r.reference]
+    assert eig and all(r.p is None and r.diff_interval_kind == "bound" and r.verdict.startswith("not tested")
+                       for r in eig)
+    rows = list(csv.DictReader(open(tmp_path / "cmp.csv")))
+    assert len(rows) == len(rep.rows) and {"p", "p_holm", "test", "test_df", "mde80"} <= set(rows[0])
+    assert os.path.getsize(tmp_path / "cmp.png") > 0
 
-    # a second run hits the cache for everything
+    # a second run hits the cache for everything and gives the same numbers
     code, rep2 = _run(tmp_path, ckpts)
-    assert rep2["cache"]["misses"] == 0 and rep2["cache"]["hits"] == rep["cache"]["misses"]
-    assert [r["value"] for r in rep2["table"]] == [r["value"] for r in rep["table"]]
+    assert rep2.cache["misses"] == 0 and rep2.cache["hits"] == rep.cache["misses"]
+    assert [r.value for r in rep2.rows] == [r.value for r in rep.rows]
 
-    # a corrupt entry is recomputed, not trusted
+    # a corrupt entry and an edited number are recomputed, never trusted
     cache_dir = tmp_path / "res" / "cache"
-    entries = [os.path.join(dp, f) for dp, _, fs in os.walk(cache_dir) for f in fs]
+    entries = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(cache_dir) for f in fs)
     with open(entries[0], "w") as fh:
         fh.write('{"key": "truncat')
+    entry = json.load(open(entries[1]))
+    entry["value"]["center_loss"] = 12345.0
+    json.dump(entry, open(entries[1], "w"))
     code, rep3 = _run(tmp_path, ckpts)
-    assert rep3["cache"]["corrupt_recomputed"] == 1 and rep3["cache"]["misses"] == 1
-    assert [r["value"] for r in rep3["table"]] == [r["value"] for r in rep["table"]]
+    assert rep3.cache["corrupt_recomputed"] == 2 and rep3.cache["misses"] == 2
+    assert [r.value for r in rep3.rows] == [r.value for r in rep.rows]
 
 
 def test_mismatched_datasets_refused_unless_data_given(tmp_path, ckpts, capsys):  # noqa: F811
@@ -63,5 +83,48 @@ def test_mismatched_datasets_refused_unless_data_given(tmp_path, ckpts, capsys):
     torch.save({"x": x[:40], "y": y[:40]}, tmp_path / "d.pt")
     assert main(["compare", ckpts["fp"], ckpts["other"], "--data", str(tmp_path / "d.pt"), "--metric",
                  "hessian-trace", "--no-cache", "--quiet", "--json", str(tmp_path / "o.json")]) == 0
-    rep = json.loads((tmp_path / "o.json").read_text())
-    assert rep["measurements"][0]["data"]["dataset"] == "file"
+    rep = Comparison.from_json(tmp_path / "o.json")
+    assert rep.records[0].data["dataset"] == "file"
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """Two methods x three seeds of tiny models, trained here."""
+    from flatlens.data import rotated_digits
+    from flatlens.train import TrainConfig, train
+    data = rotated_digits()
+    d = tmp_path_factory.mktemp("seeds")
+    out = {"fp": [], "q2": []}
+    for seed in range(3):
+        for name, bits in (("fp", None), ("q2", 2)):
+            p = d / f"{name}_{seed}.pt"
+            train(TrainConfig(steps=40, eval_every=20, quant_start=20, bits=bits, seed=seed, test_domains=["75"],
+                              arch_kwargs={"width": 8}), str(p), quiet=True, data=data)
+            out[name].append(str(p))
+    return out
+
+
+def test_compare_groups_is_seed_level_with_holm(tmp_path, seeds, capsys):
+    j = tmp_path / "g.json"
+    assert main(["compare", "--group", "fp", *seeds["fp"], "--group", "q2", *seeds["q2"], "--metric", "flatness",
+                 "--split", "both", "--samples", "64", "--directions", "4", "--radii", "0", "1", "2",
+                 "--results", str(tmp_path / "r"), "--json", str(j)]) == 0
+    out = capsys.readouterr().out
+    assert "method vs method" in out and "over the checkpoints of each group" in out
+    rep = Comparison.from_json(j)
+    assert rep.mode == "groups" and rep.groups == {"fp": seeds["fp"], "q2": seeds["q2"]}
+    tested = _check_verdicts(rep)
+    assert len(tested) == 4 and {r.test for r in tested} == {"Welch t over checkpoints"}
+    for r in rep.rows:
+        assert r.source == "over 3 seeds" and r.n == 3 and r.df == 2 and len(r.values) == 3
+        assert r.within_stderr is not None and r.within_stderr > 0
+    # the group's value is the mean of its checkpoints' values (the two-level estimate for flatness)
+    fp_r1 = next(r for r in rep.rows if r.subject == "fp" and r.key == "r=1" and r.split == "train")
+    per = [rec.row("r=1").value for rec in rep.records if rec.split == "train" and rec.checkpoint in seeds["fp"]]
+    assert fp_r1.value == pytest.approx(sum(per) / 3) and fp_r1.values == pytest.approx(per)
+
+
+def test_compare_groups_needs_two_checkpoints_per_group(seeds, capsys):
+    assert main(["compare", "--group", "fp", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
+    assert "needs >= 2" in capsys.readouterr().err
+    assert main(["compare", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2

@@ -154,3 +154,35 @@ def test_bad_input_errors():
         hessian.top_eigenvalues(obj, 1, which="XX")
     with pytest.raises(FlatlensError, match="method"):
         hessian.trace(obj, method="xtrace")
+
+
+@pytest.mark.parametrize("which,expect", [("LA", [5.0, 2.0, 1.0]), ("SA", [-3.0, -1.0, 0.1])])
+def test_power_method_returns_the_k_extreme_algebraic_eigenvalues_of_an_indefinite_spectrum(which, expect):
+    # after deflating 5, the largest *magnitude* left is -3: unshifted power iteration returned [5, -3]
+    lam = np.array([5.0, 2.0, 1.0, 0.5, -3.0, -1.0, 0.1, 0.2])
+    obj = toys.quadratic(lam, seed=4)
+    r = hessian.top_eigenvalues(obj, 3, which=which, method="power", tol=1e-13, max_hvp=50000)
+    assert r.converged
+    np.testing.assert_allclose(r.values, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_eigenvalues_carry_residual_bounds_that_hold():
+    obj = toys.quadratic(SPREAD, seed=0)
+    exact = np.sort(SPREAD)[::-1]
+    for tol in (1e-2, 1e-6):
+        r = hessian.top_eigenvalues(obj, 2, tol=tol)
+        assert len(r.bounds) == 2
+        for v, b in zip(r.values, r.bounds):
+            assert np.min(np.abs(exact - v)) <= b + 1e-9
+
+
+def test_scaled_hessian_is_s_h_s_and_its_trace_is_the_step_weighted_diagonal():
+    from flatlens.hessian.scaled import ScaledHessian
+    obj = toys.quadratic(SPREAD[:60], seed=2)
+    s = torch.linspace(0.1, 2.0, 60, dtype=torch.float64)
+    op = ScaledHessian(obj, s)
+    dense = torch.stack([op.hvp(e) for e in torch.eye(60, dtype=torch.float64)])
+    assert torch.allclose(dense, s[:, None] * obj.hessian * s[None, :], rtol=1e-10, atol=1e-10)
+    exact = float((s ** 2 * torch.diagonal(obj.hessian)).sum())
+    t = hessian.trace(op, rtol=0.01, seed=0, per_layer=False)
+    assert t.ci95[0] <= exact <= t.ci95[1] and op.describe()["operator"].startswith("S H S")

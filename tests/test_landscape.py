@@ -160,3 +160,21 @@ def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
         assert any(k.endswith("|64") for k in timed)
         if bn == "train":  # batch statistics: re-cut batches would change F, so they are never used
             assert ev.batch_size is None
+
+
+def test_evaluator_accuracy_follows_the_objectives_classification_rule():
+    from flatlens import Objective
+    from torch import nn
+    reg = toys.linear_regression(40, 5, seed=0)
+    ev = landscape.Evaluator(reg, strategy="loop")
+    _, acc = ev(torch.zeros(3, reg.num_params, dtype=reg.dtype))
+    assert acc is None and not reg.is_classification and reg.accuracy() is None
+    # several outputs with an MSE target: no accuracy, and no crash
+    model = nn.Linear(4, 3).double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    multi = Objective(model, nn.MSELoss(), (x, torch.randn(16, 3, dtype=torch.float64)))
+    losses, acc = landscape.Evaluator(multi, strategy="loop")(0.1 * torch.ones(2, multi.num_params, dtype=torch.float64))
+    assert acc is None and torch.isfinite(losses).all()
+    cls = Objective(model, nn.CrossEntropyLoss(), (x, torch.randint(0, 3, (16,))))
+    _, acc = landscape.Evaluator(cls, strategy="loop")(torch.zeros(1, cls.num_params, dtype=torch.float64))
+    assert acc is not None and float(acc[0]) == pytest.approx(cls.accuracy())

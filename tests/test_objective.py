@@ -122,3 +122,21 @@ def test_flushing_denormals_does_not_change_hvps():
     assert torch.allclose(a.hvp(v), b.hvp(v), rtol=1e-12, atol=1e-14)
     tiny = torch.tensor(1e-300, dtype=torch.float64) * 1e-10  # a subnormal result
     assert tiny.item() != 0.0  # the global flush flag is off again
+
+
+def test_an_objective_leaves_no_graph_alive_when_dropped():
+    # the graph-size probe once returned the saved tensor itself from its pack hook: a ReLU output saved by its
+    # own backward node then referenced its grad_fn, a cycle through autograd's C++ graph that the garbage
+    # collector cannot free, keeping the first batch's double-backward graph alive for good
+    import gc
+    import weakref
+    x, y = image_data()
+    refs = []
+    model = tiny_cnn()
+    model.act.register_forward_hook(lambda m, i, out: refs.append(weakref.ref(out)))
+    for mode in ("auto", "graph", "recompute"):
+        obj = Objective(model, nn.CrossEntropyLoss(), (x, y), hvp_mode=mode)
+        obj.hvp(torch.ones(obj.num_params, dtype=obj.dtype))
+        del obj
+    gc.collect()
+    assert refs and all(r() is None for r in refs)

@@ -1,11 +1,15 @@
-"""`flatlens reproduce --quick` end to end (the CI smoke test), the report, the figures, and resumption."""
+"""`flatlens reproduce --quick` end to end (the CI smoke test): typed results, the seed-level report, the
+figures, resumption, and the registry as the one place a metric is known."""
 import json
 import os
+import re
 
 import matplotlib
 import pytest
 
-from flatlens.cli import main
+from flatlens import metrics as M
+from flatlens.cli import build_parser, main
+from flatlens.reproduce import ReproduceRun, load_run, metrics_for, quick_plan
 
 pytestmark = pytest.mark.slow
 
@@ -17,39 +21,61 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def test_outputs_exist(run_dir):
-    res = json.loads((run_dir / "results.json").read_text())
-    assert len(res["models"]) == 5 and {m["config"] for m in res["models"]} == {"fp32", "q8", "q7", "q4", "q2"}
-    m = res["models"][0]
-    assert set(m["measurements"]) == {"train", "test"}
-    assert {"hessian-eig", "hessian-trace", "hessian-density", "flatness", "curve", "sharpness", "qnoise"} <= set(
-        m["measurements"]["train"])
-    assert res["eoq"]["75"]["ensemble"]
+def test_outputs_are_typed_and_round_trip(run_dir):
+    raw = json.loads((run_dir / "results.json").read_text())
+    run = ReproduceRun.from_dict(raw)
+    assert run.to_dict() == raw  # results.json reads back through the same types, field for field
+    plan = quick_plan()
+    assert len(run.models) == len(plan.seeds) * len(plan.configs)
+    assert {m.config for m in run.models} == {c for c, _ in plan.configs}
+    m = run.models[0]
+    assert set(m.measurements) == {"train", "test"}
+    headline = {n for n, x in M.REGISTRY.items() if x.role == "headline"}
+    assert headline <= set(m.measurements["train"])
+    for mm in run.models:  # illustrative metrics on the illustrative seed only
+        has = "hessian-density" in mm.measurements["train"]
+        assert has == (mm.seed in plan.illustrative_seeds)
+    assert run.eoq["75"].test_acc and run.analysis.claims
     report = (run_dir / "report.md").read_text()
-    for section in ("## Accuracy", "## Curvature and sharpness, train split", "## Curvature and sharpness, test split",
-                    "Local flatness", "quantization-noise test", "Which of the paper's claims held here"):
+    for section in ("## Summary", "## Claims", "## Accuracy", "## Headline measures over seeds, train split",
+                    "quantization-noise test", "Holm-adjusted"):
         assert section in report
-    assert "EoQ" in report and "tr(H) ± 95% CI" in report
+    assert "over 2 seeds" in report and "torch" in report
+
+
+def test_every_claim_names_its_test_n_and_adjusted_p(run_dir):
+    run = load_run(str(run_dir))
+    report = (run_dir / "report.md").read_text()
+    claims = [line for line in report.splitlines() if line.startswith("- ") and "Holm-adjusted p" in line]
+    assert len(claims) == len(run.analysis.claims)
+    for c, line in zip(run.analysis.claims, claims):
+        assert c.test.test in line and "95 % CI" in line and f"p = " in line
+        assert ("n = 2 + 2 seeds" in line) or ("over 2 members" in line)
+        word = {"supported": "**supported**", "not supported": "**not supported**",
+                "contradicted": "**contradicted**", "not testable": "**not testable**"}[c.verdict]
+        assert word in line
+        if c.verdict == "not supported":
+            assert "80 % power" in line  # a null result comes with the difference the run could detect
 
 
 def test_rerun_resumes_from_checkpoints_and_cache(run_dir):
     ck = run_dir / "checkpoints" / "test75" / "q7_s0.pt"
     mtime = os.path.getmtime(ck)
     assert main(["reproduce", "--quick", "--out", str(run_dir), "--quiet", "--jobs", "1"]) == 0
-    res = json.loads((run_dir / "results.json").read_text())
+    run = load_run(str(run_dir))
     assert os.path.getmtime(ck) == mtime
-    assert res["cache"]["misses"] == 0 and res["cache"]["hits"] > 0
-    assert max(res["seconds"]["train_per_model"]) < 1.0
+    assert run.cache["misses"] == 0 and run.cache["hits"] > 0
+    assert max(run.seconds["train_per_model"]) < 1.0
 
 
 def test_figures_have_expected_axes(run_dir, tmp_path):
     from flatlens.plots import FIGURES
-    res = json.loads((run_dir / "results.json").read_text())
-    figs = {name: fn(res) for name, fn in FIGURES.items()}
+    run = load_run(str(run_dir))
+    figs = {name: fn(run) for name, fn in FIGURES.items()}
     f1 = figs["fig1_local_flatness"].axes
     assert [a.get_title() for a in f1[:2]] == ["train flatness, test domain 75°", "test flatness, test domain 75°"]
     assert "radius" in f1[0].get_xlabel() and "loss increase" in f1[0].get_ylabel()
-    assert len(f1[0].get_lines()) == 5
+    assert len(f1[0].get_lines()) == 5 and "over 2 seeds" in f1[0].get_legend().get_title().get_text()
     f2 = figs["fig2_eigenvalue_trace"].axes
     assert "eigenvalue" in f2[0].get_ylabel() and "trace" in f2[1].get_ylabel().lower()
     assert figs["fig3_spectral_density"].axes[0].get_yscale() == "log"
@@ -58,10 +84,11 @@ def test_figures_have_expected_axes(run_dir, tmp_path):
     assert figs["fig5b_surface_3d"].axes[0].name == "3d"
     f6 = figs["fig6_quantization_noise"].axes[0]
     assert "predicted" in f6.get_xlabel() and "measured" in f6.get_ylabel()
-    assert any(l.get_label() == "y = x" for l in f6.get_lines())
+    assert any(line.get_label() == "y = x" for line in f6.get_lines())
     f7 = figs["fig7_accuracy_vs_bits"].axes
     assert f7[0].get_xlabel() == "weight bits" and f7[1].get_xlabel() == "training step"
-    assert "KL" in figs["fig8_quantization_error"].axes[0].get_title()
+    assert "95 % CI over 2 seeds" in f7[0].get_title()
+    assert "corrected" in figs["fig8_quantization_error"].axes[0].get_title()
     for f in figs.values():
         matplotlib.pyplot.close(f)
     out = tmp_path / "figs"
@@ -70,6 +97,59 @@ def test_figures_have_expected_axes(run_dir, tmp_path):
     assert len(files) == 2 * len(FIGURES) and all(os.path.getsize(out / f) > 1000 for f in files)
 
 
-def test_figures_without_results_is_a_clear_error(tmp_path, capsys):
+def test_figures_and_report_without_results_are_clear_errors(tmp_path, capsys):
     assert main(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "reproduce" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"plan": 3}')
+    assert main(["report", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flatlens: error:") and "not a ReproduceRun" in err
+
+
+def _numbers(text):
+    return re.findall(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", text)
+
+
+def test_renaming_a_display_label_changes_no_number_in_the_report(run_dir, monkeypatch):
+    from flatlens.report import write_report
+    run = load_run(str(run_dir))
+    before = write_report(run)
+    reg = dict(M.REGISTRY)
+    for name in ("flatness", "hessian-trace", "hessian-eig", "qnoise"):
+        m = reg[name]
+        # a lookup by label text (the old `row(..., prefix)`) would miss every renamed row and print n/a
+        reg[name] = M.Metric(**{**m.__dict__, "specs": tuple(
+            M.RowSpec(s.key, "RENAMED " + s.label, s.unit, s.direction, s.prefix) for s in m.specs)})
+    monkeypatch.setattr(M, "REGISTRY", reg)
+    after = write_report(run)
+    assert "RENAMED" in after and "RENAMED" not in before
+    assert _numbers(after.replace("RENAMED", "")) == _numbers(before)
+
+
+def test_removing_a_registry_entry_removes_the_metric_everywhere(run_dir, monkeypatch, tmp_path, capsys):
+    from flatlens.plots import FIGURES
+    from flatlens.report import write_report
+    keep = ("hessian-trace", "flatness")
+    monkeypatch.setattr(M, "REGISTRY", {n: m for n, m in M.REGISTRY.items() if n in keep})
+    # the CLI: choices, flags and subcommands come from the registry
+    parser = build_parser()
+    assert main(["compare", "x.pt", "--metric", "qnoise", "--quiet"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    help_text = parser._subparsers._group_actions[0].choices["hessian"].format_help()
+    assert "hessian-trace" in help_text and "hessian-eig" not in help_text and "--qnoise-samples" not in help_text
+    assert "landscape" not in parser._subparsers._group_actions[0].choices
+    # reproduce measures only what is registered
+    plan = quick_plan()
+    assert set(metrics_for(plan, 0)) == set(keep) and set(plan.settings.metrics) == set(keep)
+    # the report and the figures say nothing of the removed metrics
+    run = load_run(str(run_dir))
+    text = write_report(run)
+    for gone in ("top eigenvalue", "quantization noise", "SLQ", "sharpness", "curve increase"):
+        assert gone not in text, gone
+    assert "Hessian trace" in text and "local flatness" in text
+    figs = {n: f(run) for n, f in FIGURES.items()}
+    assert figs["fig3_spectral_density"] is None and figs["fig6_quantization_noise"] is None
+    assert figs["fig1_local_flatness"] is not None
+    for f in figs.values():
+        if f is not None:
+            matplotlib.pyplot.close(f)

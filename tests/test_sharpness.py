@@ -23,7 +23,7 @@ def test_quantization_noise_measured_and_predicted_match_exact():
     g = torch.Generator().manual_seed(0)
     s = 0.1 + torch.rand(len(LAM), generator=g, dtype=torch.float64)
     exact = float((s ** 2 * torch.diagonal(obj.hessian)).sum() / 24)
-    res = sharpness.quantization_noise(obj, {"theta": s}, n_samples=400, n_probes=200, seed=0)
+    res = sharpness.quantization_noise(obj, {"theta": s}, n_samples=400, pred_rtol=0.02, seed=0)
     assert res.measured_ci95[0] <= exact <= res.measured_ci95[1]
     assert res.predicted_ci95[0] <= exact <= res.predicted_ci95[1]
     assert res.ratio == pytest.approx(res.measured / res.predicted)
@@ -70,3 +70,54 @@ def test_bad_input_errors():
         sharpness.worst_case(obj, -0.1)
     with pytest.raises(FlatlensError, match="not in the objective"):
         sharpness.quantization_noise(obj, {"nope": torch.ones(1)})
+
+
+def _steps(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 + torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def test_antithetic_noise_estimator_is_unbiased_on_a_quadratic_away_from_its_minimum():
+    # a quadratic off its minimum: plain Monte Carlo carries the first-order term's variance; each antithetic
+    # pair is exactly 1/2 D'AD, so its mean is (1/24) sum s^2 A_ii and its t-interval covers it
+    obj = toys.quadratic(LAM, seed=1, offset=np.full(len(LAM), 0.3))
+    s = _steps(len(LAM))
+    exact = float((s ** 2 * torch.diagonal(obj.hessian)).sum() / 24)
+    covered = 0
+    n_sim = 400
+    for seed in range(n_sim):
+        r = sharpness.quantization_noise(obj, {"theta": s}, n_samples=20, pred_rtol=1.0, pred_max_hvp=12, seed=seed,
+                                         strategy="loop")
+        assert r.estimator == "antithetic" and r.n_evaluations == 40 and len(r.samples) == 20
+        covered += r.measured_ci95[0] <= exact <= r.measured_ci95[1]
+    assert 0.92 <= covered / n_sim <= 0.98, covered / n_sim
+
+
+def test_antithetic_pairs_beat_plain_monte_carlo_at_equal_cost_on_a_network():
+    from torch import nn
+    from flatlens import Objective
+    from nets import tiny_mlp, vector_data
+    obj = Objective(tiny_mlp(), nn.CrossEntropyLoss(), vector_data(60))
+    steps = {n: torch.full_like(t, 0.3) for n, t in obj.center.items() if n.endswith("weight")}
+    ratios = []
+    for seed in range(5):
+        a = sharpness.quantization_noise(obj, steps, n_samples=100, pred_rtol=1.0, pred_max_hvp=12, seed=seed,
+                                         estimator="antithetic")
+        p = sharpness.quantization_noise(obj, steps, n_samples=100, pred_rtol=1.0, pred_max_hvp=12, seed=seed,
+                                         estimator="plain")
+        assert a.n_evaluations == p.n_evaluations == 200 and len(p.samples) == 200
+        ratios.append(p.measured_stderr / a.measured_stderr)
+    assert min(ratios) > 1.2, ratios
+
+
+def test_quantization_noise_ratio_has_a_fieller_interval():
+    obj = toys.quadratic(LAM, seed=1)
+    r = sharpness.quantization_noise(obj, {"theta": _steps(len(LAM))}, n_samples=200, pred_rtol=0.02, seed=0)
+    assert r.ratio_bounded and r.ratio_ci95[0] < r.ratio < r.ratio_ci95[1]
+    assert r.ratio_ci95[0] <= 1.0 <= r.ratio_ci95[1]  # exact on a quadratic: both estimate the same number
+
+
+def test_quantization_noise_rejects_unknown_estimator():
+    obj = toys.quadratic(LAM, seed=0)
+    with pytest.raises(FlatlensError, match="estimator"):
+        sharpness.quantization_noise(obj, {"theta": _steps(len(LAM))}, estimator="magic")

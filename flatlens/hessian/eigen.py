@@ -22,12 +22,13 @@ def _sort(values, which):
     return values[np.argsort(-np.abs(values))]
 
 
-def _residuals(obj, vals, vecs) -> list[float]:
-    """Relative residuals ||H v - lambda v|| / |lambda| (one extra HVP each)."""
+def _residual_norms(obj, vals, vecs) -> list[float]:
+    """||H v - theta v|| for unit Ritz vectors v (one HVP each). For symmetric H some eigenvalue lies within
+    this distance of theta (Bauer-Fike / Kahan): a bound, not a confidence interval."""
     out = []
     for lam, v in zip(vals, vecs):
-        r = obj.hvp(v) - lam * v
-        out.append(float(r.norm() / max(abs(lam), 1e-30)))
+        v = v / v.norm()
+        out.append(float((obj.hvp(v) - lam * v).norm()))
     return out
 
 
@@ -52,6 +53,9 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
         res, vecs = _power(obj, k, which, tol, max_hvp, seed)
     else:
         raise FlatlensError(f"method must be lanczos or power; got {method!r}")
+    res.bounds = _residual_norms(obj, res.values, vecs)
+    res.residuals = [b / max(abs(v), 1e-30) for b, v in zip(res.bounds, res.values)]
+    res.n_hvp += len(vecs)
     if return_vectors:
         res.vectors = vecs
     return res
@@ -97,7 +101,13 @@ def _lanczos(obj, k, which, tol, max_hvp, seed):
 
 def _power(obj, k, which, tol, max_hvp, seed):
     """Power iteration with deflation against found eigenvectors; stops when the Rayleigh quotient
-    changes by less than tol (relative). "LA"/"SA" shift by the largest-magnitude eigenvalue."""
+    changes by less than tol (relative).
+
+    "LA" / "SA" need the wanted end of the spectrum to be the largest in magnitude at *every* deflation step,
+    or the next value found after deflation can come from the other end (on {5, 2, 1, -3} the second "LA" value
+    would be -3). With rho ~ max |lambda| (a first power run, widened by 10 %), H + rho I has all eigenvalues in
+    [0, 2 rho] in the order of H, so its largest-magnitude values are H's largest algebraic ones ("LA");
+    H - rho I likewise for "SA"."""
     elapsed = timer()
     start = obj.n_hvp
     budget = max_hvp or 1000 * k
@@ -106,11 +116,8 @@ def _power(obj, k, which, tol, max_hvp, seed):
     if which in ("LA", "SA"):
         lm, _, ok, _ = _power_one(obj, [], 0.0, tol, budget, seed, "shift")
         converged_all &= ok
-        # H - shift I has the wanted end of the spectrum as its largest magnitude
-        if which == "LA" and lm < 0:
-            shift = lm
-        elif which == "SA" and lm > 0:
-            shift = lm
+        rho = 1.1 * abs(lm)
+        shift = -rho if which == "LA" else rho  # operator H - shift I
     vals, vecs = [], []
     for i in range(k):
         remaining = budget - (obj.n_hvp - start)

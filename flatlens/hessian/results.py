@@ -19,7 +19,8 @@ class EigenResult(Result):
     seed: int
     tol: float
     backend: str = "flatlens"
-    residuals: list[float] = field(default_factory=list)  # ||H v - lambda v|| / |lambda| per value
+    residuals: list[float] = field(default_factory=list)  # ||H v - theta v|| / |theta| per value
+    bounds: list[float] = field(default_factory=list)     # ||H v - theta v||: an eigenvalue lies within (a bound)
     objective: dict = field(default_factory=dict)
 
 

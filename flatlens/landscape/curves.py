@@ -64,7 +64,7 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
                        args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
                              "obj": obj.describe(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
-    accs = torch.cat([p["acc"] for p in parts]).tolist() if ev._accuracy else None
+    accs = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     return CurveResult(alphas=alphas.tolist(), losses=losses, accuracies=accs, center_loss=obj.loss(),
                        direction={"kind": "custom", "norm": float(d.double().norm())}, evaluator=ev.describe(),
                        seconds=elapsed(), objective=obj.describe())
@@ -90,14 +90,14 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
         D = space.make(seed, idx)
         per_alpha = [ev(a * D) for a in a_t]  # one (k, P) matrix at a time
         lo = torch.stack([p[0] for p in per_alpha], dim=1)
-        acc = torch.stack([p[1] for p in per_alpha], dim=1) if ev._accuracy else torch.empty(0)
+        acc = torch.stack([p[1] for p in per_alpha], dim=1) if ev.reports_accuracy else torch.empty(0)
         return {"loss": lo, "acc": acc}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc=f"{kind} curves",
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
                              "seed": seed, "ignore": space.ignore, "obj": obj.describe(), "k": k})
     L = torch.cat([p["loss"] for p in parts]).numpy()
-    A = torch.cat([p["acc"] for p in parts]).tolist() if ev._accuracy else None
+    A = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     m, se, lo, hi = mean_ci(L, axis=0)
     return CurvesResult(alphas=alphas.tolist(), mean=m.tolist(), stderr=se.tolist(),
                         ci95=list(zip(lo.tolist(), hi.tolist())), losses=L.tolist(), accuracies=A,
@@ -131,7 +131,7 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
                              "dx": tensor_digest(fx), "dy": tensor_digest(fy),
                              "obj": obj.describe(), "chunk": chunk})
     L = torch.cat([p["loss"] for p in parts]).reshape(len(ys), len(xs))
-    acc = torch.cat([p["acc"] for p in parts]).reshape(len(ys), len(xs)).tolist() if ev._accuracy else None
+    acc = torch.cat([p["acc"] for p in parts]).reshape(len(ys), len(xs)).tolist() if ev.reports_accuracy else None
     return SurfaceResult(xs=xs.tolist(), ys=ys.tolist(), losses=L.tolist(), accuracies=acc,
                          center_loss=obj.loss(), direction={"kind": "custom"}, evaluator=ev.describe(),
                          seconds=elapsed(), objective=obj.describe())

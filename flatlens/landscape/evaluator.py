@@ -53,7 +53,7 @@ class Evaluator:
         self.memory_budget = int(memory_budget)
         self.calibration: dict = {}
         self._params = dict(obj.model.named_parameters())
-        self._accuracy = not obj._custom
+        self._accuracy = obj.is_classification  # the Objective's rule decides whether accuracy exists
         self._images = (not obj._custom) and all(isinstance(b[0], torch.Tensor) and b[0].dim() == 4
                                                  and b[0].is_floating_point() for b in obj.batches)
         self._cl_request = channels_last
@@ -64,6 +64,11 @@ class Evaluator:
             self._configure(bool(channels_last) and self._images, batch_size)
         self._chunk = None
         self.n_evals = 0
+
+    @property
+    def reports_accuracy(self) -> bool:
+        """Whether evaluations return accuracies (the Objective's classification rule)."""
+        return self._accuracy
 
     # ----------------------------------------------------------------- layout of model and data
     def _configure(self, channels_last: bool, batch_size: int | None) -> None:
@@ -146,8 +151,8 @@ class Evaluator:
                 else:
                     out = obj.model(b[0])
                     loss = obj.loss_fn(_wide(out), b[1])
-                    if self._accuracy and out.dim() == 2:
-                        cor += float((out.argmax(1) == b[1]).sum())
+                    if self._accuracy:
+                        cor += float(obj.count_correct(out, b[1]))
                 tot += w * float(loss)
         return tot, cor
 
@@ -183,8 +188,8 @@ class Evaluator:
             for w, b in zip(self._weights, self._batches):
                 out = functional_call(model, tensors, (b[0],))
                 tot = tot + w * obj.loss_fn(_wide(out), b[1]).double()
-                if self._accuracy and out.dim() == 2:
-                    cor = cor + (out.argmax(1) == b[1]).sum().double()
+                if self._accuracy:
+                    cor = cor + obj.count_correct(out, b[1]).double()
             return tot, cor
 
         losses, correct = [], []

@@ -1,6 +1,9 @@
-"""Figures 1-8 of a reproduce run, PNG and PDF, one style. Each function returns its matplotlib Figure."""
+"""Figures 1-8 of a reproduce run, PNG and PDF, one style, drawn from the typed run and its seed-level
+analysis. Each function returns its matplotlib Figure, or None when the run lacks what it draws (a metric
+that was not measured)."""
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -10,234 +13,341 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..summary import (CONFIG_BITS, CONFIG_LABEL, configs, domains, models, pooled_flatness,  # noqa: E402
-                       seed_stats)
+from .. import metrics as M  # noqa: E402
+from .._util import FlatlensError, atomic_write_bytes  # noqa: E402
+from ..analysis import ACCURACY, Analysis, analyze  # noqa: E402
 
-PALETTE = dict(zip(["fp32", "q8", "q7", "q4", "q2"], sns.color_palette("colorblind", 5)))
+FORMATS = ("png", "pdf", "svg")
 
 
 def _style():
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
-def _first(results, domain, config, seed=None):
-    ms = models(results, domain, config)
-    if seed is not None:
-        ms = [m for m in ms if m["seed"] == seed] or ms
-    return ms[0] if ms else None
+def _palette(plan):
+    return dict(zip([c for c, _ in plan.configs], sns.color_palette("colorblind", len(plan.configs))))
 
 
-def fig_flatness(results):
-    """(1) Local flatness against radius, train and test panels, full precision vs each bit-width (Fig. 3)."""
-    doms = domains(results)
-    fig, axes = plt.subplots(len(doms), 2, figsize=(10, 3.6 * len(doms)), squeeze=False)
-    for i, d in enumerate(doms):
+def _an(run) -> Analysis:
+    return analyze(run)  # recomputed for the metrics registered now
+
+
+def _first(run, domain, config, split, metric):
+    """The record of `metric` on the first illustrative seed (else the first seed) that has it."""
+    if metric not in M.REGISTRY:
+        return None, None
+    ms = sorted(run.runs(domain, config), key=lambda m: (m.seed not in run.plan.illustrative_seeds, m.seed))
+    for m in ms:
+        rec = m.record(split, metric)
+        if rec is not None:
+            return m, rec
+    return None, None
+
+
+def fig_flatness(run):
+    """(1) Local flatness against radius, train and test panels (the form of the paper's Fig. 3): mean and
+    95 % CI over seeds (the two-level estimate)."""
+    plan, an = run.plan, _an(run)
+    if "flatness" not in M.REGISTRY:
+        return None
+    radii = [r for r in plan.settings.of("flatness").radii]
+    pal = _palette(plan)
+    fig, axes = plt.subplots(len(plan.domains), 2, figsize=(10, 3.6 * len(plan.domains)), squeeze=False)
+    for i, d in enumerate(plan.domains):
         for j, split in enumerate(("train", "test")):
             ax = axes[i, j]
-            for c in configs(results):
-                pf = pooled_flatness(models(results, d, c), split)
-                ax.plot(pf["radii"], pf["mean"], marker="o", ms=3, color=PALETTE[c], label=CONFIG_LABEL[c])
-                ax.fill_between(pf["radii"], pf["lo"], pf["hi"], color=PALETTE[c], alpha=0.2)
+            for c, _ in plan.configs:
+                xs, ms, lo, hi = [], [], [], []
+                for r in radii:
+                    if r == 0:
+                        xs.append(0.0), ms.append(0.0), lo.append(0.0), hi.append(0.0)
+                        continue
+                    a = an.aggregate(d, c, split, "flatness", f"r={r:g}")
+                    if a is None or a.estimate.ci95 is None:
+                        continue
+                    xs.append(r), ms.append(a.estimate.value), lo.append(a.estimate.ci95[0]), hi.append(
+                        a.estimate.ci95[1])
+                if len(xs) < 2:
+                    continue
+                ax.plot(xs, ms, marker="o", ms=3, color=pal[c], label=plan.label(c))
+                ax.fill_between(xs, lo, hi, color=pal[c], alpha=0.18)
             ax.set_title(f"{split} flatness, test domain {d}°")
             ax.set_xlabel("radius γ (L2 norm of the weight perturbation)")
             ax.set_ylabel("loss increase E[L(w+γu)] − L(w) (nats)")
-    axes[0, 0].legend(title="model")
+    axes[0, 0].legend(title=f"model (95 % CI over {len(plan.seeds)} seeds)", fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_curvature(results):
-    """(2) Top eigenvalue and trace with CIs, per model (points: seeds; bar: mean)."""
-    doms = domains(results)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    specs = (("hessian-eig", "top eigenvalue", "top Hessian eigenvalue λ₁"),
-             ("hessian-trace", "Hessian trace", "Hessian trace tr(H)"))
-    for ax, (metric, prefix, ylabel) in zip(axes, specs):
+def fig_curvature(run):
+    """(2) Top eigenvalue and trace per seed (with its bound / measurement CI) and the mean over seeds with
+    its 95 % CI (black)."""
+    plan, an = run.plan, _an(run)
+    specs = [(n, k, lab) for n, k, lab in (("hessian-eig", "LA1", "top Hessian eigenvalue λ₁"),
+                                           ("hessian-trace", "trace", "Hessian trace tr(H)")) if n in M.REGISTRY]
+    if not specs:
+        return None
+    pal = _palette(plan)
+    fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 4), squeeze=False)
+    for ax, (metric, key, ylabel) in zip(axes[0], specs):
         xt, xl = [], []
-        for k, d in enumerate(doms):
-            for ci, c in enumerate(configs(results)):
-                x = k * (len(configs(results)) + 1) + ci
-                for m in models(results, d, c):
-                    r = next(r for r in m["measurements"]["train"][metric]["rows"] if r["label"].startswith(prefix))
-                    err = None if r["ci95"] is None else [[r["value"] - r["ci95"][0]], [r["ci95"][1] - r["value"]]]
-                    ax.errorbar(x + 0.1 * (m["seed"] - 1), r["value"], yerr=err, fmt="o", ms=4, color=PALETTE[c],
-                                capsize=2)
+        for k, d in enumerate(plan.domains):
+            for ci, (c, _) in enumerate(plan.configs):
+                x = k * (len(plan.configs) + 1) + ci
+                runs = run.runs(d, c)
+                for i, m in enumerate(runs):
+                    rec = m.record("train", metric)
+                    if rec is None or not rec.has_row(key):
+                        continue
+                    r = rec.row(key)
+                    err = None if r.interval is None else [[r.value - r.interval[0]], [r.interval[1] - r.value]]
+                    ax.errorbar(x + 0.35 * (i / max(1, len(runs) - 1) - 0.5), r.value, yerr=err, fmt="o", ms=3,
+                                color=pal[c], capsize=1.5, alpha=0.75)
+                a = an.aggregate(d, c, "train", metric, key)
+                if a is not None and a.estimate.ci95 is not None:
+                    e = a.estimate
+                    ax.errorbar(x + 0.45, e.value, yerr=[[e.value - e.ci95[0]], [e.ci95[1] - e.value]], fmt="D",
+                                ms=4, color="k", capsize=3)
                 xt.append(x)
-                xl.append(f"{CONFIG_LABEL[c]}\n{d}°")
+                xl.append(f"{plan.label(c)}\n{d}°")
         ax.set_xticks(xt, xl, rotation=60, fontsize=7)
         ax.set_ylabel(f"{ylabel} (train split)")
-        ax.set_yscale("log")
-        ax.set_xlabel("model and test domain")
-    axes[0].set_title("Top eigenvalue (Lanczos, residual bound)")
-    axes[1].set_title("Trace (Hutch++, 95 % CI)")
+        ax.set_xlabel("model and test domain (dots: seeds; black: mean, 95 % CI over seeds)")
+    titles = {"hessian-eig": "Top eigenvalue (dots: Lanczos residual bounds)",
+              "hessian-trace": "Trace (dots: Hutch++ 95 % CI of the measurement)"}
+    for ax, (metric, _, _) in zip(axes[0], specs):
+        ax.set_title(titles[metric])
     fig.tight_layout()
     return fig
 
 
-def fig_density(results):
-    """(3) Hessian spectral densities (SLQ, Gaussian broadening) on a log scale."""
-    d = domains(results)[0]
+def fig_density(run):
+    """(3) Hessian spectral densities (SLQ, Gaussian broadening) on a log scale, one seed per model."""
+    plan = run.plan
+    d = plan.domains[0]
+    pal = _palette(plan)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for c in configs(results):
-        m = _first(results, d, c, seed=0)
-        r = m["measurements"]["train"]["hessian-density"]["result"]
-        ax.semilogy(r["grid"], np.maximum(np.asarray(r["density"]), 1e-12), color=PALETTE[c], label=CONFIG_LABEL[c])
+    drawn = 0
+    for c, _ in plan.configs:
+        m, rec = _first(run, d, c, "train", "hessian-density")
+        if rec is None:
+            continue
+        r = rec.result
+        ax.semilogy(r.grid, np.maximum(np.asarray(r.density), 1e-12), color=pal[c], label=f"{plan.label(c)} (seed {m.seed})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
     ax.set_ylim(1e-8, None)
     ax.set_xlabel("eigenvalue λ of the Hessian")
     ax.set_ylabel("spectral density (log scale)")
     ax.set_title(f"Hessian spectral density, train split, test domain {d}°")
-    ax.legend(title="model")
+    ax.legend(title="model", fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_curves(results):
-    """(4) Filter-normalized 1D curves: mean and 95 % band over random directions."""
-    doms = domains(results)
-    fig, axes = plt.subplots(1, len(doms), figsize=(5.5 * len(doms), 4), squeeze=False)
-    for ax, d in zip(axes[0], doms):
-        for c in configs(results):
-            m = _first(results, d, c, seed=0)
-            r = m["measurements"]["train"]["curve"]["result"]
-            lo, hi = zip(*r["ci95"])
-            ax.plot(r["alphas"], r["mean"], color=PALETTE[c], label=CONFIG_LABEL[c])
-            ax.fill_between(r["alphas"], lo, hi, color=PALETTE[c], alpha=0.2)
+def fig_curves(run):
+    """(4) Filter-normalized 1D curves: mean and 95 % band over random directions (measurement), one seed."""
+    plan = run.plan
+    pal = _palette(plan)
+    fig, axes = plt.subplots(1, len(plan.domains), figsize=(5.5 * len(plan.domains), 4), squeeze=False)
+    drawn = 0
+    for ax, d in zip(axes[0], plan.domains):
+        for c, _ in plan.configs:
+            m, rec = _first(run, d, c, "train", "curve")
+            if rec is None:
+                continue
+            r = rec.result
+            lo, hi = zip(*r.ci95)
+            ax.plot(r.alphas, r.mean, color=pal[c], label=f"{plan.label(c)} (seed {m.seed})")
+            ax.fill_between(r.alphas, np.maximum(lo, 1e-6), hi, color=pal[c], alpha=0.2)
+            drawn += 1
         ax.set_yscale("log")
         ax.set_xlabel("step α along a filter-normalized direction")
         ax.set_ylabel("training loss L(w + α d) (nats, log scale)")
-        ax.set_title(f"1D curves, test domain {d}°")
-    axes[0, 0].legend(title="model")
+        ax.set_title(f"1D curves, test domain {d}° (95 % band over directions)")
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0, 0].legend(title="model", fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_surfaces(results):
-    """(5) 2D contour slices side by side (shared levels), the surface's 3D view in a separate figure."""
-    d = domains(results)[0]
-    cf = [c for c in configs(results) if "surface" in _first(results, d, c, 0)["measurements"]["train"]]
-    fig, axes = plt.subplots(1, len(cf), figsize=(3.3 * len(cf), 3.3), squeeze=False)
-    surfs = [_first(results, d, c, 0)["measurements"]["train"]["surface"]["result"] for c in cf]
-    vmax = max(np.log10(np.asarray(s["losses"])).max() for s in surfs)
-    vmin = min(np.log10(np.asarray(s["losses"])).min() for s in surfs)
-    levels = np.linspace(vmin, vmax, 15)
-    for ax, c, s in zip(axes[0], cf, surfs):
-        X, Y = np.meshgrid(s["xs"], s["ys"])
-        cs = ax.contourf(X, Y, np.log10(np.asarray(s["losses"])), levels=levels, cmap="viridis")
+def _surfaces(run):
+    plan = run.plan
+    d = plan.domains[0]
+    out = []
+    for c, _ in plan.configs:
+        m, rec = _first(run, d, c, "train", "surface")
+        if rec is not None:
+            out.append((c, m, rec.result))
+    return d, out
+
+
+def fig_surfaces(run):
+    """(5) 2D contour slices side by side (shared levels and axes), one seed per model."""
+    plan = run.plan
+    d, surfs = _surfaces(run)
+    if not surfs:
+        return None
+    fig, axes = plt.subplots(1, len(surfs), figsize=(3.0 * len(surfs) + 1.2, 3.4), squeeze=False,
+                             sharex=True, sharey=True)
+    logs = [np.log10(np.asarray(s.losses)) for _, _, s in surfs]
+    levels = np.linspace(min(x.min() for x in logs), max(x.max() for x in logs), 15)
+    cs = None
+    for ax, (c, m, s), Z in zip(axes[0], surfs, logs):
+        X, Y = np.meshgrid(s.xs, s.ys)
+        cs = ax.contourf(X, Y, Z, levels=levels, cmap="viridis")
         ax.plot([0], [0], "r+", ms=8)
-        ax.set_title(CONFIG_LABEL[c])
-        ax.set_xlabel("α (filter-normalized dx)")
-    axes[0, 0].set_ylabel("β (filter-normalized dy)")
+        ax.set_title(f"{plan.label(c)} (seed {m.seed})", fontsize=9)
+        ax.set_xlabel("α (dx)")
+        ax.locator_params(nbins=5)
+    axes[0, 0].set_ylabel("β (dy)")
+    fig.suptitle(f"2D slices along filter-normalized directions, train split, test domain {d}°", fontsize=10)
     fig.colorbar(cs, ax=axes[0].tolist(), label="log10 training loss")
     return fig
 
 
-def fig_surface_3d(results):
-    d = domains(results)[0]
-    m = _first(results, d, "fp32", 0)
-    s = m["measurements"]["train"]["surface"]["result"]
+def fig_surface_3d(run):
+    """(5b) The full-precision loss surface in 3D, seen from above its minimum."""
+    plan = run.plan
+    d, surfs = _surfaces(run)
+    pick = next(((c, m, s) for c, m, s in surfs if dict(plan.configs)[c] is None), surfs[0] if surfs else None)
+    if pick is None:
+        return None
+    c, m, s = pick
     fig = plt.figure(figsize=(6, 5))
     ax = fig.add_subplot(projection="3d")
-    X, Y = np.meshgrid(s["xs"], s["ys"])
-    ax.plot_surface(X, Y, np.asarray(s["losses"]), cmap="viridis", edgecolor="none", alpha=0.9)
+    X, Y = np.meshgrid(s.xs, s.ys)
+    ax.plot_surface(X, Y, np.asarray(s.losses), cmap="viridis", edgecolor="none", alpha=0.9)
+    ax.view_init(elev=35, azim=-60)
     ax.set_xlabel("α (dx)")
     ax.set_ylabel("β (dy)")
     ax.set_zlabel("training loss (nats)")
-    ax.set_title(f"Loss surface, full precision, test domain {d}°")
+    ax.set_title(f"Loss surface, {plan.label(c)} (seed {m.seed}), test domain {d}°")
     return fig
 
 
-def fig_qnoise(results):
-    """(6) Quantization-noise test: measured vs predicted, one point per model and split, y = x line."""
+def fig_qnoise(run):
+    """(6) Quantization-noise test: measured vs predicted, one point per model and split, y = x and 2x lines."""
+    plan, an = run.plan, _an(run)
+    if an.noise is None:
+        return None
+    pal = _palette(plan)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     vals = []
-    for m in results["models"]:
-        for split, marker in (("train", "o"), ("test", "^")):
-            r = m["measurements"][split]["qnoise"]["result"]
-            px, py = r["predicted"], r["measured"]
-            xerr = [[px - r["predicted_ci95"][0]], [r["predicted_ci95"][1] - px]]
-            yerr = [[py - r["measured_ci95"][0]], [r["measured_ci95"][1] - py]]
-            ax.errorbar(px, py, xerr=xerr, yerr=yerr, fmt=marker, ms=4, color=PALETTE[m["config"]], alpha=0.8,
-                        capsize=1.5, lw=0.8)
-            vals += [px, py]
+    for ch in an.noise.checks:
+        marker = "o" if ch.split == "train" else "^"
+        px, py = ch.predicted, ch.measured
+        xerr = None if ch.predicted_ci95 is None else [[max(px - ch.predicted_ci95[0], 0)], [ch.predicted_ci95[1] - px]]
+        yerr = None if ch.measured_ci95 is None else [[max(py - ch.measured_ci95[0], 0)], [ch.measured_ci95[1] - py]]
+        ax.errorbar(px, py, xerr=xerr, yerr=yerr, fmt=marker, ms=4, color=pal[ch.config], alpha=0.75, capsize=1.5,
+                    lw=0.8, mfc="none" if not ch.ratio_within_2x else pal[ch.config])
+        vals += [px, py]
     pos = [v for v in vals if v > 0]
     lim = (min(pos) / 2, max(pos) * 2) if pos else (1e-4, 1)
     ax.plot(lim, lim, "k--", lw=1, label="y = x")
+    ax.plot(lim, [2 * v for v in lim], "k:", lw=0.8, label="y = 2x, y = x/2")
+    ax.plot(lim, [v / 2 for v in lim], "k:", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lim)
     ax.set_ylim(lim)
-    for c in configs(results):
-        ax.plot([], [], "o", color=PALETTE[c], label=CONFIG_LABEL[c])
+    for c, _ in plan.configs:
+        ax.plot([], [], "o", color=pal[c], label=plan.label(c))
     ax.plot([], [], "k^", label="test split (circles: train)")
+    ax.plot([], [], "ko", mfc="none", label="ratio CI not inside [1/2, 2]")
     ax.set_xlabel("predicted (1/24) Σ s² H_ii (nats)")
     ax.set_ylabel("measured E[L(w+D)] − L(w) (nats)")
-    ax.set_title("Quantization-noise test")
-    ax.legend(fontsize=7)
+    ax.set_title(f"Quantization-noise test: {an.noise.n_ratio_within_2x} of {an.noise.n} within 2x")
+    ax.legend(fontsize=6.5)
     fig.tight_layout()
     return fig
 
 
-def fig_accuracy(results):
-    """(7) Out-of-domain accuracy against bits, and learning curves with the quantization switch (Fig. 4)."""
-    doms = domains(results)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def fig_accuracy(run):
+    """(7) Out-of-domain accuracy against bits (mean and 95 % CI over seeds), and learning curves with the
+    quantization switch (the form of the paper's Fig. 4)."""
+    plan, an = run.plan, _an(run)
+    pal = _palette(plan)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     ax = axes[0]
-    for d, mk in zip(doms, "os^"):
-        xs, ys, es = [], [], []
-        for c in configs(results):
-            st = seed_stats([m["metrics"]["mean_test_acc"] * 100 for m in models(results, d, c)])
-            xs.append(CONFIG_BITS[c])
-            ys.append(st["mean"])
-            es.append(st["std"])
-        ax.errorbar(xs, ys, yerr=es, marker=mk, capsize=3, label=f"out of domain, test {d}°")
-        e = results["eoq"].get(d)
+    for j, (d, mk) in enumerate(zip(plan.domains, "os^v")):
+        xs, ys, lo, hi = [], [], [], []
+        for c, _ in plan.configs:
+            a = an.aggregate(d, c, "", ACCURACY, "ood")
+            if a is None or a.estimate.ci95 is None:
+                continue
+            xs.append(plan.bits(c) * (1 + 0.03 * j))
+            ys.append(a.estimate.value)
+            lo.append(a.estimate.value - a.estimate.ci95[0])
+            hi.append(a.estimate.ci95[1] - a.estimate.value)
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker=mk, capsize=3, label=f"out of domain, test {d}°")
+        e = run.eoq.get(d)
         if e:
-            ens = np.mean([v for k, v in e["ensemble"].items() if k.startswith("test")]) * 100
-            ax.axhline(ens, ls=":", color="gray")
-            ax.annotate(f"EoQ 7 bit ({d}°)", (8.2, ens), fontsize=7, va="bottom")
+            ens = 100 * e.mean_test_acc
+            color = line[0].get_color()
+            ax.axhline(ens, ls=":", color=color)
+            ax.annotate(f"EoQ {len(e.members)} x {e.bits} bit ({d}°): {ens:.1f}", (2.05, ens),
+                        xytext=(0, 3 if j % 2 == 0 else -10), textcoords="offset points", fontsize=7, color=color)
     ax.set_xscale("log", base=2)
-    ax.set_xticks([2, 4, 7, 8, 32], ["2", "4", "7", "8", "32 (fp)"])
+    ticks = sorted({plan.bits(c) for c, _ in plan.configs})
+    ax.set_xticks(ticks, [f"{b} (fp)" if b == 32 else str(b) for b in ticks])
     ax.set_xlabel("weight bits")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Out-of-domain accuracy against bit-width (mean ± sd over seeds)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Out-of-domain accuracy (mean, 95 % CI over {len(plan.seeds)} seeds)")
+    ax.legend(fontsize=8, loc="lower right")
     ax = axes[1]
-    d = doms[0]
-    for c in ("fp32", "q7"):
-        m = _first(results, d, c, 0)
-        if not m:
+    d = plan.domains[0]
+    paper = plan.config_with_bits(plan.paper_bits)
+    for c in [x for x in (plan.config_with_bits(None), paper) if x]:
+        ms = sorted(run.runs(d, c), key=lambda m: m.seed)
+        if not ms:
             continue
-        recs = [h for h in m["history"] if "mean_test_acc" in h]
-        ax.plot([h["step"] for h in recs], [100 * h["mean_test_acc"] for h in recs], color=PALETTE[c],
-                label=f"{CONFIG_LABEL[c]}: out of domain")
-        ax.plot([h["step"] for h in recs], [100 * h["mean_val_acc"] for h in recs], color=PALETTE[c], ls="--",
-                label=f"{CONFIG_LABEL[c]}: in-domain validation")
-        if m.get("quant_start"):
-            ax.axvline(m["quant_start"], color="k", ls=":", lw=1)
-            ax.annotate("quantization on", (m["quant_start"], ax.get_ylim()[0] + 1), rotation=90, fontsize=7)
+        m = ms[0]
+        recs = [h for h in m.history if "mean_test_acc" in h]
+        ax.plot([h["step"] for h in recs], [100 * h["mean_test_acc"] for h in recs], color=pal[c],
+                label=f"{plan.label(c)}: out of domain")
+        ax.plot([h["step"] for h in recs], [100 * h["mean_val_acc"] for h in recs], color=pal[c], ls="--",
+                label=f"{plan.label(c)}: in-domain validation")
+        if m.quant_start:
+            ax.axvline(m.quant_start, color="k", ls=":", lw=1)
+            ax.annotate("quantization on", (m.quant_start, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                        fontsize=7)
     ax.set_xlabel("training step")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Learning curves, test domain {d}°, seed 0")
+    ax.set_title(f"Learning curves, test domain {d}°, seed {min(plan.seeds)}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_quant_error(results):
-    """(8) Quantization error histogram (in units of the step) against the uniform law, with KL (Fig. 2)."""
-    d = domains(results)[0]
-    qs = [c for c in configs(results) if c != "fp32"]
-    fig, axes = plt.subplots(1, len(qs), figsize=(3.3 * len(qs), 3.2), squeeze=False)
-    for ax, c in zip(axes[0], qs):
-        m = _first(results, d, c, 0)
-        q = m["quant_error"]
-        edges = np.asarray(q["edges"])
-        counts = np.asarray(q["counts"])
-        dens = counts / counts.sum() / np.diff(edges)
-        ax.bar(edges[:-1], dens, width=np.diff(edges), align="edge", color=PALETTE[c], alpha=0.7,
-               label="measured")
+def fig_quant_error(run):
+    """(8) Quantization error histogram (in units of the step) against the uniform law, with the bias-corrected
+    KL divergence and the G-test (the form of the paper's Fig. 2), one seed per bit-width."""
+    plan = run.plan
+    d = plan.domains[0]
+    qs = [c for c, b in plan.configs if b is not None]
+    picks = []
+    for c in qs:
+        ms = sorted(run.runs(d, c), key=lambda m: m.seed)
+        if ms and ms[0].quant_error is not None:
+            picks.append((c, ms[0]))
+    if not picks:
+        return None
+    pal = _palette(plan)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.3), squeeze=False)
+    for ax, (c, m) in zip(axes[0], picks):
+        q = m.quant_error
+        edges = np.asarray(q.edges)
+        counts = np.asarray(q.counts)
+        dens = counts / max(counts.sum(), 1) / np.diff(edges)
+        ax.bar(edges[:-1], dens, width=np.diff(edges), align="edge", color=pal[c], alpha=0.7, label="measured")
         ax.axhline(1.0, color="k", ls="--", label="uniform U(−½, ½)")
-        ax.set_title(f"{CONFIG_LABEL[c]}: KL = {q['kl']:.4f}")
+        ax.set_title(f"{plan.label(c)}: KL {q.fit.kl_plugin:.4f} (floor {q.fit.bias_floor:.4f}),\n"
+                     f"corrected {q.fit.kl_corrected:.4f}, G-test p = {q.fit.p:.2g}", fontsize=8)
         ax.set_xlabel("quantization error (w_q − w) / s (steps)")
         ax.set_ylabel("density")
     axes[0, 0].legend(fontsize=7)
@@ -258,14 +368,17 @@ FIGURES = {
 }
 
 
-def make_figures(results: dict, out: str, *, formats=("png", "pdf")) -> list[str]:
-    from .._util import atomic_write_bytes
-    import io
+def make_figures(run, out: str, *, formats=("png", "pdf")) -> list[str]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise FlatlensError(f"unknown figure format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)}")
     _style()
     os.makedirs(out, exist_ok=True)
     written = []
     for name, fn in FIGURES.items():
-        fig = fn(results)
+        fig = fn(run)
+        if fig is None:
+            continue
         for fmt in formats:
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
@@ -276,30 +389,31 @@ def make_figures(results: dict, out: str, *, formats=("png", "pdf")) -> list[str
     return written
 
 
-def plot_compare(report: dict, path: str) -> None:
-    """`compare --plot`: each measure's value and 95 % CI per checkpoint, one panel per measure and split."""
-    from .._util import atomic_write_bytes
-    import io
+def plot_compare(rep, path: str) -> None:
+    """`compare --plot`: each row's value and interval per checkpoint (or group), one panel per row and split."""
+    ext = os.path.splitext(path)[1][1:].lower() or "png"
+    if ext not in FORMATS:
+        raise FlatlensError(f"--plot {path}: unknown format {ext!r}; use one of {', '.join(FORMATS)}")
     _style()
-    keys = list(dict.fromkeys((r["split"], r["label"]) for r in report["table"]))
+    keys = list(dict.fromkeys((r.split, r.metric, r.key) for r in rep.rows))
     n = len(keys)
     cols = min(3, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        rs = [r for r in report["table"] if (r["split"], r["label"]) == key]
-        names = [os.path.basename(r["checkpoint"]) for r in rs]
-        vals = [r["value"] for r in rs]
-        err = [[r["value"] - r["ci95"][0] if r["ci95"] else 0 for r in rs],
-               [r["ci95"][1] - r["value"] if r["ci95"] else 0 for r in rs]]
+        rs = [r for r in rep.rows if (r.split, r.metric, r.key) == key]
+        names = [os.path.basename(r.subject) for r in rs]
+        vals = [r.value for r in rs]
+        err = [[r.value - r.interval[0] if r.interval else 0 for r in rs],
+               [r.interval[1] - r.value if r.interval else 0 for r in rs]]
         ax.errorbar(range(len(rs)), vals, yerr=err, fmt="o", capsize=3)
         ax.set_xticks(range(len(rs)), names, rotation=30, fontsize=7)
-        ax.set_title(f"{key[1]} ({key[0]})", fontsize=8)
-        ax.set_ylabel("value (95 % CI)")
+        ax.set_title(f"{rs[0].label} ({key[0]})", fontsize=8)
+        ax.set_ylabel("value (95 % CI or bound)")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format=os.path.splitext(path)[1][1:] or "png", dpi=130)
+    fig.savefig(buf, format=ext, dpi=130)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

@@ -50,15 +50,24 @@ class QuantNoiseResult(Result):
     """E_D[F(w + D)] - F(w) for D_i ~ U(-s_i/2, s_i/2) against its prediction (1/24) sum_i s_i^2 H_ii."""
     measured: float
     measured_stderr: float
-    measured_ci95: tuple[float, float]
+    measured_ci95: tuple[float, float] | None
     predicted: float
     predicted_stderr: float
-    predicted_ci95: tuple[float, float]
+    predicted_ci95: tuple[float, float] | None
+    predicted_df: float                        # Hutch++ residual probes - 1
     ratio: float
-    n_samples: int
-    n_probes: int
+    ratio_ci95: tuple[float, float] | None     # Fieller; None when the predicted CI includes 0
+    ratio_bounded: bool
+    n_samples: int                             # noise draws (antithetic pairs)
+    n_evaluations: int
+    estimator: str                             # "antithetic" or "plain"
+    prediction_hvp: int                        # HVPs spent on (1/24) tr(S H S)
+    prediction_converged: bool                 # its CI met pred_rtol within pred_max_hvp
     seed: int
     n_noisy_params: int
+    steps_rule: str                            # how the steps s_i were chosen
+    steps_sha256: str
+    samples: list[float]                       # per-draw increases (paired across models with the same seed)
     center_loss: float
     evaluator: dict
     seconds: float

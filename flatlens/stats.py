@@ -1,0 +1,303 @@
+"""The statistics behind every interval, test and verdict flatlens prints (../shared/statistics.md).
+
+Each function states its formula; each has a simulation test with known truth in tests/test_stats.py.
+Two questions, never mixed: *measurement noise* of one checkpoint (probes, directions, noise draws) and
+*training noise* of a method (seeds). Every estimate and test records which one it answers in `source`.
+
+scipy.stats supplies the distributions (t, noncentral t, chi-square); what it lacks here (Welch with
+degrees of freedom carried from different estimators, Fieller's interval, the two-level estimate, Holm on a
+mixed family, the power-based smallest detectable difference) is written out below.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+LEVEL = 0.95
+ALPHA = 0.05
+POWER = 0.80
+MEASUREMENT = "measurement"
+
+
+def over_seeds(n: int) -> str:
+    return f"over {n} seeds"
+
+
+@dataclass
+class Estimate:
+    """A point estimate with its standard error, degrees of freedom and 95 % CI.
+
+    df = inf means a normal quantile is justified (n >= 200) or the value is exact (stderr 0)."""
+    value: float
+    stderr: float
+    df: float
+    ci95: tuple[float, float] | None
+    n: int
+    source: str = MEASUREMENT
+    method: str = "t-interval"
+    within_stderr: float | None = None    # two-level estimates: the measurement part, reported beside
+
+
+@dataclass
+class TestResult:
+    """A two-sided test of a difference (b - a, or a mean against mu0), with its CI and p-value."""
+    test: str
+    estimate: float
+    stderr: float
+    df: float
+    ci95: tuple[float, float] | None
+    statistic: float
+    p: float
+    n: list[int] = field(default_factory=list)
+    source: str = MEASUREMENT
+    mde80: float | None = None            # smallest |difference| detected with 80 % power at alpha 0.05
+
+
+@dataclass
+class RatioEstimate:
+    """a / b with Fieller's 95 % interval; `bounded` is False when b's CI includes 0 (no finite interval)."""
+    value: float
+    ci95: tuple[float, float] | None
+    bounded: bool
+    df: float
+    method: str = "Fieller"
+    source: str = MEASUREMENT
+
+
+def t_crit(df: float, level: float = LEVEL) -> float:
+    """Two-sided Student-t quantile t_{(1+level)/2, df}; the normal quantile for df = inf."""
+    if df is None or not df > 0:
+        return math.inf
+    if math.isinf(df):
+        return float(stats.norm.ppf(0.5 + level / 2))
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def _ci(value: float, se: float, df: float, level: float = LEVEL):
+    if not (math.isfinite(se) and df > 0):
+        return None
+    h = t_crit(df, level) * se
+    return (value - h, value + h)
+
+
+def _p_two_sided(t: float, df: float) -> float:
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(df):
+        return float(2 * stats.norm.sf(abs(t)))
+    return float(2 * stats.t.sf(abs(t), df))
+
+
+def estimate(value: float, stderr: float, df: float, n: int, *, source: str = MEASUREMENT,
+             method: str = "t-interval") -> Estimate:
+    """Wrap an estimate whose standard error and df come from elsewhere: CI = value +- t_{df} * stderr."""
+    return Estimate(float(value), float(stderr), float(df), _ci(value, stderr, df), int(n), source, method)
+
+
+def t_interval(values: Sequence[float], *, source: str = MEASUREMENT) -> Estimate:
+    """Mean of n values:  xbar +- t_{0.975, n-1} * s / sqrt(n)   (s the sample sd; never 1.96)."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = x.size
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0.0, None, 0, source)
+    m = float(x.mean())
+    if n < 2:
+        return Estimate(m, math.inf, 0.0, None, 1, source)
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    return estimate(m, se, n - 1, n, source=source)
+
+
+def mean_ci_rows(x: np.ndarray):
+    """Column-wise t-intervals of a (n, k) array: (mean, stderr, lo, hi) arrays, t with n-1 df."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    if n < 2:
+        inf = np.full_like(mean, np.inf)
+        return mean, inf, -inf, inf
+    se = x.std(axis=0, ddof=1) / math.sqrt(n)
+    h = t_crit(n - 1) * se
+    return mean, se, mean - h, mean + h
+
+
+def satterthwaite(va: float, dfa: float, vb: float, dfb: float) -> float:
+    """Welch-Satterthwaite df of va + vb, each variance estimate with its own df:
+        df = (va + vb)^2 / (va^2 / dfa + vb^2 / dfb)."""
+    num = (va + vb) ** 2
+    den = (va * va / dfa if va > 0 else 0.0) + (vb * vb / dfb if vb > 0 else 0.0)
+    if den == 0:
+        return math.inf
+    return num / den
+
+
+def welch(a: Estimate, b: Estimate, *, source: str | None = None) -> TestResult:
+    """Difference b - a of two independent estimates:
+        se = sqrt(se_a^2 + se_b^2),  df by Welch-Satterthwaite from each one's own df,
+        t = (b - a) / se,  CI = (b - a) +- t_{0.975, df} se."""
+    diff = b.value - a.value
+    va, vb = a.stderr ** 2, b.stderr ** 2
+    se = math.sqrt(va + vb)
+    src = source or (a.source if a.source == b.source else f"{a.source} / {b.source}")
+    if not math.isfinite(se) or a.df <= 0 or b.df <= 0:
+        return TestResult("Welch t", diff, se, 0.0, None, math.nan, math.nan, [a.n, b.n], src)
+    if se == 0:
+        p = 0.0 if diff != 0 else 1.0
+        return TestResult("Welch t", diff, 0.0, math.inf, (diff, diff), math.copysign(math.inf, diff) if diff
+                          else 0.0, p, [a.n, b.n], src, 0.0)
+    df = satterthwaite(va, a.df, vb, b.df)
+    t = diff / se
+    return TestResult("Welch t", diff, se, df, _ci(diff, se, df), t, _p_two_sided(t, df), [a.n, b.n], src,
+                      detectable_difference(se, df))
+
+
+def welch_samples(a: Sequence[float], b: Sequence[float], *, source: str = MEASUREMENT) -> TestResult:
+    """Welch's test of mean(b) - mean(a) from two independent samples (each with n-1 df)."""
+    return welch(t_interval(a, source=source), t_interval(b, source=source), source=source)
+
+
+def paired(a: Sequence[float], b: Sequence[float], *, source: str = MEASUREMENT) -> TestResult:
+    """Paired values (the same seeded directions / probes on both): the t-interval of d_i = b_i - a_i,
+        dbar +- t_{0.975, n-1} s_d / sqrt(n)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths; got {a.size} and {b.size}")
+    return one_sample(b - a, source=source, test="paired t")
+
+
+def one_sample(values: Sequence[float], mu0: float = 0.0, *, source: str = MEASUREMENT,
+               test: str = "one-sample t") -> TestResult:
+    """t = (xbar - mu0) / (s / sqrt(n)) with n-1 df; the CI is that of the mean."""
+    e = t_interval(values, source=source)
+    diff = e.value - mu0
+    if e.n < 2:
+        return TestResult(test, diff, math.inf, 0.0, None, math.nan, math.nan, [e.n], source)
+    if e.stderr == 0:
+        return TestResult(test, diff, 0.0, e.df, (e.value, e.value), math.copysign(math.inf, diff) if diff
+                          else 0.0, 0.0 if diff else 1.0, [e.n], source, 0.0)
+    t = diff / e.stderr
+    lo, hi = e.ci95
+    return TestResult(test, diff, e.stderr, e.df, (lo - mu0, hi - mu0), t, _p_two_sided(t, e.df), [e.n],
+                      source, detectable_difference(e.stderr, e.df))
+
+
+def two_level(per_seed: Sequence[Sequence[float]]) -> Estimate:
+    """Seeds x directions: the seed is the unit of replication.
+
+        m_s = mean of seed s's direction values,   estimate = mean_s m_s,
+        CI = estimate +- t_{0.975, S-1} * sd(m_s) / sqrt(S)              (between-seed variance)
+        within_stderr = sqrt(sum_s se_s^2) / S                            (the measurement part, reported)
+    Directions drawn on one model are never pooled with other seeds' draws as independent replicates."""
+    means, ses = [], []
+    for v in per_seed:
+        e = t_interval(v)
+        means.append(e.value)
+        ses.append(e.stderr)
+    S = len(means)
+    out = t_interval(means, source=over_seeds(S))
+    out.method = "two-level (mean of per-seed means)"
+    finite = [s for s in ses if math.isfinite(s)]
+    out.within_stderr = math.sqrt(sum(s * s for s in finite)) / S if finite and len(finite) == S else None
+    return out
+
+
+def fieller(a: Estimate, b: Estimate, *, level: float = LEVEL) -> RatioEstimate:
+    """Fieller's interval for theta = A / B from independent estimates a, b (standard errors va, vb):
+    the theta with (a - theta b)^2 <= t^2 (va + theta^2 vb), i.e. the roots of
+        theta^2 (b^2 - t^2 vb) - 2 a b theta + (a^2 - t^2 va) = 0,
+    t = t_{0.975, df}, df by Welch-Satterthwaite of va + theta^2 vb at the point estimate. If b^2 <= t^2 vb
+    (b's CI includes 0) the set is unbounded: no finite interval."""
+    src = a.source if a.source == b.source else f"{a.source} / {b.source}"
+    value = a.value / b.value if b.value != 0 else math.nan
+    va, vb = a.stderr ** 2, b.stderr ** 2
+    th = value if math.isfinite(value) else 0.0
+    df = satterthwaite(va, a.df, th * th * vb, b.df) if (a.df > 0 and b.df > 0) else 0.0
+    if not (df > 0 and math.isfinite(va) and math.isfinite(vb)):
+        return RatioEstimate(value, None, False, df, source=src)
+    t2 = t_crit(df, level) ** 2
+    qa = b.value ** 2 - t2 * vb
+    if qa <= 0:
+        return RatioEstimate(value, None, False, df, source=src)
+    qb = -2 * a.value * b.value
+    qc = a.value ** 2 - t2 * va
+    disc = qb * qb - 4 * qa * qc
+    disc = max(disc, 0.0)
+    r1 = (-qb - math.sqrt(disc)) / (2 * qa)
+    r2 = (-qb + math.sqrt(disc)) / (2 * qa)
+    return RatioEstimate(value, (min(r1, r2), max(r1, r2)), True, df, source=src)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: sort p ascending, p_adj(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
+    NaN p-values (untestable rows) stay NaN and do not count in m."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    ok = ~np.isnan(p)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(ok)
+    m = idx.size
+    if m == 0:
+        return out.tolist()
+    order = idx[np.argsort(p[idx], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def detectable_difference(se: float, df: float, *, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true difference delta that a two-sided t-test at `alpha` with this standard error and df
+    detects with probability `power`:  P(|T'| > t_{1-alpha/2, df}) = power,  T' ~ noncentral t(df, delta/se).
+    (Close to (t_{1-alpha/2} + t_{power}) * se.) A planning figure: it treats se as known."""
+    if not (se is not None and math.isfinite(se) and se > 0 and df and df > 0):
+        return None
+    tc = t_crit(df, 1 - alpha)
+
+    def pw(nc):
+        if not math.isinf(df) and df < 1e4:
+            v = stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc)
+            if math.isfinite(v):
+                return v
+        return stats.norm.sf(tc - nc) + stats.norm.cdf(-tc - nc)  # df large: the normal limit
+
+    hi = 2.0 * tc + 10.0
+    while pw(hi) < power:
+        hi *= 2
+    nc = optimize.brentq(lambda x: pw(x) - power, 0.0, hi, xtol=1e-6)
+    return float(nc * se)
+
+
+@dataclass
+class UniformFit:
+    """A histogram against the uniform law over its bins: KL divergence with its bias removed, and the
+    likelihood-ratio (G) test of uniformity."""
+    kl_plugin: float
+    kl_corrected: float
+    bias_floor: float
+    g_statistic: float
+    df: int
+    p: float
+    n: int
+    bins: int
+
+
+def kl_uniform(counts: Sequence[float]) -> UniformFit:
+    """KL(p_hat || uniform) over K bins from N counts:
+        plug-in  KL = sum_k p_k log(K p_k);   under uniformity E[KL] ~ (K - 1) / (2N) (its bias floor),
+        corrected KL = max(0, KL - (K - 1) / (2N))    (Miller-Madow-style correction),
+        G = 2 N KL ~ chi^2_{K-1} under uniformity:  p = P(chi^2_{K-1} >= G).
+    A corrected value of 0, or p >= 0.05, is 'no detectable departure'."""
+    c = np.asarray(counts, dtype=np.float64)
+    N = float(c.sum())
+    K = int(c.size)
+    if N <= 0 or K < 2:
+        return UniformFit(math.nan, math.nan, math.nan, math.nan, max(K - 1, 0), math.nan, int(N), K)
+    p = c / N
+    nz = p > 0
+    kl = float((p[nz] * np.log(p[nz] * K)).sum())
+    floor = (K - 1) / (2 * N)
+    g = 2 * N * kl
+    return UniformFit(kl, max(0.0, kl - floor), floor, g, K - 1, float(stats.chi2.sf(g, K - 1)), int(N), K)

@@ -1,0 +1,170 @@
+"""Every interval and test of flatlens.stats against simulations with known truth (../shared/statistics.md:
+at least 400 simulated data sets, coverage in [0.92, 0.98], family-wise error <= 0.05 for Holm), at the
+smallest sample sizes the project uses (3 seeds per group, 2-5 SLQ runs, 10-20 directions)."""
+import math
+
+import numpy as np
+import pytest
+
+from flatlens import stats
+
+N_SIM = 1000
+
+
+def _coverage(make, truth, n_sim=N_SIM):
+    hits = 0
+    for i in range(n_sim):
+        ci = make(np.random.default_rng(i))
+        hits += ci is not None and ci[0] <= truth <= ci[1]
+    return hits / n_sim
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_t_interval_covers_the_mean(n):
+    cov = _coverage(lambda g: stats.t_interval(g.normal(1.5, 2.0, n)).ci95, 1.5)
+    assert 0.92 <= cov <= 0.98, cov
+
+
+def test_t_interval_uses_t_not_1_96():
+    e = stats.t_interval([0.0, 1.0, 2.0])
+    half = (e.ci95[1] - e.ci95[0]) / 2
+    assert e.df == 2 and half == pytest.approx(4.302653 * e.stderr, rel=1e-6)
+
+
+def test_welch_satterthwaite_3_vs_3_unequal_variances_covers():
+    def make(g):
+        a, b = g.normal(0.0, 1.0, 3), g.normal(2.0, 3.0, 3)
+        return stats.welch_samples(a, b).ci95
+    cov = _coverage(make, 2.0)
+    assert 0.92 <= cov <= 0.98, cov
+
+
+def test_welch_carries_each_estimators_own_df():
+    # a: mean of 4 draws (df 3); b: mean of 30 draws (df 29), built as Estimates from elsewhere
+    def make(g):
+        x, y = g.normal(0.0, 1.0, 4), g.normal(1.0, 0.3, 30)
+        a = stats.estimate(x.mean(), x.std(ddof=1) / 2, 3, 4)
+        b = stats.estimate(y.mean(), y.std(ddof=1) / math.sqrt(30), 29, 30)
+        t = stats.welch(a, b)
+        assert 3 <= t.df <= 32
+        return t.ci95
+    cov = _coverage(make, 1.0)
+    assert 0.92 <= cov <= 0.98, cov
+
+
+def test_paired_differences_cover_and_beat_unpaired_width():
+    widths = []
+
+    def make(g):
+        common = g.normal(0, 3, 10)  # the same seeded directions on both models
+        a = common + g.normal(0, 0.5, 10)
+        b = common + 0.4 + g.normal(0, 0.5, 10)
+        t = stats.paired(a, b)
+        widths.append((t.ci95[1] - t.ci95[0], stats.welch_samples(a, b).ci95[1] - stats.welch_samples(a, b).ci95[0]))
+        return t.ci95
+    cov = _coverage(make, 0.4)
+    assert 0.92 <= cov <= 0.98, cov
+    assert np.mean([p < u for p, u in widths]) > 0.95
+
+
+def _seeds_by_directions(g, S, J, mu):
+    """Seed effects (training noise) plus directions correlated within a seed (a shared component)."""
+    seed_effect = g.normal(0, 1.0, S)
+    out = []
+    for s in range(S):
+        shared = g.normal(0, 0.6)
+        out.append(mu + seed_effect[s] + shared + g.normal(0, 0.8, J))
+    return out
+
+
+@pytest.mark.parametrize("S", [3, 5])
+def test_two_level_ci_covers_the_method_mean_and_pooling_does_not(S):
+    pooled_hits = 0
+
+    def make(g):
+        nonlocal pooled_hits
+        per = _seeds_by_directions(g, S, 20, 2.0)
+        pooled = stats.t_interval(np.concatenate(per)).ci95  # the pseudo-replicated interval
+        pooled_hits += pooled[0] <= 2.0 <= pooled[1]
+        e = stats.two_level(per)
+        assert e.df == S - 1 and e.source == f"over {S} seeds" and e.within_stderr > 0
+        return e.ci95
+    cov = _coverage(make, 2.0)
+    assert 0.92 <= cov <= 0.98, cov
+    assert pooled_hits / N_SIM < 0.75  # treating directions as replicates is badly anti-conservative
+
+
+def test_holm_keeps_family_wise_error_under_the_null():
+    m = 30  # about the rows of one `compare --metric all --split both`
+    fam_err = 0
+    raw_err = 0
+    for i in range(N_SIM):
+        g = np.random.default_rng(10_000 + i)
+        shared = g.normal(0, 1, 5)
+        ps = []
+        for j in range(m):  # correlated null tests: half share a component
+            x = g.normal(0, 1, 5) + (shared if j % 2 else 0)
+            ps.append(stats.one_sample(x).p)
+        adj = stats.holm(ps)
+        fam_err += min(adj) < 0.05
+        raw_err += min(ps) < 0.05
+    assert fam_err / N_SIM <= 0.05
+    assert raw_err / N_SIM > 0.3  # unadjusted, some row is "significant" most of the time
+
+
+def test_holm_step_down_values_and_nans():
+    adj = stats.holm([0.01, 0.04, float("nan"), 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert math.isnan(adj[2])
+
+
+def test_fieller_ratio_covers():
+    theta = 1.3
+
+    def make(g):
+        den_true = 0.05
+        x = g.normal(theta * den_true, 0.02, 20)   # measured: 20 noise draws
+        y = g.normal(den_true, 0.012, 20)          # predicted: 20 probes
+        r = stats.fieller(stats.t_interval(x), stats.t_interval(y))
+        return r.ci95 if r.bounded else (-math.inf, math.inf)  # no finite interval covers everything
+    cov = _coverage(make, theta)
+    assert cov >= 0.92, cov
+
+
+def test_fieller_has_no_finite_interval_when_denominator_ci_includes_zero():
+    r = stats.fieller(stats.estimate(1.0, 0.1, 10, 11), stats.estimate(0.05, 0.1, 10, 11))
+    assert not r.bounded and r.ci95 is None
+
+
+def test_kl_bias_correction_and_g_test_size_under_uniformity():
+    K, N = 50, 2000
+    rejects, corrected, plugin = 0, [], []
+    for i in range(N_SIM):
+        g = np.random.default_rng(20_000 + i)
+        counts = np.bincount(g.integers(0, K, N), minlength=K)
+        fit = stats.kl_uniform(counts)
+        rejects += fit.p < 0.05
+        corrected.append(fit.kl_corrected)
+        plugin.append(fit.kl_plugin)
+    assert 0.92 <= 1 - rejects / N_SIM <= 0.98
+    assert np.mean(plugin) == pytest.approx((K - 1) / (2 * N), rel=0.1)  # the plug-in's bias floor
+    assert np.mean(corrected) < 0.25 * np.mean(plugin)
+
+
+def test_kl_g_test_detects_a_real_departure():
+    g = np.random.default_rng(0)
+    x = np.clip(g.normal(0, 0.25, 5000), -0.5, 0.5)
+    fit = stats.kl_uniform(np.histogram(x, bins=50, range=(-0.5, 0.5))[0])
+    assert fit.p < 1e-6 and fit.kl_corrected > 0.05
+
+
+@pytest.mark.parametrize("n", [3, 5, 20])
+def test_detectable_difference_has_80_percent_power(n):
+    # the t-test the figure assumes: n paired differences (or n - 1 df), sd 1, so se = 1 / sqrt(n)
+    mde = stats.detectable_difference(1 / math.sqrt(n), n - 1)
+    hits = 0
+    for i in range(N_SIM):
+        g = np.random.default_rng(30_000 + i)
+        hits += stats.one_sample(g.normal(mde, 1, n)).p < 0.05
+    assert 0.76 <= hits / N_SIM <= 0.84, hits / N_SIM
+    assert mde == pytest.approx((stats.t_crit(n - 1) + stats.t_crit(n - 1, 0.6)) / math.sqrt(n), rel=0.15)
