@@ -13,7 +13,8 @@ for d in $domains; do
     flatlens train --config "$config" --data-root "$root" --test-domain "$d" --seed "$seed" --bits 32 \
       --out "$out/${d}_fp_s${seed}.pt" --resume
   done
-  flatlens compare "$out/${d}_fp_s0.pt" "$out/${d}_q7_s0.pt" --metric all --split both --device cuda \
-    --results "$out" --json "$out/compare_${d}.json" --plot "$out/compare_${d}.png"
+  # method vs method: the three seeds of each configuration are its replicates (Welch over seeds, Holm)
+  flatlens compare --group fp "$out/${d}"_fp_s*.pt --group q7 "$out/${d}"_q7_s*.pt --metric all --split both \
+    --device cuda --results "$out" --json "$out/compare_${d}.json" --plot "$out/compare_${d}.png"
   flatlens ensemble "$out/${d}"_q7_s*.pt --json "$out/eoq_${d}.json"
 done

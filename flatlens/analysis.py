@@ -216,10 +216,14 @@ def claims(run, aggs: list[Aggregate], radius: float) -> tuple[list[Claim], dict
                              f"than a single {e.bits}-bit model", "higher", "members", "EoQ", members,
                              [ens], "percentage points", test))
     adj = stats.holm([c.test.p for c in out])
+    m = sum(1 for p in adj if not math.isnan(p))
     for c, p in zip(out, adj):
         c.p_holm = None if math.isnan(p) else p
         c.verdict = _verdict(c.test, c.p_holm, c.expected)
-    return out, {"correction": "Holm", "size": sum(1 for p in adj if not math.isnan(p)), "alpha": stats.ALPHA}
+        # detectable at the level Holm guarantees to suffice for every claim of the family: alpha / m
+        c.test.mde80 = stats.detectable_difference(c.test.stderr, c.test.df, alpha=stats.ALPHA / max(m, 1))
+    return out, {"correction": "Holm", "size": m, "alpha": stats.ALPHA,
+                 "mde_alpha": stats.ALPHA / max(m, 1)}
 
 
 def noise_summary(run) -> NoiseSummary | None:

@@ -203,12 +203,15 @@ def _record_lines(rec) -> list[str]:
     return lines
 
 
-def _measure_command(args, command: str, metric_names: list[str], extra_lines=None) -> MeasurementRun:
+def _measure_command(args, command: str, metric_names: list[str], extra_lines=None, *,
+                     points_sharded: bool = False) -> MeasurementRun:
+    """Measure each metric on each split through `measure`; print the rows; write the typed records.
+    points_sharded: the metrics shard perturbation points over torch.distributed ranks under torchrun."""
     from .checkpoint import load_checkpoint, weights_label
     from .landscape.runner import dist_info, init_distributed
     from .measure import measure
     settings = _settings(args, metric_names)
-    if getattr(args, "resume_dir", None) is not None:
+    if points_sharded:
         init_distributed()
     ck = load_checkpoint(args.checkpoint)
     records = []
@@ -245,8 +248,9 @@ def cmd_hessian(args):
 
 
 def cmd_landscape(args):
-    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"])
-    if args.npz:
+    from .landscape.runner import dist_info
+    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"], points_sharded=True)
+    if args.npz and dist_info()[0] == 0:
         import io
         import numpy as np
         from ._util import atomic_write_bytes
@@ -263,7 +267,7 @@ def cmd_landscape(args):
 
 
 def cmd_flatness(args):
-    _measure_command(args, "flatness", ["flatness"])
+    _measure_command(args, "flatness", ["flatness"], points_sharded=True)
 
 
 def cmd_compare(args):

@@ -59,6 +59,7 @@ class ComparisonRow:
     diff: float | None = None
     diff_interval: tuple[float, float] | None = None
     diff_interval_kind: str | None = None
+    diff_stderr: float | None = None
     test: str | None = None
     statistic: float | None = None
     test_df: float | None = None
@@ -126,11 +127,15 @@ def _pair_test(a: M.Row, b: M.Row):
 
 def _apply_holm(rows: list[ComparisonRow]) -> dict:
     tested = [r for r in rows if r.p is not None and not math.isnan(r.p)]
+    m = max(len(tested), 1)
     for r, adj in zip(tested, stats.holm([r.p for r in tested])):
         r.p_holm = adj
         r.verdict = _verdict(r.direction, r.diff, adj)
-    return {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA,
-            "note": "verdicts use Holm-adjusted p-values over every tested row printed together"}
+        # detectable at alpha / m, the level Holm guarantees to suffice for every row of the family
+        r.mde80 = stats.detectable_difference(r.diff_stderr, r.test_df, alpha=stats.ALPHA / m)
+    return {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA, "mde_alpha": stats.ALPHA / m,
+            "note": "verdicts use Holm-adjusted p-values over every tested row printed together; MDE80 is the "
+                    "difference detected with 80 % power at alpha / size (the level Holm guarantees suffices)"}
 
 
 def _qnoise_steps(ckpts, settings: M.Settings):
@@ -145,6 +150,11 @@ def _qnoise_steps(ckpts, settings: M.Settings):
 
 
 def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress):
+    """Every checkpoint, metric and split on the same samples: {(split, metric): [record per checkpoint]}."""
+    if data_file is None:
+        check_compatible(ckpts)
+    for name in metric_names:
+        M.get(name)
     steps = _qnoise_steps(ckpts, settings)
     out = {}
     for split in splits:
@@ -169,10 +179,6 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
     """Checkpoint vs checkpoint (measurement noise): every row of every checkpoint against the first."""
     if not ckpts:
         raise FlatlensError("compare needs at least one checkpoint")
-    if data_file is None:
-        check_compatible(ckpts)
-    for name in metric_names:
-        M.get(name)
     measured = _measure_all(ckpts, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
                             progress=progress)
     rows, records = [], []
@@ -192,7 +198,8 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
                     if t is None:
                         row.verdict = why
                     else:
-                        row.test, row.statistic, row.test_df, row.p, row.mde80 = t.test, t.statistic, t.df, t.p, t.mde80
+                        row.test, row.statistic, row.test_df, row.p = t.test, t.statistic, t.df, t.p
+                        row.diff_stderr = t.stderr
                 rows.append(row)
     family = _apply_holm(rows)
     return Comparison(mode="checkpoints", question=QUESTION["checkpoints"], rows=rows, records=records,
@@ -210,10 +217,6 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
         if len(cs) < 2:
             raise FlatlensError(f"group {g!r} has {len(cs)} checkpoint(s); seed-level inference needs >= 2 per group")
     allc = [c for cs in groups.values() for c in cs]
-    if data_file is None:
-        check_compatible(allc)
-    for name in metric_names:
-        M.get(name)
     measured = _measure_all(allc, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
                             progress=progress)
     names = list(groups)
@@ -242,8 +245,8 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
                     t = stats.welch(ests[names[0]], e)
                     row.reference = names[0]
                     row.diff, row.diff_interval, row.diff_interval_kind = t.estimate, t.ci95, "ci95"
-                    row.test, row.statistic, row.test_df, row.p, row.mde80 = (
-                        "Welch t over checkpoints", t.statistic, t.df, t.p, t.mde80)
+                    row.test, row.statistic, row.test_df, row.p = "Welch t over checkpoints", t.statistic, t.df, t.p
+                    row.diff_stderr = t.stderr
                     if row.p is None or math.isnan(row.p):
                         row.verdict = "not tested (no spread)"
                 rows.append(row)
@@ -297,7 +300,8 @@ def format_table(rep: Comparison) -> str:
     src = "over the checkpoints of each group, i.e. seeds" if groups else "measurement noise of each checkpoint"
     L.append(f"intervals: 95 % CIs ({src}) unless marked 'bound' (a residual bound, not a probability statement); "
              f"verdicts: Holm-adjusted p < {rep.family.get('alpha', 0.05)} over the {rep.family.get('size', 0)} "
-             "tested rows; MDE80: the smallest difference this design detects with 80 % power (alpha 0.05).")
+             f"tested rows; MDE80: the smallest difference this design detects with 80 % power at alpha "
+             f"{_p(rep.family.get('mde_alpha'))} (0.05 over the family size, the level Holm guarantees suffices).")
     weights = sorted({f"{os.path.basename(r.checkpoint or '?')}: {r.weights_label}" for r in rep.records})
     L.append("measured at: " + "; ".join(weights) + f". BN policy: {rep.bn}.")
     return "\n".join(L)

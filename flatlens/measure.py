@@ -4,6 +4,7 @@ computes one registered metric of one checkpoint on one split (through the cache
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +113,8 @@ def versions() -> dict:
     import platform
     import scipy
     return {"flatlens": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "python": platform.python_version()}
+            "scipy": scipy.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
 
 
 def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,

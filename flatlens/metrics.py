@@ -148,7 +148,8 @@ class Metric:
     rows: Callable[[Result, Any], list[Row]]
     specs: tuple[RowSpec, ...]
     brief: Callable[[Result], str]
-    cost: str                        # what the defaults cost on the digits model (shown in --help)
+    cost: str                        # what the defaults cost per checkpoint and split, shown in --help (measured
+                                     # on `flatlens train`'s default model, 512 samples, 2 CPU threads)
     summary_row: Callable[[Any], str] | None = None   # settings -> the row key shown in summary tables
 
     def spec(self, key: str) -> RowSpec:
@@ -192,7 +193,8 @@ class EigSettings:
     k: int = setting(1, "number of eigenvalues", "--k", min=1)
     which: str = setting("LA", "which end: LA largest, SA smallest (algebraic), LM largest magnitude", "--which",
                          choices=("LA", "SA", "LM"))
-    bottom: bool = setting(True, "also the most negative eigenvalue (which=SA) when which is not SA")
+    bottom: bool = setting(False, "also the most negative eigenvalue (which=SA; slow to converge: about 10x the "
+                           "HVPs of the top one on the digits model)")
     method: str = setting("lanczos", "eigenvalue method", "--eig-method", choices=("lanczos", "power"))
     tol: float = setting(1e-3, "eigenvalue tolerance (relative)", "--tol", gt=0, max=1)
     max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)
@@ -235,7 +237,7 @@ register_metric(Metric(
            RowSpec("LM", "largest-magnitude eigenvalue #{rest}", "nats/w²", None, prefix=True)),
     brief=lambda r: (f"{r.main.n_hvp + (r.bottom.n_hvp if r.bottom else 0)} HVPs, converged "
                      f"{r.main.converged and (r.bottom is None or r.bottom.converged)}"),
-    cost="about 3-5 s", summary_row=lambda s: "LA1"))
+    cost="about 4 s", summary_row=lambda s: "LA1"))
 
 
 @dataclass
@@ -264,7 +266,7 @@ register_metric(Metric(
     role="headline", settings=TraceSettings, result_type=TraceResult, compute=_trace_compute, rows=_trace_rows,
     specs=(RowSpec("trace", "Hessian trace tr(H)", "nats/w²"),),
     brief=lambda r: f"{r.n_hvp} HVPs, converged {r.converged}",
-    cost="about 1-3 s", summary_row=lambda s: "trace"))
+    cost="about 3 s", summary_row=lambda s: "trace"))
 
 
 @dataclass
@@ -290,7 +292,7 @@ register_metric(Metric(
     compute=_density_compute, rows=_density_rows,
     specs=(RowSpec("mean", "mean eigenvalue tr(H)/d (SLQ)", "nats/w²"),),
     brief=lambda r: f"{r.n_runs} runs x {r.n_iter} steps, {r.n_hvp} HVPs",
-    cost="about 1.5 s"))
+    cost="about 10 s"))
 
 
 @dataclass
@@ -320,7 +322,7 @@ register_metric(Metric(
                               pairing=f"rademacher:{len(r.probe_sums)}:{r.diagonal.objective.get('num_params')}")],
     specs=(RowSpec("sum", "sum of the diagonal (Hutchinson trace)", "nats/w²"),),
     brief=lambda r: f"{r.diagonal.n_probes} probes",
-    cost="about 1 s"))
+    cost="about 5 s"))
 
 
 # --------------------------------------------------------------------------- landscape metrics
@@ -330,15 +332,20 @@ def _kind(default):
 
 
 @dataclass
-class FlatnessSettings:
+class EvalSettings:
+    """How perturbed models are evaluated (every perturbation metric)."""
+    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
+                            choices=("auto", "loop", "vmap"))
+    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
+
+
+@dataclass
+class FlatnessSettings(EvalSettings):
     radii: tuple = setting((0.0, 0.5, 1.0, 2.0, 3.0, 4.0), "radii (L2 norm of the perturbation)", "--radii",
                            nargs="+", min=0)
     n_directions: int = setting(50, "random unit directions (flatness) / directions (curves)", "--directions",
                                 min=2)
     kind: str = setting("sphere", "direction kind (SWAD: uniform on the unit sphere)")
-    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
-                            choices=("auto", "loop", "vmap"))
-    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
 
 
 def _flatness_compute(obj, s: FlatnessSettings, ctx):
@@ -360,21 +367,23 @@ register_metric(Metric(
     compute=_flatness_compute, rows=_flatness_rows,
     specs=(RowSpec("r=", "local flatness r={rest}", "nats", LOWER, prefix=True),),
     brief=lambda r: f"{r.n_directions} directions, strategy {r.evaluator.get('strategy')}",
-    cost="about 0.5 s (50 directions x 6 radii)", summary_row=lambda s: f"r={max(s.radii):g}"))
+    cost="about 2 s (50 directions x 6 radii)", summary_row=lambda s: f"r={max(s.radii):g}"))
 
 
 @dataclass
-class CurveSettings:
+class GridSettings(EvalSettings):
+    """A grid of steps along random directions (curves and slices)."""
     kind: str = _kind("filter")
     ignore: str | None = setting(None, "bias/BN policy (default: biasbn for filter/layer kinds)", "--ignore",
                                  choices=("biasbn", "none"))
     range: tuple = setting((-1.0, 1.0), "step range LO HI along each direction", "--range", nargs=2,
                            increasing=True)
     points: int = setting(21, "grid points per axis (0 is always on the grid)", "--points", min=2, max=1001)
+
+
+@dataclass
+class CurveSettings(GridSettings):
     n_directions: int = setting(10, "random directions (curves) / directions (flatness)", "--directions", min=2)
-    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
-                            choices=("auto", "loop", "vmap"))
-    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
 
 
 def _curve_compute(obj, s: CurveSettings, ctx):
@@ -397,20 +406,12 @@ register_metric(Metric(
     compute=_curve_compute, rows=_curve_rows,
     specs=(RowSpec("edge", "curve increase at the range's ends", "nats"),),
     brief=lambda r: f"{r.n_directions} directions x {len(r.alphas)} points",
-    cost="about 1 s"))
+    cost="about 1.5 s"))
 
 
 @dataclass
-class SurfaceSettings:
-    kind: str = _kind("filter")
-    ignore: str | None = setting(None, "bias/BN policy (default: biasbn for filter/layer kinds)", "--ignore",
-                                 choices=("biasbn", "none"))
-    range: tuple = setting((-1.0, 1.0), "step range LO HI along each direction", "--range", nargs=2,
-                           increasing=True)
-    points: int = setting(21, "grid points per axis (0 is always on the grid)", "--points", min=2, max=1001)
-    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
-                            choices=("auto", "loop", "vmap"))
-    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
+class SurfaceSettings(GridSettings):
+    pass
 
 
 def _surface_compute(obj, s: SurfaceSettings, ctx):
@@ -431,7 +432,7 @@ register_metric(Metric(
     compute=_surface_compute, rows=_surface_rows,
     specs=(RowSpec("mean-increase", "2D slice mean increase (one slice, no CI)", "nats"),),
     brief=lambda r: f"{len(r.xs)} x {len(r.ys)} grid",
-    cost="about 2-3 s (21 x 21 points)"))
+    cost="about 3 s (21 x 21 points)"))
 
 
 # --------------------------------------------------------------------------- sharpness metrics
@@ -478,11 +479,11 @@ register_metric(Metric(
     specs=(RowSpec("worst-case", "worst-case sharpness (L2 ball rho)", "nats"),
            RowSpec("adaptive", "adaptive sharpness (ball rho/10, scaled by |w|)", "nats")),
     brief=lambda r: f"{r.batches} batches",
-    cost="about 0.5 s"))
+    cost="about 1 s"))
 
 
 @dataclass
-class QnoiseSettings:
+class QnoiseSettings(EvalSettings):
     n_samples: int = setting(100, "noise draws (antithetic pairs: two evaluations each)", "--qnoise-samples",
                              min=2)
     pred_rtol: float = setting(0.05, "the prediction (1/24) tr(S H S) by Hutch++, stopped at this relative 95 % CI "
@@ -495,9 +496,6 @@ class QnoiseSettings:
                          choices=("lsq-init", "learned"))
     estimator: str = setting("antithetic", "antithetic pairs or plain Monte Carlo", "--qnoise-estimator",
                              choices=("antithetic", "plain"))
-    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
-                            choices=("auto", "loop", "vmap"))
-    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
     steps_source: str = setting("", "sha256 of the checkpoint whose learned steps are applied (set by compare)")
 
 
@@ -547,7 +545,7 @@ register_metric(Metric(
            RowSpec("ratio", "quantization noise: measured / predicted", "", None)),
     brief=lambda r: (f"{r.n_samples} {r.estimator} draws, prediction {r.prediction_hvp} HVPs; steps: "
                      f"{r.steps_rule}"),
-    cost="about 1.5 s"))
+    cost="about 4 s"))
 
 
 # --------------------------------------------------------------------------- settings of a run

@@ -92,7 +92,7 @@ def summary_table(run) -> str:
 def claim_sentence(c, plan) -> str:
     t = c.test
     word = {SUPPORTED: "**supported**", CONTRADICTED: "**contradicted** (significant in the opposite direction)",
-            NOT_SUPPORTED: "**not supported** (no significant difference)",
+            NOT_SUPPORTED: "**not supported** (not significant after Holm's adjustment)",
             NOT_TESTABLE: "**not testable** (fewer than 2 seeds)"}[c.verdict]
     if c.a == "members":
         nums = (f"EoQ {_f(c.b_values[0])} % vs its members' mean {_f(sum(c.a_values) / len(c.a_values))} %; "
@@ -104,7 +104,8 @@ def claim_sentence(c, plan) -> str:
     tail = f"{t.test}, df = {_f(t.df, 3)}, p = {_p(t.p)}, Holm-adjusted p = {_p(c.p_holm)}"
     mde = ""
     if c.verdict == NOT_SUPPORTED and t.mde80 is not None:
-        mde = f"; this run detects only differences of about {_f(t.mde80)} {c.unit} or more (80 % power)"
+        mde = (f"; this run detects differences of about {_f(t.mde80)} {c.unit} or more with 80 % power at the "
+               f"family's level")
     return f"- {c.statement} (test domain {c.domain}°): {nums}; {tail}: {word}{mde}."
 
 
@@ -130,20 +131,29 @@ def noise_sentences(an: Analysis, plan) -> list[str]:
 def claims_block(run) -> list[str]:
     an = _analysis(run)
     out = [f"Claims, each tested over seeds and Holm-adjusted as one family of {an.family.get('size', 0)} tests "
-           f"(alpha {an.family.get('alpha', 0.05)}):", ""]
+           f"(alpha {an.family.get('alpha', 0.05)}; smallest detectable differences at 80 % power and alpha "
+           f"{_p(an.family.get('mde_alpha'))}, the level Holm guarantees suffices):", ""]
     out += [claim_sentence(c, run.plan) for c in an.claims]
     out += noise_sentences(an, run.plan)
     return out
 
 
+def provenance(run) -> str:
+    sec = run.seconds or {}
+    total = sec.get("total", sec.get("train_and_measure"))
+    return (f"Generated from `{'results.json'}` of `flatlens reproduce`: {len(run.models)} models "
+            f"({len(run.plan.configs)} configurations x {len(run.plan.seeds)} seeds x {len(run.plan.domains)} test "
+            f"domains), {_f(total, 4)} s with {sec.get('jobs')} worker process(es); {_environment(run)}")
+
+
 def readme_block(run) -> str:
-    return "\n".join([summary_table(run), "", *claims_block(run)])
+    return "\n".join([provenance(run), "", summary_table(run), "", *claims_block(run)])
 
 
 def _environment(run) -> str:
     v = run.versions
     return (f"flatlens {v.get('flatlens')}, torch {v.get('torch')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}, "
-            f"Python {v.get('python')}; device {run.device}.")
+            f"Python {v.get('python')}; device {run.device} ({v.get('machine', 'machine not recorded')}).")
 
 
 def write_report(run, path: str | None = None) -> str:

@@ -49,7 +49,7 @@ def test_every_claim_names_its_test_n_and_adjusted_p(run_dir):
     claims = [line for line in report.splitlines() if line.startswith("- ") and "Holm-adjusted p" in line]
     assert len(claims) == len(run.analysis.claims)
     for c, line in zip(run.analysis.claims, claims):
-        assert c.test.test in line and "95 % CI" in line and f"p = " in line
+        assert c.test.test in line and "95 % CI" in line and "p = " in line
         assert ("n = 2 + 2 seeds" in line) or ("over 2 members" in line)
         word = {"supported": "**supported**", "not supported": "**not supported**",
                 "contradicted": "**contradicted**", "not testable": "**not testable**"}[c.verdict]

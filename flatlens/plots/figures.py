@@ -7,6 +7,7 @@ import io
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -112,7 +113,8 @@ def fig_curvature(run):
                 xl.append(f"{plan.label(c)}\n{d}°")
         ax.set_xticks(xt, xl, rotation=60, fontsize=7)
         ax.set_ylabel(f"{ylabel} (train split)")
-        ax.set_xlabel("model and test domain (dots: seeds; black: mean, 95 % CI over seeds)")
+        ax.set_xlabel("model, test domain")
+    fig.suptitle(f"Coloured dots: the {len(plan.seeds)} seeds; black: mean and 95 % CI over seeds", fontsize=9)
     titles = {"hessian-eig": "Top eigenvalue (dots: Lanczos residual bounds)",
               "hessian-trace": "Trace (dots: Hutch++ 95 % CI of the measurement)"}
     for ax, (metric, _, _) in zip(axes[0], specs):
@@ -255,13 +257,18 @@ def fig_qnoise(run):
     ax.set_yscale("log")
     ax.set_xlim(lim)
     ax.set_ylim(lim)
+    for axis in (ax.xaxis, ax.yaxis):  # labels at 1, 2, 5 x 10^k only: all minor labels collide
+        axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for c, _ in plan.configs:
         ax.plot([], [], "o", color=pal[c], label=plan.label(c))
     ax.plot([], [], "k^", label="test split (circles: train)")
     ax.plot([], [], "ko", mfc="none", label="ratio CI not inside [1/2, 2]")
     ax.set_xlabel("predicted (1/24) Σ s² H_ii (nats)")
     ax.set_ylabel("measured E[L(w+D)] − L(w) (nats)")
-    ax.set_title(f"Quantization-noise test: {an.noise.n_ratio_within_2x} of {an.noise.n} within 2x")
+    ax.set_title(f"Quantization-noise test: the ratio's Fieller CI lies\ninside [1/2, 2] for "
+                 f"{an.noise.n_ratio_within_2x} of {an.noise.n} model-splits", fontsize=10)
     ax.legend(fontsize=6.5)
     fig.tight_layout()
     return fig
@@ -286,12 +293,10 @@ def fig_accuracy(run):
             hi.append(a.estimate.ci95[1] - a.estimate.value)
         line = ax.errorbar(xs, ys, yerr=[lo, hi], marker=mk, capsize=3, label=f"out of domain, test {d}°")
         e = run.eoq.get(d)
-        if e:
+        if e:  # one ensemble per test domain: a star at its bit-width, named in the legend
             ens = 100 * e.mean_test_acc
-            color = line[0].get_color()
-            ax.axhline(ens, ls=":", color=color)
-            ax.annotate(f"EoQ {len(e.members)} x {e.bits} bit ({d}°): {ens:.1f}", (2.05, ens),
-                        xytext=(0, 3 if j % 2 == 0 else -10), textcoords="offset points", fontsize=7, color=color)
+            ax.plot([e.bits * (1 + 0.03 * j)], [ens], marker="*", ms=12, ls="none", color=line[0].get_color(),
+                    label=f"EoQ {len(e.members)} x {e.bits} bit, test {d}°: {ens:.1f}")
     ax.set_xscale("log", base=2)
     ticks = sorted({plan.bits(c) for c, _ in plan.configs})
     ax.set_xticks(ticks, [f"{b} (fp)" if b == 32 else str(b) for b in ticks])
