@@ -103,9 +103,9 @@ def claim_sentence(c, plan) -> str:
                 f"(95 % CI {_ci(t.ci95)}, n = {len(c.a_values)} + {len(c.b_values)} seeds)")
     tail = f"{t.test}, df = {_f(t.df, 3)}, p = {_p(t.p)}, Holm-adjusted p = {_p(c.p_holm)}"
     mde = ""
-    if c.verdict == NOT_SUPPORTED and t.mde80 is not None:
-        mde = (f"; this run detects differences of about {_f(t.mde80)} {c.unit} or more with 80 % power at the "
-               f"family's level")
+    if t.mde80 is not None:
+        mde = (f"; smallest difference this design detects with 80 % power at the family's level: about "
+               f"{_f(t.mde80)} {c.unit}")
     return f"- {c.statement} (test domain {c.domain}°): {nums}; {tail}: {word}{mde}."
 
 

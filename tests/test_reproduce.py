@@ -54,8 +54,7 @@ def test_every_claim_names_its_test_n_and_adjusted_p(run_dir):
         word = {"supported": "**supported**", "not supported": "**not supported**",
                 "contradicted": "**contradicted**", "not testable": "**not testable**"}[c.verdict]
         assert word in line
-        if c.verdict == "not supported":
-            assert "80 % power" in line  # a null result comes with the difference the run could detect
+        assert "80 % power" in line  # every claim (a null result above all) states what the run could detect
 
 
 def test_rerun_resumes_from_checkpoints_and_cache(run_dir):
@@ -138,6 +137,12 @@ def test_removing_a_registry_entry_removes_the_metric_everywhere(run_dir, monkey
     help_text = parser._subparsers._group_actions[0].choices["hessian"].format_help()
     assert "hessian-trace" in help_text and "hessian-eig" not in help_text and "--qnoise-samples" not in help_text
     assert "landscape" not in parser._subparsers._group_actions[0].choices
+    ck = run_dir / "checkpoints" / "test75"
+    j = tmp_path / "cmp.json"
+    assert main(["compare", str(ck / "fp32_s0.pt"), str(ck / "q7_s0.pt"), "--metric", "all", "--samples", "64",
+                 "--directions", "4", "--no-cache", "--quiet", "--json", str(j)]) == 0
+    from flatlens.compare import Comparison
+    assert {r.metric for r in Comparison.from_json(j).rows} == set(keep)
     # reproduce measures only what is registered
     plan = quick_plan()
     assert set(metrics_for(plan, 0)) == set(keep) and set(plan.settings.metrics) == set(keep)
