@@ -53,6 +53,7 @@ test-fast: install-test
 bench: install-test
 	$(TBIN)/python benchmarks/hessian_vs_pyhessian.py
 	$(TBIN)/python benchmarks/perturb_throughput.py
+	$(TBIN)/python benchmarks/everyday_commands.py
 
 clean:
 	rm -rf $(VENV) $(TVENV) results .pytest_cache

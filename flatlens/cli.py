@@ -210,24 +210,28 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
     from .checkpoint import load_checkpoint, weights_label
     from .landscape.runner import dist_info, init_distributed
     from .measure import measure
+    from .progress import overall
     settings = _settings(args, metric_names)
     if points_sharded:
         init_distributed()
     ck = load_checkpoint(args.checkpoint)
     records = []
-    for split in _splits(args.split):
-        data = _data_for(args, ck, split)
-        lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
-        for name in metric_names:
-            store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
-            rec = measure(ck, name, split, settings, device=args.device, data=data, progress=not args.quiet,
-                          store=store)
-            records.append(rec)
-            lines += _record_lines(rec)
-            if extra_lines:
-                lines += extra_lines(rec)
-        if dist_info()[0] == 0:
-            _out(args, "\n".join(lines))
+    splits = _splits(args.split)
+    show = not args.quiet and dist_info()[0] == 0
+    with overall(len(splits) * len(metric_names), command, show) as bar:
+        for split in splits:
+            data = _data_for(args, ck, split)
+            lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
+            for name in metric_names:
+                store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
+                rec = measure(ck, name, split, settings, device=args.device, data=data, progress=show, store=store)
+                records.append(rec)
+                lines += _record_lines(rec)
+                if extra_lines:
+                    lines += extra_lines(rec)
+                bar.update(1)
+            if dist_info()[0] == 0:
+                bar.write("\n".join(lines)) if show else _out(args, "\n".join(lines))
     run = MeasurementRun(command=command, checkpoint=args.checkpoint, sha256=ck["sha256"],
                          weights=weights_label(ck, settings.common.weights), records=records)
     if args.json and dist_info()[0] == 0:
@@ -409,35 +413,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rotated-digits (default) or pacs, vlcs, officehome, terraincognita, domainnet")
     t.add_argument("--data-root", help="folder holding the DomainBed data set")
     t.add_argument("--test-domain", action="append", help="held-out domain (repeatable); default 75")
-    t.add_argument("--arch", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50"])
+    t.add_argument("--arch", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50"],
+                   help="(default %(default)s; resnet50 for DomainBed sets)")
     t.add_argument("--width", type=int, help="small_cnn width (default 32)")
     t.add_argument("--pretrained", action="store_true", default=None, help="ImageNet weights (ResNets)")
     t.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm in eval mode")
     t.add_argument("--bits", type=int, help="weight bits for QAT (2..8); omit (or 32) for full precision")
     t.add_argument("--per-tensor", action="store_true", help="one step per tensor instead of per channel")
-    t.add_argument("--quant-start", type=int, help="step at which quantization switches on")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--batch-size", type=int, help="per source domain")
-    t.add_argument("--eval-every", type=int)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--split-seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--quant-start", type=int, help="step at which quantization switches on (default 400; DomainBed "
+                                                   "sets 2000)")
+    t.add_argument("--steps", type=int, help="training steps (default 1000; DomainBed sets 5000)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3; DomainBed sets 5e-5)")
+    t.add_argument("--weight-decay", type=float, help="(default 0)")
+    t.add_argument("--batch-size", type=int, help="per source domain (default 32)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations (default 100; DomainBed sets 300)")
+    t.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 domain splits (default %(default)s)")
+    t.add_argument("--device", default="cpu", help="(default %(default)s)")
     t.add_argument("--out", required=True, help="checkpoint path")
     t.add_argument("--resume", action="store_true", help="continue from OUT.partial after an interruption")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="print a checkpoint's accuracy per domain")
     e.add_argument("checkpoint")
-    e.add_argument("--json")
+    e.add_argument("--json", help="write the checkpoint's recorded metrics as JSON here")
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="EoQ: accuracy of the averaged outputs of several checkpoints")
     en.add_argument("checkpoints", nargs="+")
-    en.add_argument("--split", choices=["test", "val", "both"], default="test")
-    en.add_argument("--device", default="cpu")
-    en.add_argument("--json")
+    en.add_argument("--split", choices=["test", "val", "both"], default="test", help="(default %(default)s)")
+    en.add_argument("--device", default="cpu", help="(default %(default)s)")
+    en.add_argument("--json", help="write the accuracies as JSON here")
     en.set_defaults(fn=cmd_ensemble)
 
     hess = M.names("hessian")

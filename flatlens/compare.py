@@ -27,6 +27,7 @@ from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
 from .measure import MetricRecord, load_data_file, measure, select_data, versions
+from .progress import overall
 from .results import Result, register
 
 QUESTION = {
@@ -157,13 +158,17 @@ def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_f
         M.get(name)
     steps = _qnoise_steps(ckpts, settings)
     out = {}
-    for split in splits:
-        data = load_data_file(data_file) if data_file else select_data(
-            ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
-        for name in metric_names:
-            out[(split, name)] = [measure(c, name, split, settings, cache=cache, device=device, data=data,
-                                          progress=progress, qnoise_steps=steps if name == "qnoise" else None)
-                                  for c in ckpts]
+    with overall(len(splits) * len(metric_names) * len(ckpts), "compare", progress) as bar:
+        for split in splits:
+            data = load_data_file(data_file) if data_file else select_data(
+                ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
+            for name in metric_names:
+                out[(split, name)] = []
+                for c in ckpts:
+                    out[(split, name)].append(measure(c, name, split, settings, cache=cache, device=device,
+                                                      data=data, progress=progress,
+                                                      qnoise_steps=steps if name == "qnoise" else None))
+                    bar.update(1)
     return out
 
 

@@ -19,6 +19,7 @@ from .data import load as load_data
 from .data import split_indices
 from .data.domains import gather
 from .objective import Objective
+from .progress import measurement as progress_line
 from .results import Result, register
 
 
@@ -137,9 +138,12 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
                 cache.reject()
     torch.manual_seed(common.seed)
     obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size)
-    ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=progress, store=store, qnoise_steps=qnoise_steps)
+    # one live line per measurement (the estimators' own chunk bars stay off under it)
+    ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, qnoise_steps=qnoise_steps)
     s = settings.of(metric)
-    result = m.compute(obj, s, ctx)
+    name = os.path.basename(ckpt.get("path") or "checkpoint")
+    with progress_line(obj, f"{metric} {name} ({split})", progress):
+        result = m.compute(obj, s, ctx)
     rec = MetricRecord(metric=metric, split=split, rows=m.rows(result, s), result=result,
                        settings=settings.key(metric), data=info, checkpoint=ckpt.get("path"),
                        checkpoint_sha256=ckpt["sha256"], weights=common.weights,

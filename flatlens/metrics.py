@@ -461,6 +461,7 @@ def _sharpness_compute(obj, s: SharpnessSettings, ctx):
     wc, ad = [], []
     for idx in torch.tensor_split(torch.arange(n), s.batches):
         sub = Objective(obj.model, nn.CrossEntropyLoss(), (xs[idx], ys[idx]), device=obj.device, params=obj.names)
+        sub.on_progress = obj.on_progress
         wc.append(sharpness.worst_case(sub, s.rho, steps=s.steps, seed=ctx.seed))
         ad.append(sharpness.worst_case(sub, s.rho / 10, adaptive=True, steps=s.steps, seed=ctx.seed))
     return SharpnessResult(worst_case=wc, adaptive=ad, batches=s.batches)

@@ -147,6 +147,7 @@ class Objective:
 
         self.batches = self._load(data)
         self.n_hvp = 0
+        self.on_progress: Callable[[str, int], None] | None = None  # called as ("hvp" | "eval", count)
         self._graph = None
         self._loss0 = None
         self.sample_counts = None
@@ -289,6 +290,7 @@ class Objective:
         with torch.enable_grad():
             f = self.value(leaves)
             grads = torch.autograd.grad(f, list(leaves.values()), allow_unused=True)
+        self.tick("grad")
         return float(f.detach()), {n: (g if g is not None else torch.zeros_like(leaves[n]))
                           for n, g in zip(self.names, grads)}
 
@@ -388,6 +390,7 @@ class Objective:
                         if h is not None:
                             outd[n].add_(h, alpha=w)
         self.n_hvp += len(V) if batched else 1
+        self.tick("hvp", len(V) if batched else 1)
         return out
 
     def hvp(self, v):
@@ -410,6 +413,12 @@ class Objective:
         if batched:
             return self._hvp_into(V, batched=True)
         return torch.stack([self._hvp_into(v, batched=False) for v in V])
+
+    def tick(self, kind: str, n: int = 1) -> None:
+        """Report work as it happens ("hvp": Hessian-vector products, "eval": perturbed evaluations) to
+        `on_progress`, so a progress line can show an estimator's count while it runs."""
+        if self.on_progress is not None:
+            self.on_progress(kind, n)
 
     def release_graph(self) -> None:
         """Free the cached double-backward graph (rebuilt on the next HVP)."""

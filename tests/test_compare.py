@@ -128,3 +128,19 @@ def test_compare_groups_needs_two_checkpoints_per_group(seeds, capsys):
     assert main(["compare", "--group", "fp", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
     assert "needs >= 2" in capsys.readouterr().err
     assert main(["compare", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
+
+
+def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("FLATLENS_QUIET", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    args = ["compare", ckpts["fp"], ckpts["q4"], "--metric", "all", "--samples", "32", "--directions", "3",
+            "--qnoise-samples", "4", "--points", "3", "--density-iter", "4", "--probes", "4", "--no-cache"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "compare:" in err and "/18" in err  # the overall line: 9 metrics x 2 checkpoints, with its ETA
+    for metric in ("hessian-trace", "flatness", "qnoise"):
+        assert f"{metric} {os.path.basename(ckpts['q4'])} (train)" in err
+    assert "HVPs" in err and "evaluations" in err
+    assert main(args + ["--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

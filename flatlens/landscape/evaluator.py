@@ -309,6 +309,7 @@ class Evaluator:
             losses[todo] = lo
             correct[todo] = co
             self.n_evals += len(todo)
+            obj.tick("eval", len(todo))
         acc = (correct / obj.n_samples) if self._accuracy else None
         return losses, acc
 

@@ -223,11 +223,15 @@ def fig_surface_3d(run):
     fig = plt.figure(figsize=(6, 5))
     ax = fig.add_subplot(projection="3d")
     X, Y = np.meshgrid(s.xs, s.ys)
-    ax.plot_surface(X, Y, np.asarray(s.losses), cmap="viridis", edgecolor="none", alpha=0.9)
-    ax.view_init(elev=35, azim=-60)
+    Z = np.log10(np.asarray(s.losses))  # log scale: the basin is what matters, not the corners' walls
+    ax.plot_surface(X, Y, Z, cmap="viridis", edgecolor="none", alpha=0.85, rstride=1, cstride=1)
+    ax.contour(X, Y, Z, levels=12, zdir="z", offset=Z.min(), cmap="viridis", linewidths=0.8)
+    j, i = np.unravel_index(np.argmin(Z), Z.shape)
+    ax.scatter([s.xs[i]], [s.ys[j]], [Z.min()], color="r", marker="o", s=18, depthshade=False)
+    ax.view_init(elev=50, azim=-125)  # from above the basin, so its minimum is in view
     ax.set_xlabel("α (dx)")
     ax.set_ylabel("β (dy)")
-    ax.set_zlabel("training loss (nats)")
+    ax.set_zlabel("log10 training loss")
     ax.set_title(f"Loss surface, {plan.label(c)} (seed {m.seed}), test domain {d}°")
     return fig
 
@@ -386,7 +390,9 @@ def make_figures(run, out: str, *, formats=("png", "pdf")) -> list[str]:
             continue
         for fmt in formats:
             buf = io.BytesIO()
-            fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
+            # no creation date: the same run redraws byte-identical files
+            meta = {"CreationDate": None} if fmt == "pdf" else ({"Date": None} if fmt == "svg" else {})
+            fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=meta)
             path = os.path.join(out, f"{name}.{fmt}")
             atomic_write_bytes(path, buf.getvalue())
             written.append(path)
