@@ -20,22 +20,41 @@ class FlatlensError(ValueError):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
 
 
+def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, integer: bool = False):
+    """`v` as a finite number in range (an integer when `integer`), or one FlatlensError: 0 and NaN never
+    silently mean "default"."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if integer:
+        ok = ok and float(v).is_integer()
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise FlatlensError(f"{name} must be a finite {'integer' if integer else 'number'} in {rng}; got {v!r}")
+    return int(v) if integer else v
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # the old file (if any) is whole: one line, not a traceback
+            raise FlatlensError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -86,7 +105,28 @@ def mean_ci(samples: Sequence[float] | np.ndarray, axis: int = 0):
     return mean_ci_rows(np.moveaxis(np.asarray(samples, dtype=np.float64), axis, 0))
 
 
+def available_devices() -> list[str]:
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def resolve_device(device) -> torch.device:
+    """A device that exists and is available here ("auto": cuda if there is one), or one FlatlensError
+    naming the ones that are."""
+    if isinstance(device, torch.device):
+        device = str(device)
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    avail = available_devices()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FlatlensError(f"unknown device {device!r}; available here: {', '.join(avail)}") from None
+    ok = (d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available() and (d.index or 0) <
+                               torch.cuda.device_count()) or (d.type == "mps" and "mps" in avail))
+    if not ok:
+        raise FlatlensError(f"device {device!r} is not available here; available: {', '.join(avail)}")
+    return d

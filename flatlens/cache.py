@@ -42,8 +42,8 @@ class ResultCache:
         try:
             with open(path) as fh:
                 entry = json.load(fh)
-            if not isinstance(entry, dict) or entry.get("key") != key or "value" not in entry:
-                raise ValueError("key mismatch")
+            if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("value"), dict):
+                raise ValueError("key mismatch or no value")
             if entry.get("sha256") != _value_hash(entry["value"]):
                 raise ValueError("value does not match its hash")
         except (OSError, ValueError, UnicodeDecodeError):

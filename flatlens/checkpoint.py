@@ -71,18 +71,110 @@ def load_checkpoint(path) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise FlatlensError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    if not isinstance(ckpt["state_dict"], dict) or not all(isinstance(v, torch.Tensor)
-                                                           for v in ckpt["state_dict"].values()):
-        raise FlatlensError(f"{path}: malformed state_dict")
-    arch = ckpt["arch"]
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
-        raise FlatlensError(f"{path}: malformed arch")
-    q = ckpt["quant"]
-    if q is not None and not (isinstance(q, dict) and isinstance(q.get("steps"), dict) and "bits" in q):
-        raise FlatlensError(f"{path}: malformed quant entry")
+    try:
+        validate(ckpt)
+    except FlatlensError as e:
+        raise FlatlensError(f"{path}: invalid checkpoint: {e}") from None
     ckpt["path"] = os.fspath(path)
     ckpt["sha256"] = sha256_file(path)
     return ckpt
+
+
+METRIC_TYPES = {"selected_step": int, "val_acc": dict, "test_acc": dict, "mean_val_acc": float,
+                "mean_test_acc": float, "train_seconds": float, "packed_bytes": int, "fp32_bytes": int,
+                "size_ratio": float}
+
+
+def _need(cond, msg):
+    if not cond:
+        raise FlatlensError(msg)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(ckpt: dict) -> None:
+    """The whole schema, before anything is built from it: types and ranges, an architecture flatlens knows
+    with arguments in range whose parameter shapes match the state dict, domains that exist for the dataset,
+    quantizer steps that are finite, positive and fit their layers, finite weights, the training metrics."""
+    from .data import ANGLES, DATASETS, DOMAINBED
+    from .models import check_arch
+    from .quant.lsq import qrange
+    sd = ckpt["state_dict"]
+    _need(isinstance(sd, dict) and sd and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in sd.items()), "state_dict is not a non-empty name -> tensor map")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    _need(not bad, f"non-finite weights in {', '.join(bad[:3])}")
+    arch = ckpt["arch"]
+    _need(isinstance(arch, dict) and isinstance(arch.get("name"), str), "arch is not {name, kwargs}")
+    kwargs = arch.get("kwargs", {})
+    check_arch(arch["name"], kwargs)
+    _check_shapes(arch["name"], kwargs, sd)
+    data = ckpt["data"]
+    _need(isinstance(data, dict), "data is not a mapping")
+    ds = data.get("dataset")
+    _need(ds in DATASETS, f"unknown dataset {ds!r} ({', '.join(DATASETS)})")
+    known = [str(a) for a in ANGLES] if ds == "rotated-digits" else DOMAINBED[ds][1]
+    for key in ("train_domains", "test_domains"):
+        doms = data.get(key)
+        _need(isinstance(doms, list) and doms and all(isinstance(d, str) for d in doms),
+              f"data.{key} is not a non-empty list of domain names")
+        unknown = [d for d in doms if d not in known]
+        _need(not unknown, f"data.{key} names unknown domain(s) {', '.join(map(repr, unknown[:3]))} of {ds} "
+                           f"({', '.join(known)})")
+    _need(not set(data["train_domains"]) & set(data["test_domains"]), "a domain is both a train and a test domain")
+    _need(_is_int(data.get("split_seed")) and 0 <= data["split_seed"] < 2 ** 63, "data.split_seed is not an integer")
+    h = data.get("holdout", 0.2)
+    _need(isinstance(h, float) and 0 < h < 1, f"data.holdout must lie in (0, 1); got {h!r}")
+    _need(data.get("root") is None or isinstance(data["root"], str), "data.root is not a path")
+    q = ckpt["quant"]
+    if q is not None:
+        _need(isinstance(q, dict) and isinstance(q.get("steps"), dict) and q["steps"], "quant has no steps")
+        _need(_is_int(q.get("bits")), f"quant.bits is not an integer; got {q.get('bits')!r}")
+        qrange(q["bits"])
+        _need(_is_int(q.get("start_step")) and q["start_step"] >= 0, "quant.start_step is not a step number")
+        for name, step in q["steps"].items():
+            _need(isinstance(name, str) and name in sd, f"quantizer step for {name!r}, which is not a weight")
+            _need(isinstance(step, torch.Tensor) and step.is_floating_point(), f"step of {name} is not a tensor")
+            w = sd[name]
+            _need(step.numel() in (1, w.shape[0]), f"step of {name} has {step.numel()} entries; expected 1 or "
+                                                   f"{w.shape[0]} (one per output channel)")
+            _need(bool(torch.isfinite(step).all()) and bool((step > 0).all()),
+                  f"step of {name} is not finite and positive")
+    _need(isinstance(ckpt["history"], list), "history is not a list")
+    _need(isinstance(ckpt["train"], dict), "train is not a mapping")
+    m = ckpt["metrics"]
+    _need(isinstance(m, dict), "metrics is not a mapping")
+    for k, tp in METRIC_TYPES.items():
+        v = m.get(k)
+        ok = (_is_int(v) if tp is int else isinstance(v, (int, float)) and not isinstance(v, bool)
+              if tp is float else isinstance(v, tp))
+        _need(ok, f"metrics.{k} is missing or not a {tp.__name__}")
+    for k in ("mean_val_acc", "mean_test_acc"):
+        _need(0.0 <= m[k] <= 1.0, f"metrics.{k} = {m[k]} is not an accuracy")
+
+
+def _check_shapes(name, kwargs, sd) -> None:
+    """The architecture's parameter and buffer shapes (built on the meta device: no memory) against the
+    state dict: one line naming the keys or shapes that differ."""
+    from .models import build
+    with torch.device("meta"):
+        model = build(name, **kwargs)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {want[k]}" for k in want if k in sd and tuple(sd[k].shape) != want[k]]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
+        if extra:
+            parts.append(f"unexpected {', '.join(extra[:3])}" + (f" (+{len(extra) - 3})" if len(extra) > 3 else ""))
+        if shapes:
+            parts.append(f"shape {'; '.join(shapes[:2])}")
+        raise FlatlensError(f"weights do not fit {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}): "
+                            + "; ".join(parts))
 
 
 def build_model(ckpt: dict, weights: str = "deployed") -> nn.Module:

@@ -43,6 +43,12 @@ def _data_for(args, ckpt, split):
                        args.seed if args.seed is not None else common.seed)
 
 
+def _device(args) -> str:
+    """--device checked before any work: exists and is available here (one line naming those that are)."""
+    from ._util import resolve_device
+    return str(resolve_device(getattr(args, "device", "cpu")))
+
+
 def _splits(split):
     return ["train", "test"] if split == "both" else [split]
 
@@ -111,22 +117,29 @@ def _config_from_file(path):
 
 
 def cmd_evaluate(args):
+    """Evaluates the checkpoint's model now (every domain's accuracy), beside what training recorded."""
     from .checkpoint import load_checkpoint
+    from .train import ensemble_accuracy
     ck = load_checkpoint(args.checkpoint)
+    device = _device(args)
     m = ck["metrics"]
     q = ck["quant"]
+    now = ensemble_accuracy([ck], split="both", device=device)["ensemble"]
     lines = [f"{args.checkpoint}: {ck['arch']['name']}, " + (f"{q['bits']}-bit QAT from step {q['start_step']}"
                                                              if q else "full precision")
              + f", {ck['data']['dataset']}, test domain(s) {', '.join(ck['data']['test_domains'])}, "
-               f"selected step {m['selected_step']}"]
-    for d, a in m["val_acc"].items():
-        lines.append(f"  in-domain validation  {d:>14}: {100 * a:6.2f} %")
-    for d, a in m["test_acc"].items():
-        lines.append(f"  out-of-domain test    {d:>14}: {100 * a:6.2f} %")
+               f"selected step {m['selected_step']}; accuracy measured now (recorded at training)"]
+    for key, acc in now.items():
+        kind, d = key.split(":", 1)
+        rec = m["val_acc" if kind == "val" else "test_acc"].get(d)
+        label = "in-domain validation" if kind == "val" else "out-of-domain test"
+        lines.append(f"  {label:21} {d:>14}: {100 * acc:6.2f} %" + (f"  ({100 * rec:.2f} %)" if rec is not None
+                                                                     else ""))
     lines.append(f"  size: {m['packed_bytes']} bytes packed vs {m['fp32_bytes']} fp32 ({m['size_ratio']:.3f} x)")
     _out(args, "\n".join(lines))
     if args.json:
-        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "metrics": m})
+        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "accuracy_now": now,
+                                "recorded": m})
 
 
 def cmd_ensemble(args):
@@ -436,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="print a checkpoint's accuracy per domain")
     e.add_argument("checkpoint")
-    e.add_argument("--json", help="write the checkpoint's recorded metrics as JSON here")
+    e.add_argument("--device", default="cpu", help="(default %(default)s)")
+    e.add_argument("--json", help="write the accuracies (now and recorded) as JSON here")
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="EoQ: accuracy of the averaged outputs of several checkpoints")
@@ -523,6 +537,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or (os.path.exists(a) and os.path.exists(b)
+                                                                and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _writable_place(path: str, flag: str, *, folder: bool) -> None:
+    """`path` can be written: a file output is not a folder, a folder output is not a file, and the nearest
+    existing folder above it is writable."""
+    if folder and os.path.isfile(path):
+        raise FlatlensError(f"{flag} {path}: is a file; give a folder")
+    if not folder and os.path.isdir(path):
+        raise FlatlensError(f"{flag} {path}: is a folder; give a file path")
+    up = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise FlatlensError(f"{flag} {path}: {up} is a file, not a folder")
+    if not os.access(up, os.W_OK):
+        raise FlatlensError(f"{flag} {path}: {up} is not writable")
+
+
+def _preflight(args) -> None:
+    """Everything that can be checked before any work: the device, and every output path (writable, of the
+    right kind, never one of the inputs, never two outputs on one file)."""
+    if hasattr(args, "device"):
+        _device(args)
+    inputs = [p for p in ([getattr(args, "checkpoint", None)] + list(getattr(args, "checkpoints", None) or [])
+                          + [q for g in (getattr(args, "group", None) or []) for q in g[1:]]
+                          + [getattr(args, "data", None), getattr(args, "config", None)]) if p]
+    files = [(f"--{k}", getattr(args, k)) for k in ("json", "csv", "plot", "npz") if getattr(args, k, None)]
+    folders = [("--resume-dir", args.resume_dir)] if getattr(args, "resume_dir", None) else []
+    if args.command == "train":
+        files.append(("--out", args.out))
+    elif args.command == "reproduce":
+        folders.append(("--out", args.out))
+    elif args.command == "figures" and args.out:
+        folders.append(("--out", args.out))
+    elif args.command == "report":
+        if args.out:
+            files.append(("--out", args.out))
+        if args.readme:
+            if not os.path.isfile(args.readme):
+                raise FlatlensError(f"--readme {args.readme}: no such file")
+            files.append(("--readme", args.readme))
+    elif args.command == "compare" and not args.no_cache:
+        folders.append(("--results", args.results))
+    for flag, path in files + folders:
+        _writable_place(path, flag, folder=(flag, path) in folders)
+        for inp in inputs:
+            if _same_file(path, inp):
+                raise FlatlensError(f"{flag} {path} is also an input; it would be overwritten")
+    seen = {}
+    for flag, path in files:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise FlatlensError(f"{flag} and {seen[key]} name the same file {path}")
+        seen[key] = flag
+    if getattr(args, "plot", None):
+        from .plots.figures import FORMATS
+        ext = os.path.splitext(args.plot)[1][1:].lower()
+        if ext not in FORMATS:
+            raise FlatlensError(f"--plot {args.plot}: unknown format {ext or '(none)'!r}; use .{', .'.join(FORMATS)}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -532,6 +613,7 @@ def main(argv=None) -> int:
     if args.quiet or os.environ.get("FLATLENS_QUIET"):
         os.environ["TQDM_DISABLE"] = "1"
     try:
+        _preflight(args)
         args.fn(args)
     except FlatlensError as e:
         print(f"flatlens: error: {e}", file=sys.stderr)

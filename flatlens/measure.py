@@ -4,6 +4,7 @@ computes one registered metric of one checkpoint on one split (through the cache
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from .data import split_indices
 from .data.domains import gather
 from .objective import Objective
 from .progress import measurement as progress_line
-from .results import Result, register
+from .results import Result, register, to_plain
 
 
 # --------------------------------------------------------------------------- data
@@ -58,7 +59,11 @@ def select_data(meta: dict, split: str, samples: int, seed: int):
 
 
 def load_data_file(path: str):
-    """--data override: a torch file holding {"x": tensor, "y": tensor} (loaded with weights_only)."""
+    """--data override: a torch file holding {"x": tensor, "y": tensor} (loaded with weights_only), checked:
+    floating inputs with a batch dimension, integer class labels (n,), as many labels as inputs."""
+    import os
+    if os.path.isdir(path):
+        raise FlatlensError(f"{path}: is a directory, not a data file")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -67,9 +72,32 @@ def load_data_file(path: str):
         raise FlatlensError(f"{path}: not a data file ({type(e).__name__})") from None
     if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor) or not isinstance(d.get("y"), torch.Tensor):
         raise FlatlensError(f"{path}: a data file is a dict with tensors 'x' and 'y'")
-    digest = hashlib.sha256(d["x"].numpy().tobytes() + d["y"].numpy().tobytes()).hexdigest()[:16]
-    return d["x"], d["y"], {"dataset": "file", "path": path, "split": "custom", "n": len(d["y"]),
-                            "indices_sha256": digest}
+    x, y = d["x"], d["y"]
+    if not x.is_floating_point() or x.dim() < 2:
+        raise FlatlensError(f"{path}: x must be a floating tensor (n, ...); got {x.dtype} of shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise FlatlensError(f"{path}: x holds non-finite values")
+    if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise FlatlensError(f"{path}: y must hold integer class labels of shape (n,) (int64); got {y.dtype} of "
+                            f"shape {tuple(y.shape)}")
+    if len(y) != len(x) or len(y) == 0:
+        raise FlatlensError(f"{path}: x has {len(x)} samples and y {len(y)} labels; they must match and be > 0")
+    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+    return x, y.long(), {"dataset": "file", "path": path, "split": "custom", "n": len(y), "indices_sha256": digest}
+
+
+def check_data(ckpt: dict, x, y, info) -> None:
+    """Inputs a checkpoint's model can take: label range against its classes, channels against its input."""
+    kw = ckpt["arch"].get("kwargs", {})
+    classes = kw.get("num_classes")
+    where = info.get("path", "data")
+    if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise FlatlensError(f"{where}: labels span [{int(y.min())}, {int(y.max())}]; "
+                            f"{ckpt.get('path', 'the model')} has {classes} classes")
+    channels = kw.get("in_channels", 3 if ckpt["arch"]["name"].startswith("resnet") else None)
+    if channels is not None and (x.dim() != 4 or x.shape[1] != channels):
+        raise FlatlensError(f"{where}: inputs of shape {tuple(x.shape)}; {ckpt.get('path', 'the model')} takes "
+                            f"images (n, {channels}, H, W)")
 
 
 def objective_for(ckpt: dict, x, y, *, device="cpu", weights: str = "deployed", batch_size: int = 256,
@@ -125,6 +153,8 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     m = M.get(metric)
     common = settings.common
     x, y, info = data if data is not None else select_data(ckpt["data"], split, common.samples, common.seed)
+    if info.get("dataset") == "file":
+        check_data(ckpt, x, y, info)
     parts = {"ckpt": ckpt["sha256"], "metric": metric, "settings": settings.key(metric), "data": info,
              "version": __version__, "device_type": torch.device(device).type}
     if cache is not None:
@@ -132,9 +162,12 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
         if hit is not None:
             try:
                 rec = MetricRecord.from_dict(hit)
+                # the summary rows must be what the full result gives (an emptied or edited table is not trusted)
+                if rec.metric != metric or to_plain(rec.rows) != to_plain(m.rows(rec.result, settings.of(metric))):
+                    raise ValueError("rows do not match the result")
                 rec.cached = True
                 return rec
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError):
                 cache.reject()
     torch.manual_seed(common.seed)
     obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size)
@@ -144,7 +177,12 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     name = os.path.basename(ckpt.get("path") or "checkpoint")
     with progress_line(obj, f"{metric} {name} ({split})", progress):
         result = m.compute(obj, s, ctx)
-    rec = MetricRecord(metric=metric, split=split, rows=m.rows(result, s), result=result,
+    rows = m.rows(result, s)
+    bad = [r.key for r in rows if not math.isfinite(r.value)]
+    if bad:  # an error, never a printed nan
+        raise FlatlensError(f"{metric} of {name} ({split}) came out non-finite ({', '.join(bad[:3])}): the "
+                            "perturbations are too large for this model, or its loss overflows")
+    rec = MetricRecord(metric=metric, split=split, rows=rows, result=result,
                        settings=settings.key(metric), data=info, checkpoint=ckpt.get("path"),
                        checkpoint_sha256=ckpt["sha256"], weights=common.weights,
                        weights_label=weights_label(ckpt, common.weights), bn=obj.bn, center_loss=obj.loss(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import time
 from typing import Callable, Mapping
@@ -66,6 +67,23 @@ def _to_device(batch, device):
         return type(batch)(_to_device(v, device) for v in batch) if isinstance(batch, tuple) else [
             _to_device(v, device) for v in batch]
     return batch
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype (bfloat16 included, which numpy lacks)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensors(batch):
+    """Every tensor of a batch (a tensor, a tuple / list / dict of them, nested)."""
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, Mapping):
+        for k in sorted(batch, key=str):
+            yield from _tensors(batch[k])
+    elif isinstance(batch, (list, tuple)):
+        for b in batch:
+            yield from _tensors(b)
 
 
 def _select_params(model: nn.Module, params) -> list[str]:
@@ -424,11 +442,32 @@ class Objective:
         """Free the cached double-backward graph (rebuilt on the next HVP)."""
         self._graph = None
 
+    def fingerprint(self) -> str:
+        """Content hash of what F is a function of: the centre, the model's buffers (BatchNorm statistics),
+        the parameter names and the data. Resume stores are keyed by it, so chunks of another checkpoint,
+        other weights (deployed vs latent) or another data selection are never taken for this one's."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            for n in self.names:
+                h.update(n.encode())
+                h.update(_bytes(self.center[n]))
+            for n, b in self.model.named_buffers():
+                h.update(n.encode())
+                h.update(_bytes(b))
+            for batch in self.batches:
+                for t in _tensors(batch):
+                    h.update(str(tuple(t.shape)).encode())
+                    h.update(_bytes(t))
+            h.update(f"{self.bn}|{type(self.loss_fn).__name__}".encode())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
+
     def describe(self) -> dict:
         """What every result records about the objective it measured."""
         return {"num_params": self.num_params, "n_samples": self.n_samples, "n_batches": len(self.batches),
                 "bn": self.bn, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "hvp_mode": self.hvp_mode, "hvp_batch_size": self.hvp_batch_size}
+                "hvp_mode": self.hvp_mode, "hvp_batch_size": self.hvp_batch_size,
+                "fingerprint": self.fingerprint()}
 
 
 def timer():

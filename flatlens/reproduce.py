@@ -186,6 +186,30 @@ def plan_from_dict(d: dict) -> Plan:
     return from_plain(Plan, d)
 
 
+def _worker_init(parent: int) -> None:
+    """Workers die with their parent: the kernel's parent-death signal where there is one (Linux), and a
+    watchdog thread everywhere (the parent's pid changes when it dies and the worker is re-parented)."""
+    import signal
+    import sys
+    import threading
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="flatlens-parent-watchdog").start()
+
+
 def _job(args) -> dict:
     """Train (or resume) one model and measure it on both splits; runs in a worker process."""
     spec, plan_dict, out, device, threads = args
@@ -239,10 +263,16 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     bar = tqdm(total=len(specs), disable=quiet, desc="reproduce: train + measure models")
     if jobs > 1 and device == "cpu":
         import multiprocessing as mp
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            for res in pool.map(_job, work):
-                timings.append(res)
-                bar.update(1)
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+                for res in pool.map(_job, work):
+                    timings.append(res)
+                    bar.update(1)
+        except BrokenProcessPool:
+            raise RuntimeError("a reproduce worker died (killed, or out of memory); finished models are kept: "
+                               "rerun the same command to resume") from None
     else:
         for w in work:
             timings.append(_job(w))

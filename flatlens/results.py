@@ -21,18 +21,18 @@ import torch
 from ._util import FlatlensError, atomic_write_text
 
 
-def _plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
     """Convert tensors, arrays, tuples and dataclasses into JSON-ready containers (NaN/inf as strings)."""
     if isinstance(x, Result):
         return x.to_dict()
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        return {f.name: to_plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if isinstance(x, torch.Tensor):
-        return _plain(x.detach().cpu().tolist())
+        return to_plain(x.detach().cpu().tolist())
     if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
+        return to_plain(x.tolist())
     if isinstance(x, np.floating):
-        return _plain(float(x))
+        return to_plain(float(x))
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, np.bool_):
@@ -42,9 +42,9 @@ def _plain(x: Any) -> Any:
             return repr(x)  # 'nan', 'inf', '-inf'
         return x
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [to_plain(v) for v in x]
     return x
 
 
@@ -68,7 +68,7 @@ def _hints(cls) -> dict:
 
 
 def from_plain(tp, x: Any) -> Any:
-    """Rebuild a value of type `tp` from its JSON form (the inverse of `_plain`)."""
+    """Rebuild a value of type `tp` from its JSON form (the inverse of `to_plain`)."""
     if tp is Any or tp is None:
         return _unplain(x)
     origin = typing.get_origin(tp)
@@ -159,7 +159,7 @@ class Result:
     """Base of every result. Subclasses add their fields; `kind` names the type on disk."""
 
     def to_dict(self) -> dict:
-        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d = {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         d["kind"] = type(self).__name__
         return d
 

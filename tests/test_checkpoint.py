@@ -13,12 +13,84 @@ class Evil:
         return (os.system, ("touch PWNED_BY_PICKLE",))
 
 
+@pytest.fixture(scope="module")
+def real():
+    """A real 4-bit checkpoint of a tiny digits CNN (two training steps), as a dict."""
+    from flatlens.train import TrainConfig, train
+    return train(TrainConfig(steps=4, eval_every=4, quant_start=2, bits=4, arch_kwargs={"width": 2}), quiet=True)
+
+
 @pytest.fixture
-def good(tmp_path):
+def good(tmp_path, real):
     p = tmp_path / "good.pt"
-    save_checkpoint(p, {"arch": {"name": "tiny_mlp", "kwargs": {}}, "state_dict": {"w": torch.ones(2)},
-                        "quant": None, "data": {}, "train": {}, "history": [], "metrics": {}})
+    save_checkpoint(p, real)
     return p
+
+
+def _tampered(real, edit):
+    import copy
+    ck = copy.deepcopy(real)
+    edit(ck)
+    return ck
+
+
+def _set(path, value):
+    def edit(ck):
+        d = ck
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    return edit
+
+
+def _delete(path):
+    def edit(ck):
+        d = ck
+        for k in path[:-1]:
+            d = d[k]
+        del d[path[-1]]
+    return edit
+
+
+def _first_step(ck):
+    return next(iter(ck["quant"]["steps"]))
+
+
+TAMPERED = {
+    "arch kwargs a string": (_set(("arch", "kwargs"), "width=8"), "mapping"),
+    "unknown arch kwarg": (_set(("arch", "kwargs", "bogus"), 1), "no argument 'bogus'"),
+    "negative width": (_set(("arch", "kwargs", "width"), -3), "outside"),
+    "absurd width": (_set(("arch", "kwargs", "width"), 10 ** 7), "outside"),
+    "unknown architecture": (_set(("arch", "name"), "vgg99"), "unknown architecture"),
+    "width that does not fit the weights": (_set(("arch", "kwargs", "width"), 4), "do not fit"),
+    "unknown test domain": (_set(("data", "test_domains"), ["foo"]), "unknown domain"),
+    "empty train domains": (_set(("data", "train_domains"), []), "non-empty"),
+    "holdout out of range": (_set(("data", "holdout"), 1.5), "holdout"),
+    "string split seed": (_set(("data", "split_seed"), "0"), "split_seed"),
+    "unknown dataset": (_set(("data", "dataset"), "mnist"), "unknown dataset"),
+    "bits 0": (_set(("quant", "bits"), 0), "bits"),
+    "bits 99": (_set(("quant", "bits"), 99), "bits"),
+    "step for a missing layer": (lambda ck: ck["quant"]["steps"].__setitem__("nope.weight", torch.ones(1)),
+                                 "not a weight"),
+    "step of the wrong shape": (lambda ck: ck["quant"]["steps"].__setitem__(_first_step(ck), torch.ones(7)),
+                                "entries"),
+    "zero step": (lambda ck: ck["quant"]["steps"].__setitem__(_first_step(ck), torch.zeros(2)), "positive"),
+    "negative step": (lambda ck: ck["quant"]["steps"].__setitem__(_first_step(ck), -torch.ones(2)), "positive"),
+    "NaN weights": (lambda ck: ck["state_dict"]["classifier.weight"].fill_(float("nan")), "non-finite"),
+    "metrics without selected_step": (_delete(("metrics", "selected_step")), "selected_step"),
+    "metrics without packed_bytes": (_delete(("metrics", "packed_bytes")), "packed_bytes"),
+    "accuracy above 1": (_set(("metrics", "mean_test_acc"), 3.0), "accuracy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_tampered_metadata_is_refused_at_load_in_one_line(case, tmp_path, real):
+    edit, match = TAMPERED[case]
+    p = tmp_path / "t.pt"
+    save_checkpoint(p, _tampered(real, edit))
+    with pytest.raises(FlatlensError, match=match) as e:
+        load_checkpoint(p)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{p}: invalid checkpoint")
 
 
 def test_round_trip_records_hash(good):
@@ -70,8 +142,8 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, good, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(util.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(FlatlensError, match="disk full"):
         save_checkpoint(good, {"arch": {"name": "x"}, "state_dict": {}, "quant": None, "data": {}, "train": {},
-                               "history": [], "metrics": {}})
+                               "history": [], "metrics": {}})  # (validated at load, not at save)
     assert good.read_bytes() == before
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []

@@ -32,11 +32,18 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     np.testing.assert_array_equal(np.array(got["surface"]), np.array(surf.losses))
 
 
-def test_rerun_skips_completed_chunks(tmp_path):
+def _chunks(store):
+    """The chunk files of the one run stored under `store` (its keyed subfolder)."""
+    runs = [d for d in os.listdir(store) if os.path.isdir(os.path.join(store, d))]
+    return [os.path.join(store, r, f) for r in runs for f in sorted(os.listdir(os.path.join(store, r)))
+            if f.startswith("chunk-")]
+
+
+def test_rerun_skips_completed_chunks_and_checks_their_integrity(tmp_path):
     obj = workers.digits_objective()
     store = tmp_path / "chunks"
     first = workers.flatness(obj, store=str(store))
-    files = sorted(f for f in os.listdir(store) if f.startswith("chunk-"))
+    files = _chunks(store)
     assert len(files) == 12
     calls = []
     orig = landscape.Evaluator.__call__
@@ -51,11 +58,32 @@ def test_rerun_skips_completed_chunks(tmp_path):
     finally:
         landscape.Evaluator.__call__ = orig
     assert calls == [] and again.increases == first.increases
-    # a damaged chunk is recomputed, not trusted
-    (store / files[0]).write_bytes(b"garbage")
-    assert workers.flatness(obj, store=str(store)).increases == first.increases
-    with pytest.raises(FlatlensError, match="other arguments"):
-        sharpness.local_flatness(obj, [0.0, 2.0], n_directions=12, seed=3, store=str(store))
+    # a damaged chunk, and a whole chunk whose numbers were edited, are recomputed, not trusted
+    open(files[0], "wb").write(b"garbage")
+    d = torch.load(files[1], weights_only=True)
+    d["inc"] = d["inc"] + 1.0
+    torch.save(d, files[1])
+    counts = {}
+    from flatlens.landscape.runner import run_chunks
+    orig_run = run_chunks
+    import flatlens.sharpness.flatness as flat_mod
+    flat_mod.run_chunks = lambda *a, **k: orig_run(*a, counts=counts, **k)
+    try:
+        assert workers.flatness(obj, store=str(store)).increases == first.increases
+    finally:
+        flat_mod.run_chunks = orig_run
+    assert counts == {"loaded": 10, "computed": 2, "rejected": 2}
+
+
+def test_a_store_reused_for_another_checkpoint_recomputes(tmp_path):
+    store = tmp_path / "chunks"
+    a = workers.digits_objective()
+    b = workers.digits_objective(seed=1)  # another model: its own chunks, never a's
+    fa = workers.flatness(a, store=str(store))
+    fb = workers.flatness(b, store=str(store))
+    assert fa.increases != fb.increases
+    assert fb.increases == workers.flatness(workers.digits_objective(seed=1)).increases
+    assert len([d for d in os.listdir(store)]) == 2
 
 
 @pytest.mark.slow
@@ -66,14 +94,14 @@ def test_sigkilled_run_resumed_equals_uninterrupted(tmp_path):
                             env={**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")})
     deadline = time.time() + 120
     while time.time() < deadline:
-        if store.exists() and len([f for f in os.listdir(store) if f.startswith("chunk-")]) >= 5:
+        if store.exists() and len(_chunks(store)) >= 5:
             break
         if proc.poll() is not None:
             pytest.fail("worker ended before it could be killed")
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len([f for f in os.listdir(store) if f.startswith("chunk-")])
+    done = len(_chunks(store))
     assert 5 <= done < 400
     torch.set_num_threads(1)
     obj = workers.digits_objective(n=1000)

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 
-def digits_objective(n=200):
+def digits_objective(n=200, seed=0):
     from flatlens import Objective
     from flatlens.data import rotated_digits
     from flatlens.models import SmallCNN
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     x, y = rotated_digits().tensors["0"]
     return Objective(SmallCNN(width=8), nn.CrossEntropyLoss(), (x[:n], y[:n]))
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from .._util import FlatlensError, generator, rademacher
+from .._util import check_number, generator, rademacher
 from ..objective import Objective, timer
 from .results import DensityResult
 
@@ -42,8 +42,10 @@ def lanczos_tridiag(obj: Objective, v: torch.Tensor, m: int):
 def density(obj: Objective, *, n_iter: int = 80, n_runs: int = 4, sigma: float | None = None,
             n_grid: int = 1000, seed: int = 0) -> DensityResult:
     """SLQ density: n_runs Rademacher starts, n_iter Lanczos steps each; density integrates to 1."""
-    if n_iter < 1 or n_runs < 1:
-        raise FlatlensError("n_iter and n_runs must be >= 1")
+    check_number("n_iter", n_iter, lo=1, integer=True)
+    check_number("n_runs", n_runs, lo=1, integer=True)
+    if sigma is not None:
+        check_number("sigma", sigma, lo=0, lo_open=True)
     elapsed = timer()
     start = obj.n_hvp
     m = min(n_iter, obj.num_params)

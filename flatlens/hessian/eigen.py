@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from .._util import FlatlensError, generator
+from .._util import FlatlensError, check_number, generator
 from ..objective import Objective, timer
 from .results import EigenResult
 
@@ -42,6 +42,9 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
         raise FlatlensError(f"k must be a positive integer; got {k!r}")
     if k > obj.num_params:
         raise FlatlensError(f"k = {k} exceeds the number of parameters ({obj.num_params})")
+    check_number("tol", tol, lo=0, hi=1, lo_open=True)
+    if max_hvp is not None:
+        check_number("max_hvp", max_hvp, lo=1, integer=True)
     if backend == "pyhessian":
         from .pyhessian_backend import pyhessian_eigenvalues
         return pyhessian_eigenvalues(obj, k, tol=tol, max_iter=max_hvp or 100, seed=seed)
@@ -81,8 +84,11 @@ def _lanczos(obj, k, which, tol, max_hvp, seed):
     else:
         op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
         ncv = min(d, max(2 * k + 1, 20))
-        # ARPACK's maxiter counts restarts; each restart costs about ncv - k products
-        maxiter = max(1, (max_hvp or 100 * d) // max(1, ncv - k))
+        if max_hvp is not None and max_hvp < ncv:
+            raise FlatlensError(f"max_hvp = {max_hvp} is below the {ncv} products of Lanczos's first Krylov space; "
+                                f"give at least {ncv}, or method='power'")
+        # ARPACK's maxiter counts restarts: ncv products first, then about ncv - k per restart
+        maxiter = max(1, ((max_hvp or 100 * d) - ncv) // max(1, ncv - k))
         try:
             vals, V = eigsh(op, k=k, which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter)
             converged = True

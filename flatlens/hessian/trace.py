@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .._util import FlatlensError, generator, mean_ci, rademacher, t_quantile
+from .._util import FlatlensError, check_number, generator, mean_ci, rademacher, t_quantile
 from ..objective import Objective, timer
 from .results import TraceResult
 
@@ -38,8 +38,10 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
     """
     if method not in METHODS:
         raise FlatlensError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if rtol <= 0:
-        raise FlatlensError("rtol must be positive")
+    check_number("rtol", rtol, lo=0, hi=1, lo_open=True)
+    for name, v in (("max_hvp", max_hvp), ("n_probes", n_probes)):
+        if v is not None:
+            check_number(name, v, lo=2, integer=True)
     if backend == "pyhessian":
         from .pyhessian_backend import pyhessian_trace
         return pyhessian_trace(obj, max_iter=max_hvp or 100, tol=1e-3 if n_probes is None else 0.0,

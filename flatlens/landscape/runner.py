@@ -42,50 +42,80 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 def args_key(args: dict) -> str:
-    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from .. import __version__
+    return hashlib.sha256(json.dumps({**args, "flatlens": __version__}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
 
 
-def _chunk_path(store, i):
-    return os.path.join(store, f"chunk-{i:06d}.pt")
+def _chunk_path(folder, i):
+    return os.path.join(folder, f"chunk-{i:06d}.pt")
+
+
+def _digest(chunk: dict) -> str:
+    """Integrity hash of a chunk's values, stored with it and checked on read."""
+    h = hashlib.sha256()
+    for k in sorted(chunk):
+        h.update(k.encode())
+        v = chunk[k]
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                 if isinstance(v, torch.Tensor) else repr(v).encode())
+    return h.hexdigest()
+
+
+def _load_chunk(path):
+    """The chunk stored at `path` if it is whole and its values match their hash, else None."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        sha = d.pop("_sha256", None)
+        return d if sha == _digest(d) else None
+    except Exception:  # a damaged chunk is recomputed, never trusted
+        return None
 
 
 def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, store: str | None = None,
-               progress: bool = True, desc: str = "points") -> list[dict]:
-    """compute(i) -> dict of tensors for chunk i; returns the list for all chunks, in order, on every rank."""
+               progress: bool = True, desc: str = "points", counts: dict | None = None) -> list[dict]:
+    """compute(i) -> dict of tensors for chunk i; returns the list for all chunks, in order, on every rank.
+
+    With `store`, chunks live in store/<key>/, the key a hash of `args` (which every caller builds from what
+    it measures: the objective's fingerprint, i.e. checkpoint weights and data, and the measurement's
+    settings) and the flatlens version, so a folder reused for another checkpoint or other settings
+    recomputes instead of mixing runs. `counts` (optional) receives loaded / computed / rejected chunk counts."""
     from tqdm.auto import tqdm
 
     rank, world = dist_info()
     key = args_key(args)
-    if store:
-        os.makedirs(store, exist_ok=True)
-        manifest = os.path.join(store, "manifest.json")
-        if os.path.exists(manifest):
-            try:
-                old = json.load(open(manifest)).get("key")
-            except (OSError, ValueError):
-                old = None
-            if old != key:
-                raise FlatlensError(f"{store} holds chunks of a run with other arguments; use another --resume-dir")
-        elif rank == 0:
+    folder = os.path.join(store, key) if store else None
+    if folder:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise FlatlensError(f"cannot use {store} for resumable chunks: {e.strerror}") from None
+        manifest = os.path.join(folder, "manifest.json")
+        if rank == 0 and not os.path.exists(manifest):
             atomic_write_text(manifest, json.dumps({"key": key, "args": args, "n_chunks": n_chunks},
                                                    default=str, indent=1))
+    tally = {"loaded": 0, "computed": 0, "rejected": 0}
     mine = list(range(rank, n_chunks, world))
     out: dict[int, dict] = {}
     bar = tqdm(total=len(mine), disable=not progress or rank != 0, desc=desc, leave=False)
     for i in mine:
-        path = _chunk_path(store, i) if store else None
+        path = _chunk_path(folder, i) if folder else None
         if path and os.path.exists(path):
-            try:
-                out[i] = torch.load(path, map_location="cpu", weights_only=True)
+            chunk = _load_chunk(path)
+            if chunk is not None:
+                out[i] = chunk
+                tally["loaded"] += 1
                 bar.update(1)
                 continue
-            except Exception:  # a damaged chunk is recomputed, never trusted
-                pass
+            tally["rejected"] += 1
         out[i] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in compute(i).items()}
+        tally["computed"] += 1
         if path:
-            atomic_torch_save(out[i], path)
+            atomic_torch_save({**out[i], "_sha256": _digest(out[i])}, path)
         bar.update(1)
     bar.close()
+    if counts is not None:
+        counts.update(tally)
     if world > 1:
         import torch.distributed as dist
         gathered = [None] * world

@@ -7,16 +7,42 @@ from .._util import FlatlensError
 from .small_cnn import SmallCNN, TinyMLP
 
 
+# name -> (builder, {kwarg: (type, lowest, highest)}): the one list of architectures a checkpoint may name, with
+# the sane range of every constructor argument (a tampered width of 10^6 is refused, not allocated)
+ARCHS = {
+    "small_cnn": (lambda **k: SmallCNN(**k), {"in_channels": (int, 1, 64), "num_classes": (int, 2, 100_000),
+                                            "width": (int, 1, 1024)}),
+    "tiny_mlp": (lambda **k: TinyMLP(**k), {"in_features": (int, 1, 100_000), "hidden": (int, 1, 10_000),
+                                          "num_classes": (int, 2, 100_000)}),
+    "resnet18": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
+    "resnet50": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
+}
+
+
+def check_arch(name, kwargs) -> None:
+    """One FlatlensError unless `name` is a known architecture and `kwargs` its known arguments in range."""
+    if not isinstance(name, str) or name not in ARCHS:
+        raise FlatlensError(f"unknown architecture {name!r} ({', '.join(ARCHS)})")
+    if not isinstance(kwargs, dict):
+        raise FlatlensError(f"architecture arguments must be a mapping; got {type(kwargs).__name__}")
+    spec = ARCHS[name][1]
+    for k, v in kwargs.items():
+        if k not in spec:
+            raise FlatlensError(f"{name} takes no argument {k!r} (known: {', '.join(spec)})")
+        tp, lo, hi = spec[k]
+        if tp is int and (isinstance(v, bool) or not isinstance(v, int)) or tp is bool and not isinstance(v, bool):
+            raise FlatlensError(f"{name} argument {k} must be {tp.__name__}; got {v!r}")
+        if tp is int and not lo <= v <= hi:
+            raise FlatlensError(f"{name} argument {k} = {v} is outside [{lo}, {hi}]")
+
+
 def build(name: str, **kwargs) -> nn.Module:
     """Build an architecture by name with its kwargs (what a checkpoint's `arch` records)."""
-    if name == "small_cnn":
-        return SmallCNN(**kwargs)
-    if name == "tiny_mlp":
-        return TinyMLP(**kwargs)
+    check_arch(name, kwargs)
     if name in ("resnet18", "resnet50"):
         from .resnet import resnet
         return resnet(name, **kwargs)
-    raise FlatlensError(f"unknown architecture {name!r} (small_cnn, tiny_mlp, resnet18, resnet50)")
+    return ARCHS[name][0](**kwargs)
 
 
 def freeze_batchnorm(model: nn.Module) -> nn.Module:
@@ -29,4 +55,4 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["SmallCNN", "TinyMLP", "build", "freeze_batchnorm"]
+__all__ = ["SmallCNN", "TinyMLP", "ARCHS", "build", "check_arch", "freeze_batchnorm"]

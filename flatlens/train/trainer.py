@@ -59,6 +59,22 @@ class TrainConfig:
         return cls(**base)
 
     def validate(self, data: DomainData) -> None:
+        """Every setting in range before any work (0 and NaN never mean "default")."""
+        import math
+        for name, lo, hi in (("steps", 1, 10 ** 8), ("batch_size", 1, 100_000), ("eval_every", 1, 10 ** 8),
+                             ("seed", 0, 2 ** 63 - 1), ("split_seed", 0, 2 ** 63 - 1), ("quant_start", 0, 10 ** 8)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise FlatlensError(f"{name} must be an integer in [{lo}, {hi}]; got {v!r}")
+        for name, lo in (("lr", 0.0), ("weight_decay", None)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (lo is not None and v <= lo):
+                raise FlatlensError(f"{name} must be a finite number {'> 0' if lo is not None else '>= 0'}; "
+                                    f"got {v!r}")
+        if not (isinstance(self.holdout, float) and 0 < self.holdout < 1):
+            raise FlatlensError(f"holdout must lie in (0, 1); got {self.holdout!r}")
+        if not self.test_domains:
+            raise FlatlensError("give at least one test domain")
         for d in self.test_domains:
             data.index(d)
         if len(self.test_domains) >= len(data.domains):
@@ -67,8 +83,9 @@ class TrainConfig:
             raise FlatlensError("steps, batch size and eval_every must be positive")
         if self.bits is not None and not 0 <= self.quant_start < self.steps:
             raise FlatlensError(f"quant_start must lie in [0, steps); got {self.quant_start} of {self.steps}")
-        if self.bits is not None and not 2 <= int(self.bits) <= 8:
-            raise FlatlensError(f"bits must be 2..8; got {self.bits}")
+        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
+                                      or not 2 <= self.bits <= 8):
+            raise FlatlensError(f"bits must be 2..8 (or 32 / none for full precision); got {self.bits!r}")
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -221,6 +238,8 @@ class Trainer:
             x = torch.cat([b[0] for b in batches]).to(self.device)
             y = torch.cat([b[1] for b in batches]).to(self.device)
             loss = F.cross_entropy(self.model(x), y)
+            if not torch.isfinite(loss):  # never a checkpoint of non-finite weights
+                raise FlatlensError(f"training diverged at step {self.step} (loss {float(loss)}); lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
