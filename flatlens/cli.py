@@ -87,7 +87,7 @@ def cmd_train(args):
         cfg.arch_kwargs = {"width": args.width}
     if args.bits is None and args.quant_start is not None:
         raise FlatlensError("--quant-start needs --bits")
-    ckpt = train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress)
     m = ckpt["metrics"]
     _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
@@ -179,14 +179,19 @@ def _settings(args, metric_names) -> Settings:
         if flag and getattr(args, _dest(flag), None) is not None:
             setattr(common, f.name, getattr(args, _dest(flag)))
     per = {}
-    for name in metric_names:
+    for name in M.REGISTRY:  # every flag given is checked, even for a metric not asked for this time
         s = M.get(name).settings()
+        given = False
         for f in dataclasses.fields(s):
             flag = f.metadata.get("flag")
             if flag and getattr(args, _dest(flag), None) is not None:
                 v = getattr(args, _dest(flag))
                 setattr(s, f.name, tuple(v) if isinstance(v, list) else v)
-        per[name] = s
+                given = True
+        if name in metric_names:
+            per[name] = s
+        elif given:
+            M.check_settings(s, f"{name}: ")
     out = Settings(common=common, metrics=per)
     out.check()
     return out
@@ -222,7 +227,7 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
     points_sharded: the metrics shard perturbation points over torch.distributed ranks under torchrun."""
     from .checkpoint import load_checkpoint, weights_label
     from .landscape.runner import dist_info, init_distributed
-    from .measure import measure
+    from .measure import check_data, measure
     from .progress import overall
     settings = _settings(args, metric_names)
     if points_sharded:
@@ -230,10 +235,14 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
     ck = load_checkpoint(args.checkpoint)
     records = []
     splits = _splits(args.split)
-    show = not args.quiet and dist_info()[0] == 0
+    show = args.progress and dist_info()[0] == 0
+    datas = {split: _data_for(args, ck, split) for split in splits}  # every input checked before any work
+    for x, y, info in datas.values():
+        if info.get("dataset") == "file":
+            check_data(ck, x, y, info)
     with overall(len(splits) * len(metric_names), command, show) as bar:
         for split in splits:
-            data = _data_for(args, ck, split)
+            data = datas[split]
             lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
             for name in metric_names:
                 store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
@@ -296,7 +305,7 @@ def cmd_compare(args):
     if args.group and args.checkpoints:
         raise FlatlensError("give either checkpoints or --group NAME CKPT..., not both")
     cache = ResultCache(None if args.no_cache else os.path.join(args.results, "cache"))
-    kw = dict(cache=cache, device=args.device, data_file=args.data, progress=not args.quiet)
+    kw = dict(cache=cache, device=args.device, data_file=args.data, progress=args.progress)
     if args.group:
         groups = {}
         for g in args.group:
@@ -322,7 +331,7 @@ def cmd_reproduce(args):
     from .reproduce import run
     if args.jobs < 1:
         raise FlatlensError(f"--jobs must be >= 1; got {args.jobs}")
-    res = run(args.out, quick=args.quick, device=args.device, quiet=args.quiet, jobs=args.jobs)
+    res = run(args.out, quick=args.quick, device=args.device, quiet=not args.progress, jobs=args.jobs)
     _out(args, f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')} and "
                f"{len(res.figures)} figure files in {os.path.join(args.out, 'figures')} "
                f"({res.seconds['total']:.0f} s)")
@@ -339,9 +348,11 @@ def cmd_figures(args):
 
 
 def cmd_report(args):
-    from .report import update_readme, write_report
+    from .report import read_readme, update_readme, write_report
     from .reproduce import load_run
     run = load_run(args.results)
+    if args.readme:
+        read_readme(args.readme)  # its markers checked before the report is written
     folder = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
     out = args.out or os.path.join(folder, "report.md")
     write_report(run, out)
@@ -577,7 +588,9 @@ def _preflight(args) -> None:
         folders.append(("--out", args.out))
     elif args.command == "figures" and args.out:
         folders.append(("--out", args.out))
-    elif args.command == "report":
+    if args.command in ("report", "figures"):
+        inputs.append(os.path.join(args.results, "results.json") if os.path.isdir(args.results) else args.results)
+    if args.command == "report":
         if args.out:
             files.append(("--out", args.out))
         if args.readme:
@@ -610,7 +623,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (exit 2), --help and --version (exit 0): a code, not an exception
         return e.code if isinstance(e.code, int) else 0
-    if args.quiet or os.environ.get("FLATLENS_QUIET"):
+    # progress lines: off with --quiet (which also silences messages) or FLATLENS_QUIET (progress only)
+    args.progress = not (args.quiet or os.environ.get("FLATLENS_QUIET"))
+    if not args.progress:
         os.environ["TQDM_DISABLE"] = "1"
     try:
         _preflight(args)

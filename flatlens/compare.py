@@ -26,7 +26,7 @@ from . import metrics as M
 from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
-from .measure import MetricRecord, load_data_file, measure, select_data, versions
+from .measure import MetricRecord, check_data, load_data_file, measure, select_data, versions
 from .progress import overall
 from .results import Result, register
 
@@ -157,11 +157,17 @@ def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_f
     for name in metric_names:
         M.get(name)
     steps = _qnoise_steps(ckpts, settings)
+    datas = {}
+    for split in splits:  # every input checked before any work
+        datas[split] = load_data_file(data_file) if data_file else select_data(
+            ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
+        if data_file:
+            for c in ckpts:
+                check_data(c, *datas[split])
     out = {}
     with overall(len(splits) * len(metric_names) * len(ckpts), "compare", progress) as bar:
         for split in splits:
-            data = load_data_file(data_file) if data_file else select_data(
-                ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
+            data = datas[split]
             for name in metric_names:
                 out[(split, name)] = []
                 for c in ckpts:

@@ -290,17 +290,25 @@ def _first_rows(run, split, metric):
     return []
 
 
-def update_readme(run, readme_path: str) -> str:
-    """Replace the README's generated summary block (between its two markers) with this run's."""
+_BLOCK = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+
+
+def read_readme(readme_path: str) -> str:
+    """A README that holds the generated-summary markers (checked before anything is written)."""
     try:
         with open(readme_path, encoding="utf-8") as fh:
             text = fh.read()
-    except OSError as e:
-        raise FlatlensError(f"{readme_path}: cannot read ({e.strerror})") from None
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlatlensError(f"{readme_path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not _BLOCK.search(text):
         raise FlatlensError(f"{readme_path}: no generated-summary markers ({README_START} ... {README_END})")
-    new = pattern.sub(lambda _: README_START + "\n" + readme_block(run) + "\n" + README_END, text)
+    return text
+
+
+def update_readme(run, readme_path: str) -> str:
+    """Replace the README's generated summary block (between its two markers) with this run's."""
+    text = read_readme(readme_path)
+    new = _BLOCK.sub(lambda _: README_START + "\n" + readme_block(run) + "\n" + README_END, text)
     atomic_write_text(readme_path, new)
     return new
 

@@ -239,9 +239,10 @@ def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
         try:
             with open(plan_file) as fh:
                 old = json.load(fh)
-        except ValueError:
-            old = None
-        if old is not None and old != plan_dict:
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise FlatlensError(f"{plan_file} is damaged; use another --out (or remove it if that folder is "
+                                "yours to discard)") from None
+        if old != plan_dict:
             raise FlatlensError(f"{out} holds a run with another plan ({'quick' if not quick else 'full'}, or an "
                                 "older flatlens?); use another --out")
     atomic_write_text(plan_file, json.dumps(plan_dict, indent=1))

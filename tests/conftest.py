@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("FLATLENS_QUIET", "1")
+# the evaluator's recorded layout picks go to a throwaway folder, not the user's ~/.cache
+os.environ.setdefault("FLATLENS_CACHE_DIR", tempfile.mkdtemp(prefix="flatlens-test-cache-"))
 torch.set_num_threads(2)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import workers
-from flatlens import FlatlensError, landscape, sharpness
+from flatlens import landscape, sharpness
 
 
 def _free_port():

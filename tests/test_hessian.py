@@ -186,3 +186,22 @@ def test_scaled_hessian_is_s_h_s_and_its_trace_is_the_step_weighted_diagonal():
     exact = float((s ** 2 * torch.diagonal(obj.hessian)).sum())
     t = hessian.trace(op, rtol=0.01, seed=0, per_layer=False)
     assert t.ci95[0] <= exact <= t.ci95[1] and op.describe()["operator"].startswith("S H S")
+
+
+def test_limits_mean_what_they_say():
+    obj = toys.quadratic(SPREAD, seed=0)
+    for bad in (float("nan"), -1.0, 0.0):
+        with pytest.raises(FlatlensError, match="tol"):
+            hessian.top_eigenvalues(obj, 1, tol=bad)
+    with pytest.raises(FlatlensError, match="max_hvp"):
+        hessian.top_eigenvalues(obj, 1, max_hvp=0)
+    with pytest.raises(FlatlensError, match="max_hvp"):
+        hessian.top_eigenvalues(obj, 1, max_hvp=1)  # once ran 21 HVPs
+    r = hessian.top_eigenvalues(obj, 2, tol=1e-12, max_hvp=60)
+    assert r.n_hvp <= 60 + 2  # the budget, plus one HVP per eigenvalue for its residual bound
+    for bad in (float("nan"), 0.0, -0.1):
+        with pytest.raises(FlatlensError, match="rtol"):
+            hessian.trace(obj, rtol=bad)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(FlatlensError, match="sigma"):
+            hessian.density(obj, n_iter=5, n_runs=2, sigma=bad)

@@ -178,3 +178,25 @@ def test_evaluator_accuracy_follows_the_objectives_classification_rule():
     cls = Objective(model, nn.CrossEntropyLoss(), (x, torch.randint(0, 3, (16,))))
     _, acc = landscape.Evaluator(cls, strategy="loop")(torch.zeros(1, cls.num_params, dtype=torch.float64))
     assert acc is not None and float(acc[0]) == pytest.approx(cls.accuracy())
+
+
+def test_auto_pick_is_recorded_and_reused_so_reruns_give_identical_numbers(monkeypatch):
+    from flatlens.landscape import evaluator as ev_mod
+    from nets import image_data, tiny_cnn
+    from flatlens import Objective
+    from torch import nn
+    x, y = image_data(n=200, dtype=torch.float32)
+    obj = Objective(tiny_cnn(dtype=torch.float32), nn.CrossEntropyLoss(), (x, y))
+    D = landscape.DirectionSpace(obj, "filter").make(0, range(4))
+    monkeypatch.setattr(ev_mod, "_PICKS", {})
+    first = landscape.Evaluator(obj)(D)[0]
+    assert len(ev_mod._stored_picks()) >= 1
+    # a new process (simulated: the in-memory picks forgotten) must not re-time: it reads the recorded pick
+
+    def no_timing(*a, **k):
+        raise AssertionError("re-timed instead of reusing the recorded pick")
+
+    monkeypatch.setattr(ev_mod, "_PICKS", {})
+    monkeypatch.setattr(ev_mod.Evaluator, "_time_prefix", no_timing)
+    again = landscape.Evaluator(obj)
+    assert torch.equal(again(D)[0], first) and again.describe()["calibration"]["reused"]

@@ -14,18 +14,55 @@ the digits CNN 3x slower than the loop). Re-cut batches are used only when they 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
 import time
 
 import torch
 from torch.func import functional_call, vmap
 
-from .._util import FlatlensError
+from .._util import FlatlensError, atomic_write_text
 from ..objective import Objective
 
 STRATEGIES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "tf32", "bf16")
 _PICKS: dict = {}  # calibration results per (model, size, device, dtype, precision, batch shapes)
+
+
+# `auto` picks a layout by timing, and layouts differ in float summation order (up to ~1e-5 relative). So that
+# two runs on one machine (or a resumed run) give the same numbers, the first pick of a model shape on a
+# machine is recorded on disk and reused: $FLATLENS_CACHE_DIR (default ~/.cache/flatlens)/evaluator-picks.json.
+def _picks_file() -> str:
+    folder = os.environ.get("FLATLENS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "flatlens")
+    return os.path.join(folder, "evaluator-picks.json")
+
+
+def _pick_key(sig) -> str:
+    import platform
+    machine = (platform.node(), platform.machine(), platform.processor(), os.cpu_count(), torch.__version__,
+               torch.get_num_threads())
+    return hashlib.sha256(repr((sig, machine)).encode()).hexdigest()[:24]
+
+
+def _stored_picks() -> dict:
+    try:
+        with open(_picks_file()) as fh:
+            d = json.load(fh)
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _store_pick(key: str, pick: dict) -> None:
+    picks = _stored_picks()
+    picks[key] = {k: v for k, v in pick.items() if k != "seconds_per_point"} | {
+        "seconds_per_point": {k: (None if math.isinf(v) else v) for k, v in pick["seconds_per_point"].items()}}
+    try:
+        atomic_write_text(_picks_file(), json.dumps(picks, indent=1))
+    except FlatlensError:
+        pass  # a read-only home: the pick holds for this process only
 
 
 def _wide(out: torch.Tensor) -> torch.Tensor:
@@ -234,6 +271,10 @@ class Evaluator:
     def _calibrate(self) -> None:
         obj = self.obj
         sig = self._signature()
+        if sig not in _PICKS:
+            stored = _stored_picks().get(_pick_key(sig))
+            if stored is not None:
+                _PICKS[sig] = stored
         if sig in _PICKS:
             pick = _PICKS[sig]
             self.calibration = {**pick, "reused": True}
@@ -279,6 +320,7 @@ class Evaluator:
                 "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
                 "vmap_chunk": self._chunk}
         _PICKS[sig] = pick
+        _store_pick(_pick_key(sig), pick)
         self.calibration = dict(pick)
         self.strategy = strategy
 

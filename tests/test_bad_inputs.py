@@ -1,0 +1,191 @@
+"""Every subcommand against bad input, table-driven: at least 15 cases each (tampered checkpoint fields, bad data
+files, absurd options, devices that do not exist, unusable output paths). Each must exit with code 2 (bad input)
+or 1 (internal error), print exactly one line on stderr and no traceback, and write or change no file."""
+import copy
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+from flatlens.checkpoint import save_checkpoint
+from flatlens.cli import main
+from flatlens.data import rotated_digits
+from flatlens.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Good and tampered checkpoints, data files and results files, in one folder."""
+    d = tmp_path_factory.mktemp("bad")
+    data = rotated_digits()
+    ck = {}
+    for name, bits in (("fp", None), ("q4", 4)):
+        ck[name] = train(TrainConfig(steps=4, eval_every=4, quant_start=2, bits=bits, arch_kwargs={"width": 2}),
+                         str(d / f"{name}.pt"), quiet=True, data=data)
+
+    def tampered(name, edit, base="q4"):
+        c = copy.deepcopy({k: v for k, v in ck[base].items() if k not in ("format", "version")})
+        edit(c)
+        save_checkpoint(d / f"{name}.pt", c)
+
+    tampered("kw_string", lambda c: c["arch"].__setitem__("kwargs", "width=8"))
+    tampered("kw_bogus", lambda c: c["arch"]["kwargs"].__setitem__("bogus", 1))
+    tampered("width_neg", lambda c: c["arch"]["kwargs"].__setitem__("width", -3))
+    tampered("width_huge", lambda c: c["arch"]["kwargs"].__setitem__("width", 10 ** 7))
+    tampered("arch_unknown", lambda c: c["arch"].__setitem__("name", "vgg99"))
+    tampered("dom_unknown", lambda c: c["data"].__setitem__("test_domains", ["foo"]))
+    tampered("dom_empty", lambda c: c["data"].__setitem__("train_domains", []))
+    tampered("holdout", lambda c: c["data"].__setitem__("holdout", 3.0))
+    tampered("split_str", lambda c: c["data"].__setitem__("split_seed", "0"))
+    tampered("bits0", lambda c: c["quant"].__setitem__("bits", 0))
+    tampered("bits99", lambda c: c["quant"].__setitem__("bits", 99))
+    tampered("step_missing", lambda c: c["quant"]["steps"].__setitem__("nope.weight", torch.ones(1)))
+    tampered("step_zero", lambda c: c["quant"]["steps"].__setitem__(next(iter(c["quant"]["steps"])), torch.zeros(2)))
+    tampered("nan_weights", lambda c: c["state_dict"]["classifier.weight"].fill_(float("nan")))
+    tampered("no_selected", lambda c: c["metrics"].pop("selected_step"))
+    tampered("no_packed", lambda c: c["metrics"].pop("packed_bytes"))
+    (d / "text.pt").write_text("not a checkpoint\n")
+    (d / "trunc.pt").write_bytes((d / "fp.pt").read_bytes()[:500])
+    x, y = data.tensors["0"]
+    torch.save({"x": x[:10], "y": y[:9]}, d / "len.pt")
+    torch.save({"x": x[:10], "y": y[:10] + 20}, d / "range.pt")
+    torch.save({"x": x[:10], "y": y[:10].to(torch.uint8)}, d / "uint8.pt")
+    torch.save({"x": x[:10], "y": y[:10].float()}, d / "float.pt")
+    torch.save({"x": x[:10].repeat(1, 3, 1, 1), "y": y[:10]}, d / "channels.pt")
+    torch.save({"x": x[:10]}, d / "noy.pt")
+    (d / "results").mkdir()
+    (d / "results" / "results.json").write_text(json.dumps({"plan": 3}))
+    (d / "empty").mkdir()
+    (d / "empty" / "results.json").write_text("{}")
+    (d / "badjson").mkdir()
+    (d / "badjson" / "results.json").write_text("{not json")
+    (d / "dirjson").mkdir()
+    (d / "dirjson" / "results.json").mkdir()
+    (d / "listjson").mkdir()
+    (d / "listjson" / "results.json").write_text("[1, 2]")
+    (d / "a_file").write_text("x")
+    (d / "README.md").write_text("# no markers here\n")
+    (d / "run").mkdir()
+    (d / "run" / "plan.json").write_text("{damaged")
+    (d / "cfg.json").write_text('{"steps": "many"}')
+    (d / "cfg_bad.json").write_text("{oops")
+    return d
+
+
+TAMPERED = ["kw_string", "kw_bogus", "width_neg", "width_huge", "arch_unknown", "dom_unknown", "dom_empty",
+            "holdout", "split_str", "bits0", "bits99", "step_missing", "step_zero", "nan_weights", "no_selected",
+            "no_packed", "text", "trunc", "missing"]
+DATA = ["len", "range", "uint8", "float", "channels", "noy", "missing_data"]
+DEVICES = ["cuda", "tpu", "mps", "meta", "xyz"]
+
+
+def _measuring(cmd, extra=()):
+    """Cases for hessian / landscape / flatness: tampered files, data files, devices, numbers, outputs."""
+    small = ["--samples", "16"]
+    cases = [[cmd, f"{t}.pt", *small, *extra] for t in TAMPERED]
+    cases += [[cmd, "fp.pt", "--data", f"{f}.pt", *small, *extra] for f in DATA]
+    cases += [[cmd, "fp.pt", "--device", dev, *extra] for dev in DEVICES]
+    cases += [[cmd, "fp.pt", "--samples", "0", *extra], [cmd, "fp.pt", "--samples", "-1", *extra],
+              [cmd, "fp.pt", "--seed", "99999999999999999999999", *extra], [cmd, "fp.pt", "--seed", "-1", *extra],
+              [cmd, "fp.pt", "--json", "fp.pt", *small, *extra], [cmd, "fp.pt", "--json", "results", *small, *extra],
+              [cmd, "fp.pt", "--json", "a_file/out.json", *small, *extra], [cmd, "fp.pt", "--split", "val"],
+              [cmd, "fp.pt", "--bogus-flag"]]
+    return cases
+
+
+CASES = {
+    "train": [["train", "--out", "m.pt", "--lr", "nan"], ["train", "--out", "m.pt", "--lr", "-1"],
+              ["train", "--out", "m.pt", "--lr", "inf"], ["train", "--out", "m.pt", "--weight-decay", "nan"],
+              ["train", "--out", "m.pt", "--seed", "99999999999999999999999"],
+              ["train", "--out", "m.pt", "--steps", "0"], ["train", "--out", "m.pt", "--batch-size", "0"],
+              ["train", "--out", "m.pt", "--eval-every", "-5"], ["train", "--out", "m.pt", "--bits", "1"],
+              ["train", "--out", "m.pt", "--bits", "99"], ["train", "--out", "m.pt", "--width", "0"],
+              ["train", "--out", "m.pt", "--width", "100000"], ["train", "--out", "m.pt", "--test-domain", "foo"],
+              ["train", "--out", "m.pt", "--quant-start", "5"], ["train", "--out", "m.pt", "--device", "tpu"],
+              ["train", "--out", "results"], ["train", "--out", "a_file/m.pt"],
+              ["train", "--out", "m.pt", "--config", "missing.json"],
+              ["train", "--out", "m.pt", "--config", "cfg_bad.json"],
+              ["train", "--out", "m.pt", "--dataset", "mnist"],
+              ["train", "--out", "m.pt", "--bits", "4", "--quant-start", "5000", "--steps", "10"],
+              ["train", "--out", "m.pt", "--config", "cfg.json"], ["train"]],
+    "evaluate": [["evaluate", f"{t}.pt"] for t in TAMPERED] + [["evaluate", "fp.pt", "--json", "fp.pt"],
+                                                                 ["evaluate", "fp.pt", "--device", "tpu"]],
+    "ensemble": [["ensemble", "fp.pt", f"{t}.pt"] for t in TAMPERED]
+    + [["ensemble", "fp.pt", "q4.pt", "--device", d] for d in DEVICES]
+    + [["ensemble", "fp.pt", "q4.pt", "--json", "q4.pt"], ["ensemble", "fp.pt", "--split", "all"]],
+    "hessian": _measuring("hessian") + [["hessian", "fp.pt", "--metric", "hessian-eig", "--tol", "nan"],
+                                        ["hessian", "fp.pt", "--metric", "hessian-trace", "--rtol", "nan"],
+                                        ["hessian", "fp.pt", "--metric", "hessian-eig", "--max-hvp", "0"],
+                                        ["hessian", "fp.pt", "--metric", "hessian-eig", "--tol", "-1"],
+                                        ["hessian", "fp.pt", "--metric", "eig"]],
+    "landscape": _measuring("landscape") + [["landscape", "fp.pt", "--points", "0"],
+                                            ["landscape", "fp.pt", "--range", "1", "-1"],
+                                            ["landscape", "fp.pt", "--range", "nan", "1"],
+                                            ["landscape", "fp.pt", "--npz", "fp.pt", "--samples", "16"],
+                                            ["landscape", "fp.pt", "--resume-dir", "a_file", "--samples", "16"],
+                                            ["landscape", "fp.pt", "--directions", "0"]],
+    "flatness": _measuring("flatness") + [["flatness", "fp.pt", "--radii", "-1"],
+                                          ["flatness", "fp.pt", "--radii", "nan"],
+                                          ["flatness", "fp.pt", "--directions", "0"],
+                                          ["flatness", "fp.pt", "--radii", "1e30", "--directions", "2",
+                                           "--samples", "16", "--split", "train"],
+                                          ["flatness", "fp.pt", "--resume-dir", "a_file"]],
+    "compare": [["compare", "fp.pt", f"{t}.pt", "--no-cache", "--samples", "16"] for t in TAMPERED]
+    + [["compare", "fp.pt", "q4.pt", "--data", f"{f}.pt", "--no-cache", "--samples", "16"] for f in DATA]
+    + [["compare", "fp.pt", "q4.pt", "--device", d] for d in DEVICES]
+    + [["compare", "fp.pt", "q4.pt", "--json", "q4.pt"], ["compare", "fp.pt", "q4.pt", "--csv", "fp.pt"],
+       ["compare", "fp.pt", "q4.pt", "--plot", "x.bogus"], ["compare", "fp.pt", "q4.pt", "--directions", "0"],
+       ["compare", "fp.pt", "q4.pt", "--metric", "flatness", "--radii", "nan"],
+       ["compare", "fp.pt", "q4.pt", "--json", "o.json", "--csv", "o.json"],
+       ["compare", "fp.pt", "q4.pt", "--results", "a_file"], ["compare"],
+       ["compare", "--group", "a", "fp.pt", "--group", "b", "q4.pt"],
+       ["compare", "fp.pt", "--group", "a", "fp.pt", "q4.pt"], ["compare", "fp.pt", "q4.pt", "--qnoise-bits", "1"],
+       ["compare", "fp.pt", "fp.pt", "--metric", "qnoise", "--qnoise-steps", "learned", "--no-cache"]],
+    "reproduce": [["reproduce", "--jobs", "0"], ["reproduce", "--jobs", "-1"], ["reproduce", "--jobs", "x"],
+                  ["reproduce", "--jobs", "1.5"], ["reproduce", "--out", "a_file"],
+                  ["reproduce", "--out", "a_file/run"], ["reproduce", "--out", "run", "--quick"]]
+    + [["reproduce", "--quick", "--out", "r2", "--device", d] for d in DEVICES]
+    + [["reproduce", "--bogus"], ["reproduce", "--quick", "--out", "r3", "--jobs", "0"],
+       ["reproduce", "--out", "run"]],
+    "figures": [["figures", "--results", r] for r in ("missing", "empty", "results", "badjson", "dirjson",
+                                                       "listjson", "a_file", "results/results.json", "README.md")]
+    + [["figures", "--results", "results", "--formats", "bogus"], ["figures", "--results", "results", "--out", "a_file"],
+       ["figures", "--results", "results", "--out", "a_file/x"], ["figures", "--bogus"],
+       ["figures", "--results", "empty", "--out", "figs"], ["figures", "--results", "badjson", "--formats", "png"]],
+    "report": [["report", "--results", r] for r in ("missing", "empty", "results", "badjson", "dirjson", "listjson",
+                                                     "a_file", "README.md")]
+    + [["report", "--results", "results", "--out", "results"], ["report", "--results", "results", "--out", "a_file/x"],
+       ["report", "--results", "results", "--readme", "missing.md"],
+       ["report", "--results", "results", "--readme", "README.md"], ["report", "--bogus"],
+       ["report", "--results", "empty", "--out", "r.md"], ["report", "--results", "empty/results.json",
+                                                            "--out", "empty/results.json"]],
+}
+
+
+def _snapshot(folder):
+    out = {}
+    for dp, dn, fs in os.walk(folder):
+        for f in fs:
+            p = os.path.join(dp, f)
+            out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+        for dname in dn:
+            out[os.path.join(dp, dname)] = "dir"
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_every_bad_input_is_refused_in_one_line_and_changes_nothing(command, world, capsys, monkeypatch):
+    cases = CASES[command]
+    assert len(cases) >= 15, f"{command} has only {len(cases)} cases"
+    monkeypatch.chdir(world)
+    for args in cases:
+        before = _snapshot(world)
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code in (1, 2), (args, code, err)
+        assert err.count("\n") == 1 and err.startswith("flatlens: error:") or err.startswith("flatlens: internal"), \
+            (args, err)
+        assert "Traceback" not in err, (args, err)
+        assert _snapshot(world) == before, (args, "a file was written or changed")
