@@ -215,3 +215,23 @@ def test_workers_die_with_a_sigkilled_parent(tmp_path):
     while time.time() < deadline and any(_alive(k) for k in kids):
         time.sleep(0.2)
     assert not any(_alive(k) for k in kids)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "flatlens", "reproduce", "--quick", "--out", str(tmp_path / "r"),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    kids = []
+    while time.time() < deadline and not kids:
+        time.sleep(0.5)
+        kids = [k for k in _children(proc.pid) if "spawn_main" in open(f"/proc/{k}/cmdline").read()]
+    assert kids, "no worker started"
+    time.sleep(1)
+    os.kill(kids[0], signal.SIGKILL)  # as the out-of-memory killer would
+    out, err = proc.communicate(timeout=60)  # stops, does not hang
+    assert proc.returncode == 1 and err.count("\n") == 1 and "worker died" in err and "Traceback" not in err
