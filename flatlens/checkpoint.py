@@ -30,8 +30,9 @@ def save_checkpoint(path, ckpt: dict) -> None:
     atomic_torch_save(ckpt, path)
 
 
-def _safe_load(path):
-    """torch.load(weights_only=True) with every failure turned into one clear line."""
+def safe_load(path, allow: tuple = ()):
+    """torch.load(weights_only=True) with every failure turned into one clear line. `allow`: further harmless
+    types the file may hold (the import layer's paths and namespaces); anything else is refused unrun."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FlatlensError(f"{path}: no such file")
@@ -46,7 +47,8 @@ def _safe_load(path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(allow)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
@@ -62,8 +64,13 @@ def _safe_load(path):
 
 
 def load_checkpoint(path) -> dict:
-    """Load and validate a flatlens checkpoint; anything else gets a one-line FlatlensError."""
-    ckpt = _safe_load(path)
+    """Load and validate a flatlens checkpoint; anything else gets a one-line FlatlensError (files flatlens did
+    not write: `importers.load_any`)."""
+    return checked(path, safe_load(path))
+
+
+def checked(path, ckpt) -> dict:
+    """A safely loaded object as a validated flatlens checkpoint (its path and content hash added)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FlatlensError(f"{path}: not a flatlens checkpoint (another format)")
     if ckpt.get("version") != VERSION:
@@ -98,9 +105,7 @@ def validate(ckpt: dict) -> None:
     """The whole schema, before anything is built from it: types and ranges, an architecture flatlens knows
     with arguments in range whose parameter shapes match the state dict, domains that exist for the dataset,
     quantizer steps that are finite, positive and fit their layers, finite weights, the training metrics."""
-    from .data import ANGLES, DATASETS, DOMAINBED
     from .models import check_arch
-    from .quant.lsq import qrange
     sd = ckpt["state_dict"]
     _need(isinstance(sd, dict) and sd and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in sd.items()), "state_dict is not a non-empty name -> tensor map")
@@ -111,7 +116,19 @@ def validate(ckpt: dict) -> None:
     kwargs = arch.get("kwargs", {})
     check_arch(arch["name"], kwargs)
     _check_shapes(arch["name"], kwargs, sd)
+    imported = isinstance(ckpt.get("provenance"), dict)
     data = ckpt["data"]
+    if data is not None or not imported:
+        _validate_data(data)
+    _validate_quant(ckpt["quant"], sd)
+    _need(isinstance(ckpt["history"], list), "history is not a list")
+    _need(isinstance(ckpt["train"], dict), "train is not a mapping")
+    if ckpt["metrics"] is not None or not imported:  # imported files record no training metrics
+        _validate_metrics(ckpt["metrics"])
+
+
+def _validate_data(data) -> None:
+    from .data import ANGLES, DATASETS, DOMAINBED, SPLIT_RULES
     _need(isinstance(data, dict), "data is not a mapping")
     ds = data.get("dataset")
     _need(ds in DATASETS, f"unknown dataset {ds!r} ({', '.join(DATASETS)})")
@@ -128,12 +145,19 @@ def validate(ckpt: dict) -> None:
     h = data.get("holdout", 0.2)
     _need(isinstance(h, float) and 0 < h < 1, f"data.holdout must lie in (0, 1); got {h!r}")
     _need(data.get("root") is None or isinstance(data["root"], str), "data.root is not a path")
-    q = ckpt["quant"]
+    _need(data.get("split_rule", "flatlens") in SPLIT_RULES, f"data.split_rule must be one of {SPLIT_RULES}")
+    size = data.get("image_size")
+    _need(size is None or (_is_int(size) and 8 <= size <= 1024), f"data.image_size {size!r} is not in [8, 1024]")
+
+
+def _validate_quant(q, sd) -> None:
+    from .quant.lsq import qrange
     if q is not None:
         _need(isinstance(q, dict) and isinstance(q.get("steps"), dict) and q["steps"], "quant has no steps")
         _need(_is_int(q.get("bits")), f"quant.bits is not an integer; got {q.get('bits')!r}")
         qrange(q["bits"])
-        _need(_is_int(q.get("start_step")) and q["start_step"] >= 0, "quant.start_step is not a step number")
+        _need(q.get("start_step") is None or (_is_int(q["start_step"]) and q["start_step"] >= 0),
+              "quant.start_step is not a step number")
         for name, step in q["steps"].items():
             _need(isinstance(name, str) and name in sd, f"quantizer step for {name!r}, which is not a weight")
             _need(isinstance(step, torch.Tensor) and step.is_floating_point(), f"step of {name} is not a tensor")
@@ -142,9 +166,9 @@ def validate(ckpt: dict) -> None:
                                                    f"{w.shape[0]} (one per output channel)")
             _need(bool(torch.isfinite(step).all()) and bool((step > 0).all()),
                   f"step of {name} is not finite and positive")
-    _need(isinstance(ckpt["history"], list), "history is not a list")
-    _need(isinstance(ckpt["train"], dict), "train is not a mapping")
-    m = ckpt["metrics"]
+
+
+def _validate_metrics(m) -> None:
     _need(isinstance(m, dict), "metrics is not a mapping")
     for k, tp in METRIC_TYPES.items():
         v = m.get(k)

@@ -43,6 +43,13 @@ def _data_for(args, ckpt, split):
                        args.seed if args.seed is not None else common.seed)
 
 
+def _load(args, path) -> dict:
+    """A flatlens checkpoint, or a foreign one (DomainBed / QT-DoG / SWAD, torchvision, --model) converted by
+    the import layer with the command's import options."""
+    from .importers import load_any
+    return load_any(path, _import_opts_from(args), args.format or "auto")
+
+
 def _device(args) -> str:
     """--device checked before any work: exists and is available here (one line naming those that are)."""
     from ._util import resolve_device
@@ -118,34 +125,37 @@ def _config_from_file(path):
 
 def cmd_evaluate(args):
     """Evaluates the checkpoint's model now (every domain's accuracy), beside what training recorded."""
-    from .checkpoint import load_checkpoint
     from .train import ensemble_accuracy
-    ck = load_checkpoint(args.checkpoint)
+    ck = _load(args, args.checkpoint)
     device = _device(args)
-    m = ck["metrics"]
+    m = ck["metrics"] or {}
     q = ck["quant"]
-    now = ensemble_accuracy([ck], split="both", device=device)["ensemble"]
-    lines = [f"{args.checkpoint}: {ck['arch']['name']}, " + (f"{q['bits']}-bit QAT from step {q['start_step']}"
-                                                             if q else "full precision")
-             + f", {ck['data']['dataset']}, test domain(s) {', '.join(ck['data']['test_domains'])}, "
-               f"selected step {m['selected_step']}; accuracy measured now (recorded at training)"]
-    for key, acc in now.items():
+    now = ensemble_accuracy([ck], split="both", device=device)
+    src = f", imported from {ck['provenance']['source_format']}" if ck.get("provenance") else ""
+    qat = (f"{q['bits']}-bit QAT" + (f" from step {q['start_step']}" if q.get("start_step") is not None else "")
+           if q else "full precision")
+    lines = [f"{args.checkpoint}: {ck['arch']['name']}{src}, {qat}"
+             + f", {ck['data']['dataset']}, test domain(s) {', '.join(ck['data']['test_domains'])}"
+             + (f", selected step {m['selected_step']}" if m else "")
+             + "; accuracy measured now" + (" (recorded at training)" if m else "")]
+    for key, acc in now["ensemble"].items():
         kind, d = key.split(":", 1)
-        rec = m["val_acc" if kind == "val" else "test_acc"].get(d)
+        rec = m.get("val_acc" if kind == "val" else "test_acc", {}).get(d)
         label = "in-domain validation" if kind == "val" else "out-of-domain test"
         lines.append(f"  {label:21} {d:>14}: {100 * acc:6.2f} %" + (f"  ({100 * rec:.2f} %)" if rec is not None
                                                                      else ""))
-    lines.append(f"  size: {m['packed_bytes']} bytes packed vs {m['fp32_bytes']} fp32 ({m['size_ratio']:.3f} x)")
+    lines.append(f"  size: {now['packed_bytes']} bytes packed vs {now['fp32_bytes_one_model']} fp32 "
+                 f"({now['packed_bytes'] / now['fp32_bytes_one_model']:.3f} x)")
     _out(args, "\n".join(lines))
     if args.json:
-        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck["sha256"], "accuracy_now": now,
-                                "recorded": m})
+        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck["sha256"],
+                                "accuracy_now": now["ensemble"], "recorded": m or None,
+                                "provenance": ck.get("provenance")})
 
 
 def cmd_ensemble(args):
-    from .checkpoint import load_checkpoint
     from .train import ensemble_accuracy
-    cks = [load_checkpoint(p) for p in args.checkpoints]
+    cks = [_load(args, p) for p in args.checkpoints]
     res = ensemble_accuracy(cks, split=args.split, device=args.device)
     lines = [f"EoQ ensemble of {len(cks)} models ({args.split} split):"]
     for k, v in res["ensemble"].items():
@@ -225,14 +235,14 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
                      points_sharded: bool = False) -> MeasurementRun:
     """Measure each metric on each split through `measure`; print the rows; write the typed records.
     points_sharded: the metrics shard perturbation points over torch.distributed ranks under torchrun."""
-    from .checkpoint import load_checkpoint, weights_label
+    from .checkpoint import weights_label
     from .landscape.runner import dist_info, init_distributed
     from .measure import check_data, measure
     from .progress import overall
     settings = _settings(args, metric_names)
     if points_sharded:
         init_distributed()
-    ck = load_checkpoint(args.checkpoint)
+    ck = _load(args, args.checkpoint)
     records = []
     splits = _splits(args.split)
     show = args.progress and dist_info()[0] == 0
@@ -298,7 +308,6 @@ def cmd_flatness(args):
 
 def cmd_compare(args):
     from .cache import ResultCache
-    from .checkpoint import load_checkpoint
     from .compare import compare, compare_groups, format_table, write_outputs
     names = M.names() if args.metric == "all" else [args.metric]
     settings = _settings(args, names)
@@ -313,18 +322,43 @@ def cmd_compare(args):
                 raise FlatlensError(f"--group {g[0]}: give the group's name, then its checkpoints")
             if g[0] in groups:
                 raise FlatlensError(f"group {g[0]!r} given twice")
-            groups[g[0]] = [load_checkpoint(p) for p in g[1:]]
+            groups[g[0]] = [_load(args, p) for p in g[1:]]
         rep = compare_groups(groups, names, _splits(args.split), settings, **kw)
     else:
         if not args.checkpoints:
             raise FlatlensError("compare needs checkpoints (A.pt B.pt ...) or --group NAME CKPT... twice")
-        rep = compare([load_checkpoint(p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
+        rep = compare([_load(args, p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
     _out(args, format_table(rep))
     _out(args, f"cache: {rep.cache['hits']} hits, {rep.cache['misses']} computed")
     write_outputs(rep, json_path=args.json, csv_path=args.csv)
     if args.plot:
         from .plots import plot_compare
         plot_compare(rep, args.plot)
+
+
+def cmd_import(args):
+    from .importers import import_to_file
+    if args.model:
+        raise FlatlensError("--model checkpoints are rebuilt by running your code: measure them directly with "
+                            "--model (a flatlens checkpoint must load without running code)")
+    ck = _load(args, args.checkpoint)
+    if not ck.get("provenance"):
+        raise FlatlensError(f"{args.checkpoint} is a flatlens checkpoint already")
+    import_to_file(args.checkpoint, args.out, _import_opts_from(args), args.format or "auto")
+    p, q, d = ck["provenance"], ck["quant"], ck["data"]
+    _out(args, f"wrote {args.out}: {p['source_format']} -> {ck['arch']['name']} ({ck['arch']['kwargs']}), "
+               + (f"{q['bits']}-bit QAT steps on {len(q['steps'])} layers" if q else "full precision")
+               + (f", {d['dataset']} with test domain(s) {', '.join(d['test_domains'])} ({d['split_rule']} split)"
+                  if d else ", no data protocol (measure with --data FILE)")
+               + f"; mapping {p['mapping']}; source sha256 {p['source_sha256'][:16]}")
+
+
+def _import_opts_from(args):
+    from .importers import ImportOptions
+    return ImportOptions(bits=args.bits if args.bits is not None else 7, state=args.state, arch=args.arch,
+                         num_classes=args.num_classes, model=args.model, dataset=args.dataset,
+                         data_root=args.data_root, test_domains=list(args.test_domain or []),
+                         image_size=args.image_size)
 
 
 def cmd_reproduce(args):
@@ -402,6 +436,25 @@ def _setting_flags(p, metric_names):
         p.add_argument(flag, **kw)
 
 
+def _import_flags(p, *, arch=True, data=True):
+    """How to read checkpoints flatlens did not write (see `flatlens import --help`)."""
+    from .importers import FORMATS
+    g = p.add_argument_group("checkpoints flatlens did not write")
+    g.add_argument("--format", choices=["auto", "flatlens", *FORMATS], default="auto",
+                   help="(default %(default)s: detected)")
+    g.add_argument("--bits", type=int, help="QT-DoG files: the weight bits (not in the file; default 7)")
+    g.add_argument("--state", help="which model of a file holding several (network, network_sma, ...)")
+    if arch:
+        g.add_argument("--arch", choices=["resnet18", "resnet50"], help="a torchvision state dict's ResNet")
+    g.add_argument("--num-classes", type=int, help="a torchvision state dict's classes (checked)")
+    g.add_argument("--model", help="package.module:factory building your own model (its code runs)")
+    if data:
+        g.add_argument("--dataset", help="the data protocol of a file that records none (pacs, vlcs, ...)")
+        g.add_argument("--data-root", help="where the DomainBed images are (default: the file's data_dir)")
+        g.add_argument("--test-domain", action="append", help="held-out domain (repeatable)")
+    g.add_argument("--image-size", type=int, help="DomainBed images: side in pixels (default 224)")
+
+
 def _measure_args(p, split_default="train"):
     p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
     p.add_argument("--split", choices=["train", "test", "both"], default=split_default,
@@ -410,6 +463,7 @@ def _measure_args(p, split_default="train"):
     p.add_argument("--data", help="a torch file {'x': tensor, 'y': tensor} to use instead of the checkpoint's data")
     p.add_argument("--device", default="cpu", help="(default %(default)s)")
     p.add_argument("--json", help="write every record (rows, full results, settings) as JSON here")
+    _import_flags(p)
 
 
 def _cost(names) -> str:
@@ -462,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--device", default="cpu", help="(default %(default)s)")
     e.add_argument("--json", help="write the accuracies (now and recorded) as JSON here")
+    _import_flags(e)
     e.set_defaults(fn=cmd_evaluate)
 
     en = sub.add_parser("ensemble", help="EoQ: accuracy of the averaged outputs of several checkpoints")
@@ -469,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--split", choices=["test", "val", "both"], default="test", help="(default %(default)s)")
     en.add_argument("--device", default="cpu", help="(default %(default)s)")
     en.add_argument("--json", help="write the accuracies as JSON here")
+    _import_flags(en)
     en.set_defaults(fn=cmd_ensemble)
 
     hess = M.names("hessian")
@@ -522,7 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", help="write the table as CSV here")
     c.add_argument("--plot", help="PNG/PDF/SVG of each value with its interval")
     c.add_argument("--device", default="cpu", help="(default %(default)s)")
+    _import_flags(c)
     c.set_defaults(fn=cmd_compare)
+
+    im = sub.add_parser("import", help="convert a DomainBed / QT-DoG / SWAD file or a torchvision state dict into "
+                                       "a flatlens checkpoint, provenance recorded")
+    im.add_argument("checkpoint", help="the foreign file")
+    im.add_argument("--out", required=True, help="the flatlens checkpoint to write")
+    _import_flags(im)
+    im.set_defaults(fn=cmd_import)
 
     r = sub.add_parser("reproduce", help="the paper's question end to end on rotated digits (the main job)")
     r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 2 min)")
@@ -582,7 +646,7 @@ def _preflight(args) -> None:
                           + [getattr(args, "data", None), getattr(args, "config", None)]) if p]
     files = [(f"--{k}", getattr(args, k)) for k in ("json", "csv", "plot", "npz") if getattr(args, k, None)]
     folders = [("--resume-dir", args.resume_dir)] if getattr(args, "resume_dir", None) else []
-    if args.command == "train":
+    if args.command in ("train", "import"):
         files.append(("--out", args.out))
     elif args.command == "reproduce":
         folders.append(("--out", args.out))

@@ -16,8 +16,7 @@ from . import __version__
 from . import metrics as M
 from ._util import FlatlensError
 from .checkpoint import build_model, weights_label
-from .data import load as load_data
-from .data import split_indices
+from .data import for_protocol, protocol_split
 from .data.domains import gather
 from .objective import Objective
 from .progress import measurement as progress_line
@@ -30,11 +29,14 @@ def select_data(meta: dict, split: str, samples: int, seed: int):
     it trained on), 'test' = the held-out domain(s). A seeded subset of `samples` (all if fewer)."""
     if split not in ("train", "test"):
         raise FlatlensError(f"split must be train or test; got {split!r}")
-    data = load_data(meta["dataset"], meta.get("root"), seed=meta["split_seed"])
+    if meta is None:
+        raise FlatlensError("this checkpoint records no data protocol (an imported state dict): pass --data FILE, "
+                            "or --dataset NAME --data-root DIR --test-domain D")
+    data = for_protocol(meta)
     pool = []
     if split == "train":
         for d in meta["train_domains"]:
-            idx_in, _ = split_indices(data.size(d), data.index(d), meta["split_seed"], meta.get("holdout", 0.2))
+            idx_in, _ = protocol_split(meta, data, d)
             pool += [(d, int(i)) for i in idx_in]
     else:
         for d in meta["test_domains"]:

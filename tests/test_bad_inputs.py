@@ -66,6 +66,13 @@ def world(tmp_path_factory):
     (d / "listjson").mkdir()
     (d / "listjson" / "results.json").write_text("[1, 2]")
     (d / "a_file").write_text("x")
+    torch.save({"fc.weight": torch.ones(2, 4), "fc.bias": torch.zeros(2)}, d / "sd.pt")  # a state dict, no conv1
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch PWNED",))
+
+    torch.save({"args": {"x": Evil()}, "model_dict": {}}, d / "evil.pth")
     (d / "README.md").write_text("# no markers here\n")
     (d / "run").mkdir()
     (d / "run" / "plan.json").write_text("{damaged")
@@ -149,6 +156,12 @@ CASES = {
     + [["reproduce", "--quick", "--out", "r2", "--device", d] for d in DEVICES]
     + [["reproduce", "--bogus"], ["reproduce", "--quick", "--out", "r3", "--jobs", "0"],
        ["reproduce", "--out", "run"]],
+    "import": [["import", f"{t}.pt", "--out", "o.pt"] for t in ("text", "trunc", "missing", "fp", "q4")]
+    + [["import", "sd.pt", "--out", "o.pt", *extra] for extra in (
+        [], ["--arch", "resnet50"], ["--format", "domainbed"], ["--format", "bogus"], ["--model", "not a spec"],
+        ["--model", "os:system"], ["--arch", "resnet18", "--num-classes", "3"], ["--model", "nomodule_xyz:make"])]
+    + [["import", "sd.pt", "--out", "results"], ["import", "sd.pt", "--out", "sd.pt"], ["import", "sd.pt"],
+       ["import", "evil.pth", "--out", "o.pt"]],
     "figures": [["figures", "--results", r] for r in ("missing", "empty", "results", "badjson", "dirjson",
                                                        "listjson", "a_file", "results/results.json", "README.md")]
     + [["figures", "--results", "results", "--formats", "bogus"], ["figures", "--results", "results", "--out", "a_file"],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .._util import FlatlensError
-from .domains import DomainData, split_indices
+from .domains import SPLIT_RULES, DomainData, split_indices
 from .digits import ANGLES, rotated_digits
 
 DOMAINBED = {
@@ -29,4 +29,15 @@ def load(name: str, root: str | None = None, *, seed: int = 0, image_size: int |
     raise FlatlensError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
-__all__ = ["DomainData", "split_indices", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES"]
+def for_protocol(meta: dict) -> DomainData:
+    """The data set a checkpoint's protocol names (its `data` entry)."""
+    return load(meta["dataset"], meta.get("root"), seed=meta["split_seed"], image_size=meta.get("image_size"))
+
+
+def protocol_split(meta: dict, data: DomainData, domain: str):
+    """(in_idx, out_idx) of a source domain under the checkpoint's split rule, seed and holdout."""
+    return split_indices(data.size(domain), data.index(domain), meta["split_seed"], meta.get("holdout", 0.2),
+                         meta.get("split_rule", "flatlens"))
+
+
+__all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES"]

@@ -32,12 +32,30 @@ class DomainData:
         return len(self.get(domain, False))
 
 
-def split_indices(n: int, domain_index: int, seed: int, holdout: float = 0.2):
-    """DomainBed's split: a seeded permutation of the domain; the first `holdout` fraction is the
-    out-split (training-domain validation), the rest the in-split (training). Returns (in_idx, out_idx)."""
-    g = torch.Generator().manual_seed(derive_seed(seed, "split", domain_index))
-    perm = torch.randperm(n, generator=g)
+SPLIT_RULES = ("flatlens", "domainbed")
+
+
+def split_indices(n: int, domain_index: int, seed: int, holdout: float = 0.2, rule: str = "flatlens"):
+    """The 80/20 split of a domain: the first `holdout` fraction of a seeded permutation is the out-split
+    (training-domain validation), the rest the in-split (training). Returns (in_idx, out_idx), sorted.
+
+    rule "flatlens": torch's generator seeded per domain from (seed, "split", domain index);
+    rule "domainbed": DomainBed's own, so imported DomainBed / QT-DoG / SWAD models are measured on the data
+    they trained on: numpy's RandomState(seed_hash(trial_seed, env_i)).shuffle(range(n)), out = the first
+    int(n * holdout), with seed_hash(*a) = int(md5(str(a)).hexdigest(), 16) % 2**31 (DomainBed's misc.py)."""
     n_out = int(n * holdout)
+    if rule == "domainbed":
+        import hashlib
+        import numpy as np
+        h = int(hashlib.md5(str((seed, domain_index)).encode("utf-8")).hexdigest(), 16) % (2 ** 31)
+        keys = list(range(n))
+        np.random.RandomState(h).shuffle(keys)
+        perm = torch.as_tensor(keys)
+    elif rule == "flatlens":
+        g = torch.Generator().manual_seed(derive_seed(seed, "split", domain_index))
+        perm = torch.randperm(n, generator=g)
+    else:
+        raise FlatlensError(f"unknown split rule {rule!r} ({', '.join(SPLIT_RULES)})")
     return perm[n_out:].sort().values, perm[:n_out].sort().values
 
 

@@ -7,6 +7,34 @@ from .._util import FlatlensError
 from .small_cnn import SmallCNN, TinyMLP
 
 
+_ALLOWED_FACTORIES: set[str] = set()
+
+
+def allow_factory(spec: str) -> None:
+    """Let `module` checkpoints built by `spec` ("package.module:callable") run that code in this process.
+    Only a user's explicit --model (or this call) does so: a file that names a factory runs nothing by itself."""
+    mod, sep, name = str(spec).partition(":")
+    if not sep or not mod or not name.isidentifier():
+        raise FlatlensError(f"--model must be package.module:callable; got {spec!r}")
+    _ALLOWED_FACTORIES.add(spec)
+
+
+def _from_factory(factory: str, **_) -> nn.Module:
+    import importlib
+    if factory not in _ALLOWED_FACTORIES:
+        raise FlatlensError(f"the checkpoint is built by Python code ({factory}); pass --model {factory} to allow "
+                            "running it")
+    mod, _, name = factory.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as e:
+        raise FlatlensError(f"--model {factory}: cannot import it ({type(e).__name__}: {e})") from None
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise FlatlensError(f"--model {factory} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 # name -> (builder, {kwarg: (type, lowest, highest)}): the one list of architectures a checkpoint may name, with
 # the sane range of every constructor argument (a tampered width of 10^6 is refused, not allocated)
 ARCHS = {
@@ -16,6 +44,7 @@ ARCHS = {
                                           "num_classes": (int, 2, 100_000)}),
     "resnet18": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
     "resnet50": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
+    "module": (_from_factory, {"factory": (str, None, None)}),   # a user's own model (--model pkg.mod:make)
 }
 
 
@@ -30,6 +59,8 @@ def check_arch(name, kwargs) -> None:
         if k not in spec:
             raise FlatlensError(f"{name} takes no argument {k!r} (known: {', '.join(spec)})")
         tp, lo, hi = spec[k]
+        if tp is str and not isinstance(v, str):
+            raise FlatlensError(f"{name} argument {k} must be a string; got {v!r}")
         if tp is int and (isinstance(v, bool) or not isinstance(v, int)) or tp is bool and not isinstance(v, bool):
             raise FlatlensError(f"{name} argument {k} must be {tp.__name__}; got {v!r}")
         if tp is int and not lo <= v <= hi:
@@ -55,4 +86,4 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["SmallCNN", "TinyMLP", "ARCHS", "build", "check_arch", "freeze_batchnorm"]
+__all__ = ["SmallCNN", "TinyMLP", "ARCHS", "allow_factory", "build", "check_arch", "freeze_batchnorm"]

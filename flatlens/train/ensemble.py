@@ -5,12 +5,12 @@ import torch
 
 from .._util import FlatlensError
 from ..checkpoint import build_model
-from ..data import load, split_indices
+from ..data import for_protocol, protocol_split
 from ..data.domains import gather
 
 
 def _same(ckpts, key):
-    vals = {repr(c["data"][key]) for c in ckpts}
+    vals = {repr(c["data"].get(key)) for c in ckpts}
     return len(vals) == 1
 
 
@@ -18,11 +18,14 @@ def ensemble_accuracy(ckpts: list[dict], split: str = "test", device="cpu") -> d
     """Accuracy per domain of the ensemble and of each member; total packed size of the members."""
     if not ckpts:
         raise FlatlensError("an ensemble needs at least one checkpoint")
-    for key in ("dataset", "test_domains", "split_seed"):
+    if any(c["data"] is None for c in ckpts):
+        raise FlatlensError("a checkpoint records no data protocol (an imported state dict); import it with "
+                            "--dataset NAME --data-root DIR --test-domain D")
+    for key in ("dataset", "test_domains", "split_seed", "split_rule", "image_size"):
         if not _same(ckpts, key):
             raise FlatlensError(f"ensemble members differ in data {key}; they must share the protocol")
     meta = ckpts[0]["data"]
-    data = load(meta["dataset"], meta.get("root"), seed=meta["split_seed"])
+    data = for_protocol(meta)
     models = [build_model(c).to(device) for c in ckpts]
     sets = {}
     if split in ("test", "both"):
@@ -30,7 +33,7 @@ def ensemble_accuracy(ckpts: list[dict], split: str = "test", device="cpu") -> d
             sets[("test", d)] = torch.arange(data.size(d))
     if split in ("val", "both"):
         for d in meta["train_domains"]:
-            sets[("val", d)] = split_indices(data.size(d), data.index(d), meta["split_seed"], meta["holdout"])[1]
+            sets[("val", d)] = protocol_split(meta, data, d)[1]
     if not sets:
         raise FlatlensError(f"split must be test, val or both; got {split!r}")
     out = {"split": split, "ensemble": {}, "members": [{} for _ in models]}
@@ -46,6 +49,8 @@ def ensemble_accuracy(ckpts: list[dict], split: str = "test", device="cpu") -> d
             out["ensemble"][key] = float((torch.stack(probs).mean(0).argmax(1) == y).float().mean())
             for i, p in enumerate(probs):
                 out["members"][i][key] = float((p.argmax(1) == y).float().mean())
-    out["packed_bytes"] = int(sum(c["metrics"]["packed_bytes"] for c in ckpts))
-    out["fp32_bytes_one_model"] = int(ckpts[0]["metrics"]["fp32_bytes"])
+    from ..quant import packed_size
+    sizes = [packed_size(c["state_dict"], c["quant"]) for c in ckpts]  # computed: imported files record none
+    out["packed_bytes"] = int(sum(z["bytes"] for z in sizes))
+    out["fp32_bytes_one_model"] = int(sizes[0]["fp32_bytes"])
     return out
