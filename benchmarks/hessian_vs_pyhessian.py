@@ -6,8 +6,11 @@ ResNet-18 on 32x32 inputs where a GPU and torchvision are present. Reports
  (b) trace with the same 64 Rademacher probes (PyHessian with tol=0): wall time;
  (c) trace error per unit time: RMSE over seeds at a fixed HVP budget against a long reference,
      flatlens Hutch++ vs PyHessian Hutchinson; RMSE x wall time compared;
- (d) where PyHessian's default stopping rule (tol 1e-3) lands relative to the reference.
-Usage: python benchmarks/hessian_vs_pyhessian.py [--seeds 10] [--json out.json]
+ (d) where PyHessian's default stopping rule (tol 1e-3) lands relative to the reference;
+ (e) trace to a +-2 % 95 % CI: flatlens's adaptive Hutch++ vs Hutchinson run until the same CI (flatlens's
+     Hutchinson with the same stopping rule), wall time and HVPs;
+ (f) one HVP against one gradient (forward + backward) on the same objective.
+Usage: python benchmarks/hessian_vs_pyhessian.py [--seeds 10] [--parts abcdef] [--json out.json]
 """
 import argparse
 import json
@@ -70,6 +73,27 @@ def run(model, x, y, device, seeds, budget, label, parts="abcd", repeats=1):
     if parts == "b":
         out["b_trace_64_probes"] = trace_64(model, x, y, device, obj, repeats)
         return out
+    if "f" in parts:  # (f) one HVP against one gradient, medians of alternating repeats
+        v = torch.randn(obj.num_params, device=device)
+        obj.hvp(v)
+        obj.grad_at()
+        th, tg = [], []
+        for _ in range(max(5, repeats)):
+            th.append(timed(obj.hvp, v)[1])
+            tg.append(timed(obj.grad_at)[1])
+        out["f_hvp_vs_gradient"] = {"hvp_seconds": float(np.median(th)), "grad_seconds": float(np.median(tg)),
+                                    "ratio": float(np.median(th) / np.median(tg))}
+    if "e" in parts:  # (e) trace to a +-2 % CI, adaptive Hutch++ vs Hutchinson to the same CI
+        rows = {}
+        for method in ("hutch++", "hutchinson"):
+            obj.release_graph()
+            r, t = timed(hessian.trace, obj, method=method, rtol=0.02, max_hvp=5000, seed=7, per_layer=False)
+            rows[method] = {"seconds": t, "n_hvp": r.n_hvp, "value": r.value, "ci95": r.ci95,
+                            "converged": r.converged}
+        rows["speedup"] = rows["hutchinson"]["seconds"] / rows["hutch++"]["seconds"]
+        out["e_trace_to_2pct_ci"] = rows
+    if not set(parts) & set("acd"):
+        return out
 
     # reference values
     ref_eig = hessian.top_eigenvalues(obj, 1, tol=1e-7, max_hvp=1500).values[0]
@@ -110,7 +134,10 @@ def run(model, x, y, device, seeds, budget, label, parts="abcd", repeats=1):
     out["a_top_eigenvalue"]["speedup"] = ok["seconds"] / t
 
     # (b) trace, the same fixed 64 Rademacher probes
-    out["b_trace_64_probes"] = trace_64(model, x, y, device, obj, repeats)
+    if "b" in parts:
+        out["b_trace_64_probes"] = trace_64(model, x, y, device, obj, repeats)
+    if not set(parts) & set("cd"):
+        return out
 
     # (c) error per unit time at a fixed HVP budget, over seeds
     ours, theirs, t_ours, t_theirs, stop_err, stop_n = [], [], [], [], [], []
@@ -153,7 +180,7 @@ def main():
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--json")
     ap.add_argument("--gpu-only", action="store_true")
-    ap.add_argument("--parts", default="abcd", help="'b' alone times only the 64-probe trace")
+    ap.add_argument("--parts", default="abcdef", help="which parts; 'b' alone times only the 64-probe trace")
     ap.add_argument("--repeats", type=int, default=1, help="(b) alternating repeats; the median ratio is reported")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -174,23 +201,39 @@ def main():
             pass
     for r in results["runs"]:
         print(f"== {r['label']}: {r['num_params']} parameters, {r['n_inputs']} inputs ==")
-        b = r["b_trace_64_probes"]
-        if "a_top_eigenvalue" not in r:
+        if "f_hvp_vs_gradient" in r:
+            f = r["f_hvp_vs_gradient"]
+            print(f"(f) one HVP {1000 * f['hvp_seconds']:.0f} ms, one gradient {1000 * f['grad_seconds']:.0f} ms: "
+                  f"ratio {f['ratio']:.2f}")
+        if "e_trace_to_2pct_ci" in r:
+            e = r["e_trace_to_2pct_ci"]
+            print(f"(e) trace to a +-2 % CI: Hutch++ {e['hutch++']['seconds']:.1f} s / {e['hutch++']['n_hvp']} HVPs, "
+                  f"Hutchinson {e['hutchinson']['seconds']:.1f} s / {e['hutchinson']['n_hvp']} HVPs: "
+                  f"{e['speedup']:.1f}x")
+        if "a_top_eigenvalue" in r:
+            a = r["a_top_eigenvalue"]
+            print(f"(a) top eigenvalue to 1e-3: flatlens {a['flatlens']['seconds']:.2f} s / {a['flatlens']['n_hvp']} "
+                  f"HVPs (rel err {a['flatlens']['rel_error']:.1e}); pyhessian (tol {a['pyhessian']['tol']:g}) "
+                  f"{a['pyhessian']['seconds']:.2f} s / {a['pyhessian']['n_hvp']} HVPs (rel err "
+                  f"{a['pyhessian']['rel_error']:.1e}); speedup {a['speedup']:.2f}x")
+        if "c_trace_error_per_time" not in r and "b_trace_64_probes" not in r:
+            continue
+        b = r.get("b_trace_64_probes")
+        if "a_top_eigenvalue" not in r and b:
             print(f"(b) trace, 64 probes, {b['repeats']} alternating repeats: flatlens {b['flatlens_seconds']:.2f} s, "
                   f"pyhessian {b['pyhessian_seconds']:.2f} s (medians); speedups "
                   f"{', '.join(f'{v:.2f}' for v in b['speedups'])}, median {b['speedup']:.2f}x")
             continue
+        if "c_trace_error_per_time" not in r:
+            continue
         a, c, d = r["a_top_eigenvalue"], r["c_trace_error_per_time"], r["d_pyhessian_default_stop"]
         hm = r["hvp_seconds_each"]
         print("HVP cost: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in hm.items()))
-        print(f"(a) top eigenvalue to 1e-3: flatlens {a['flatlens']['seconds']:.2f} s / {a['flatlens']['n_hvp']} HVPs "
-              f"(rel err {a['flatlens']['rel_error']:.1e}); pyhessian (tol {a['pyhessian']['tol']:g}) "
-              f"{a['pyhessian']['seconds']:.2f} s / {a['pyhessian']['n_hvp']} HVPs (rel err "
-              f"{a['pyhessian']['rel_error']:.1e}); speedup {a['speedup']:.2f}x")
         for pr in a["pyhessian_runs"][:-1]:
             print(f"    pyhessian at tol {pr['tol']:g}: {pr['seconds']:.2f} s, {pr['n_hvp']} HVPs, rel err {pr['rel_error']:.1e}")
-        print(f"(b) trace, 64 probes: flatlens {b['flatlens_seconds']:.2f} s, pyhessian {b['pyhessian_seconds']:.2f} s;"
-              f" speedup {b['speedup']:.2f}x")
+        if b:
+            print(f"(b) trace, 64 probes: flatlens {b['flatlens_seconds']:.2f} s, pyhessian {b['pyhessian_seconds']:.2f} "
+                  f"s; speedup {b['speedup']:.2f}x")
         print(f"(c) trace at {c['hvp_budget']} HVPs over {c['seeds']} seeds: rel RMSE flatlens Hutch++ "
               f"{c['flatlens_hutchpp']['rel_rmse']:.2e} ({c['flatlens_hutchpp']['seconds']:.2f} s), pyhessian "
               f"{c['pyhessian_hutchinson']['rel_rmse']:.2e} ({c['pyhessian_hutchinson']['seconds']:.2f} s); "

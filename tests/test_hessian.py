@@ -195,8 +195,8 @@ def test_limits_mean_what_they_say():
             hessian.top_eigenvalues(obj, 1, tol=bad)
     with pytest.raises(FlatlensError, match="max_hvp"):
         hessian.top_eigenvalues(obj, 1, max_hvp=0)
-    with pytest.raises(FlatlensError, match="max_hvp"):
-        hessian.top_eigenvalues(obj, 1, max_hvp=1)  # once ran 21 HVPs
+    r = hessian.top_eigenvalues(obj, 1, max_hvp=1)  # once ran 21 HVPs
+    assert r.n_hvp == 1 + 1 and not r.converged and r.stopped_on == "budget"
     r = hessian.top_eigenvalues(obj, 2, tol=1e-12, max_hvp=60)
     assert r.n_hvp <= 60 + 2  # the budget, plus one HVP per eigenvalue for its residual bound
     for bad in (float("nan"), 0.0, -0.1):
@@ -205,3 +205,21 @@ def test_limits_mean_what_they_say():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(FlatlensError, match="sigma"):
             hessian.density(obj, n_iter=5, n_runs=2, sigma=bad)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_lanczos_stops_at_the_accuracy_asked_for_and_the_bound_holds(k):
+    # a digits-like spectrum: a few large outliers over a bulk near zero, some negative
+    g = np.random.default_rng(0)
+    lam = np.concatenate([[900.0, 500.0, 300.0, 120.0], g.uniform(-2, 40, 396)])
+    obj = toys.quadratic(lam, seed=1)
+    exact = np.sort(lam)[::-1]
+    used = []
+    for tol in (1e-2, 1e-4, 1e-6, 1e-8, 1e-10):
+        r = hessian.top_eigenvalues(obj, k, tol=tol)
+        assert r.converged and r.stopped_on in ("ritz residual", "invariant subspace")
+        for v, b, e in zip(r.values, r.bounds, exact[:k]):
+            assert abs(v - e) <= b * (1 + 1e-6) + 1e-9, (tol, v, e, b)  # the value is within its bound
+            assert b <= tol * abs(v) * 1.01 + 1e-9                      # and the bound within what was asked
+        used.append(r.n_hvp)
+    assert used == sorted(used) and used[0] < used[-1], used  # looser tolerances cost fewer HVPs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from .._util import FlatlensError, check_number, generator
@@ -64,45 +65,102 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
     return res
 
 
-def _lanczos(obj, k, which, tol, max_hvp, seed):
+def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    return {"LA": np.argsort(-theta), "SA": np.argsort(theta), "LM": np.argsort(-np.abs(theta))}[which][:k]
+
+
+def _lanczos(obj, k, which, tol, max_hvp, seed, memory_budget: int = 2 << 30):
+    """Lanczos with full reorthogonalization, stopped on the Ritz values' own error bounds.
+
+    After step j, T_j = V_j' H V_j has eigenpairs (theta_i, s_i) and each Ritz pair's residual is
+        ||H y_i - theta_i y_i|| = beta_j |e_j' s_i|          (no extra HVP),
+    a bound on the distance from theta_i to some eigenvalue of H. The run stops as soon as the k wanted Ritz
+    values all have residual <= tol * |theta_i| (so a loose tol costs few HVPs), at an invariant subspace, or at
+    the HVP budget. Vectors are kept on the objective's device, at most as many as `memory_budget` bytes hold;
+    past that, ARPACK's implicitly restarted Lanczos (scipy's eigsh) goes on from the best Ritz vector."""
     d = obj.num_params
     elapsed = timer()
     start = obj.n_hvp
+    budget = max_hvp or 100 * d
+    if d <= max(2 * k + 1, 3) or k >= d - 1:
+        return _dense(obj, k, which, tol, seed, elapsed, start)
+    cap = int(min(d, budget, max(2 * k + 2, memory_budget // max(1, d * obj.center[obj.names[0]].element_size()))))
     g = generator(seed, "lanczos-v0")
-    v0 = torch.randn(d, generator=g, dtype=torch.float64).numpy()
+    v = torch.randn(d, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
+    v = v / v.norm()
+    V, alpha, beta = [], [], []
+    converged, stop = False, "budget"
+    theta = S = idx = None
+    w_prev, b_prev = None, 0.0
+    for j in range(cap):
+        V.append(v)
+        w = obj.hvp(v)
+        a = float(w @ v)
+        w = w - a * v - (b_prev * w_prev if w_prev is not None else 0.0)
+        Vm = torch.stack(V)
+        for _ in range(2):  # full reorthogonalization, twice
+            w = w - Vm.T @ (Vm @ w)
+        alpha.append(a)
+        b = float(w.norm())
+        theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if j else (np.asarray(alpha),
+                                                                                      np.ones((1, 1)))
+        idx = _pick(theta, k, which)
+        resid = b * np.abs(S[-1, idx])
+        if len(idx) == k and np.all(resid <= tol * np.maximum(np.abs(theta[idx]), 1e-30)):
+            converged, stop = True, "ritz residual"
+            break
+        if b <= 1e-12 * max(1.0, float(np.max(np.abs(theta)))):
+            converged, stop = len(idx) == k, "invariant subspace"
+            break
+        beta.append(b)
+        w_prev, b_prev, v = v, b, w / b
+    n_used = len(V)
+    Vm = torch.stack(V).double()
+    Y = (torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(Vm.device) .T @ Vm)  # Ritz vectors (k, d)
+    vals = [float(t) for t in theta[idx]]
+    vecs = [y.to(obj.dtype) / y.norm().to(obj.dtype) for y in Y]
+    left = budget - (obj.n_hvp - start)
+    if not converged and stop == "budget" and n_used >= cap and left > 2 * k + 2 and cap < budget:
+        vals, vecs, converged = _arpack(obj, k, which, tol, left, vecs[0])
+        stop = "arpack (restarted)"
+    res = EigenResult(values=vals, which=which, method="lanczos", n_hvp=obj.n_hvp - start,
+                      converged=bool(converged and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
+                      stopped_on=stop, objective=obj.describe())
+    return res, vecs
+
+
+def _dense(obj, k, which, tol, seed, elapsed, start):
+    """Tiny spaces: H from d HVPs, solved densely."""
+    d = obj.num_params
+    H = torch.stack([obj.hvp(e.to(obj.device, obj.dtype)).double().cpu() for e in torch.eye(d, dtype=torch.float64)])
+    w, V = np.linalg.eigh(0.5 * (H + H.T).numpy())
+    order = _pick(w, k, which)
+    vecs = [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(obj.device, obj.dtype) for i in order]
+    res = EigenResult(values=[float(x) for x in w[order]], which=which, method="lanczos", n_hvp=obj.n_hvp - start,
+                      converged=True, seconds=elapsed(), seed=seed, tol=tol, stopped_on="dense", objective=obj.describe())
+    return res, vecs
+
+
+def _arpack(obj, k, which, tol, budget, v0):
+    """scipy's implicitly restarted Lanczos (ARPACK), from v0, within `budget` HVPs."""
+    d = obj.num_params
 
     def matvec(x):
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
         return obj.hvp(x.to(obj.device, obj.dtype)).double().cpu().numpy()
 
-    if d <= max(2 * k + 1, 3) or k >= d - 1:
-        # ARPACK needs k < d - 1; for tiny spaces build H from d HVPs and solve densely
-        H = np.stack([matvec(e) for e in np.eye(d)])
-        w, V = np.linalg.eigh(0.5 * (H + H.T))
-        order = {"LA": np.argsort(-w), "SA": np.argsort(w), "LM": np.argsort(-np.abs(w))}[which][:k]
-        vals, vecs, converged = w[order], V[:, order].T, True
-    else:
-        op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
-        ncv = min(d, max(2 * k + 1, 20))
-        if max_hvp is not None and max_hvp < ncv:
-            raise FlatlensError(f"max_hvp = {max_hvp} is below the {ncv} products of Lanczos's first Krylov space; "
-                                f"give at least {ncv}, or method='power'")
-        # ARPACK's maxiter counts restarts: ncv products first, then about ncv - k per restart
-        maxiter = max(1, ((max_hvp or 100 * d) - ncv) // max(1, ncv - k))
-        try:
-            vals, V = eigsh(op, k=k, which=which, tol=tol, v0=v0, ncv=ncv, maxiter=maxiter)
-            converged = True
-        except ArpackNoConvergence as e:
-            vals, V = e.eigenvalues, e.eigenvectors
-            converged = False
-        order = {"LA": np.argsort(-vals), "SA": np.argsort(vals), "LM": np.argsort(-np.abs(vals))}[which]
-        vals, vecs = vals[order], V[:, order].T
-    n_hvp = obj.n_hvp - start
-    vec_t = [torch.from_numpy(np.ascontiguousarray(v)).to(obj.device, obj.dtype) for v in vecs]
-    res = EigenResult(values=[float(x) for x in vals], which=which, method="lanczos", n_hvp=n_hvp,
-                      converged=bool(converged and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
-                      objective=obj.describe())
-    return res, vec_t
+    op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
+    ncv = min(d, max(2 * k + 1, 20), budget)
+    maxiter = max(1, (budget - ncv) // max(1, ncv - k))
+    try:
+        vals, V = eigsh(op, k=k, which=which, tol=tol, v0=v0.double().cpu().numpy(), ncv=ncv, maxiter=maxiter)
+        converged = True
+    except ArpackNoConvergence as e:
+        vals, V = e.eigenvalues, e.eigenvectors
+        converged = False
+    order = _pick(vals, len(vals), which)
+    return ([float(vals[i]) for i in order],
+            [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(obj.device, obj.dtype) for i in order], converged)
 
 
 def _power(obj, k, which, tol, max_hvp, seed):

@@ -21,6 +21,7 @@ class EigenResult(Result):
     backend: str = "flatlens"
     residuals: list[float] = field(default_factory=list)  # ||H v - theta v|| / |theta| per value
     bounds: list[float] = field(default_factory=list)     # ||H v - theta v||: an eigenvalue lies within (a bound)
+    stopped_on: str = ""         # "ritz residual" (<= tol |theta|), "invariant subspace", "budget", "dense", ...
     objective: dict = field(default_factory=dict)
 
 
