@@ -22,7 +22,7 @@ from common import digits_inputs, loss_fn, machine, timed, trained_cnn  # noqa: 
 
 from flatlens import Objective  # noqa: E402
 from flatlens.landscape import DirectionSpace, Evaluator  # noqa: E402
-from flatlens.landscape import evaluator as evaluator_module  # noqa: E402
+from flatlens.perturb import evaluator as evaluator_module  # noqa: E402
 
 
 class ConvertingDataset(Dataset):

@@ -236,7 +236,7 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
     """Measure each metric on each split through `measure`; print the rows; write the typed records.
     points_sharded: the metrics shard perturbation points over torch.distributed ranks under torchrun."""
     from .checkpoint import weights_label
-    from .landscape.runner import dist_info, init_distributed
+    from .perturb import dist_info, init_distributed
     from .measure import check_data, measure
     from .progress import overall
     settings = _settings(args, metric_names)
@@ -284,7 +284,7 @@ def cmd_hessian(args):
 
 
 def cmd_landscape(args):
-    from .landscape.runner import dist_info
+    from .perturb import dist_info
     run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"], points_sharded=True)
     if args.npz and dist_info()[0] == 0:
         import io

@@ -327,7 +327,7 @@ register_metric(Metric(
 
 # --------------------------------------------------------------------------- landscape metrics
 def _kind(default):
-    from .landscape.directions import KINDS
+    from .perturb.directions import KINDS
     return setting(default, "direction kind", "--kind", choices=KINDS)
 
 

@@ -58,6 +58,11 @@ class _Bound:
         return functional_call(self._module, self._tensors, args, kwargs)
 
 
+def widen(out: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs (autocast) go to fp32 before the loss; fp32 / fp64 stay as they are."""
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
 def _to_device(batch, device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
@@ -210,16 +215,43 @@ class Objective:
             raise FlatlensError("data holds no samples")
         return out
 
+    @property
+    def custom_loss(self) -> bool:
+        """True when the loss is a `BatchLoss` (batches of any shape; no accuracy, no re-cutting)."""
+        return self._custom
+
+    @property
+    def batch_weights(self) -> list[float]:
+        """The weight of each resident batch in F (its share of the samples)."""
+        return list(self._weights)
+
+    def batches_of(self, size: int | None):
+        """(batches, weights): the resident data re-cut into batches of `size` samples, or the caller's own
+        batches (size None, or a custom loss, whose batches flatlens cannot re-cut). F is the same function of
+        theta over either when the loss is a mean and BatchNorm is in eval mode; callers check at the centre."""
+        if not size or self._custom:
+            return self.batches, list(self._weights)
+        x = torch.cat([b[0] for b in self.batches])
+        y = torch.cat([b[1] for b in self.batches])
+        batches = [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+        return batches, [len(b[1]) / self.n_samples for b in batches]
+
+    def module_loss(self, module, batch):
+        """(mean loss, n samples, correct count or None) of `batch` through `module` as it stands (a copy of
+        this objective's model that a caller perturbs: this objective's own model is never changed)."""
+        if self._custom:
+            loss, n = self.loss_fn.fn(module, batch)
+            return loss, n, None
+        out = module(batch[0])
+        return self.loss_fn(widen(out), batch[1]), batch[0].shape[0], self.count_correct(out, batch[1])
+
     def _recut(self, size):
         """(batches, weights) re-cut to `size` samples when that reproduces F at the centre, else the
         caller's own."""
         keep = self.batches, self._weights
         if not size or self._custom or self.bn != "eval" or max(self.sample_counts) <= size:
             return keep
-        x = torch.cat([b[0] for b in self.batches])
-        y = torch.cat([b[1] for b in self.batches])
-        batches = [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
-        weights = [len(b[1]) / self.n_samples for b in batches]
+        batches, weights = self.batches_of(size)
         with torch.no_grad():
             f = float(sum(w * self._batch_loss(self.center, b)[0] for w, b in zip(weights, batches)))
         tol = 1e-10 if self.dtype == torch.float64 else 1e-5
@@ -235,15 +267,19 @@ class Objective:
         full.update(params)
         return full
 
+    def batch_loss(self, tensors: dict, batch):
+        """(mean loss of the batch, its sample count, its number of correct predictions or None) at the full
+        parameter dict `tensors` (functional: the model itself is not changed; vmap-able)."""
+        return self._batch_loss(tensors, batch)
+
     def _batch_loss(self, tensors: dict, batch):
-        """(mean loss of the batch, its sample count, its number of correct predictions or None)."""
         if self._custom:
             loss, n = self.loss_fn.fn(_Bound(self.model, tensors), batch)
             correct = None
         else:
             x, y = batch
             out = functional_call(self.model, tensors, (x,))
-            loss = self.loss_fn(out, y)
+            loss = self.loss_fn(widen(out), y)
             n = x.shape[0]
             correct = self.count_correct(out, y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

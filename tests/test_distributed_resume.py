@@ -64,7 +64,7 @@ def test_rerun_skips_completed_chunks_and_checks_their_integrity(tmp_path):
     d["inc"] = d["inc"] + 1.0
     torch.save(d, files[1])
     counts = {}
-    from flatlens.landscape.runner import run_chunks
+    from flatlens.perturb.runner import run_chunks
     orig_run = run_chunks
     import flatlens.sharpness.flatness as flat_mod
     flat_mod.run_chunks = lambda *a, **k: orig_run(*a, counts=counts, **k)

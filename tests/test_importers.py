@@ -11,12 +11,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 torchvision = pytest.importorskip("torchvision")
 
-from flatlens import FlatlensError  # noqa: E402
 from flatlens.checkpoint import build_model, load_checkpoint  # noqa: E402
 from flatlens.cli import main  # noqa: E402
 from flatlens.importers import ImportOptions, load_any  # noqa: E402

@@ -144,7 +144,7 @@ def test_bf16_precision_reports_its_error():
 
 
 def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
-    from flatlens.landscape import evaluator as evmod
+    from flatlens.perturb import evaluator as evmod
     torch.manual_seed(0)
     m = BNNet()
     x, y = image_data(300, 0, torch.float32)
@@ -181,7 +181,7 @@ def test_evaluator_accuracy_follows_the_objectives_classification_rule():
 
 
 def test_auto_pick_is_recorded_and_reused_so_reruns_give_identical_numbers(monkeypatch):
-    from flatlens.landscape import evaluator as ev_mod
+    from flatlens.perturb import evaluator as ev_mod
     from nets import image_data, tiny_cnn
     from flatlens import Objective
     from torch import nn
@@ -200,3 +200,36 @@ def test_auto_pick_is_recorded_and_reused_so_reruns_give_identical_numbers(monke
     monkeypatch.setattr(ev_mod.Evaluator, "_time_prefix", no_timing)
     again = landscape.Evaluator(obj)
     assert torch.equal(again(D)[0], first) and again.describe()["calibration"]["reused"]
+
+
+class PublicOnly:
+    """An Objective seen through its public interface only: any private attribute read fails the test."""
+
+    def __init__(self, obj):
+        object.__setattr__(self, "_obj", obj)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AssertionError(f"the perturbation engine read the Objective's private {name!r}")
+        return getattr(object.__getattribute__(self, "_obj"), name)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "auto"])
+def test_the_perturbation_engine_uses_the_objectives_public_interface_only(strategy):
+    from flatlens import sharpness
+    model, real = bnnet_objective()
+    obj = PublicOnly(real)
+    centre = {n: t.clone() for n, t in real.center.items()}
+    buffers = {n: b.clone() for n, b in real.model.named_buffers()}
+    params = {n: p.clone() for n, p in real.model.named_parameters()}
+    D = landscape.DirectionSpace(obj, "filter").make(0, range(3)) * 0.3
+    lo, _ = landscape.Evaluator(obj, strategy=strategy)(D)
+    ref, _ = landscape.Evaluator(real, strategy="loop")(D)
+    np.testing.assert_allclose(lo.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    sharpness.local_flatness(obj, [0.0, 0.5], n_directions=3, strategy=strategy)
+    landscape.random_curves(obj, [-0.1, 0.0, 0.1], n_directions=2, strategy=strategy)
+    # the Objective's own model was never changed behind its back
+    for n, p in real.model.named_parameters():
+        assert torch.equal(p, params[n]) and torch.equal(real.center[n], centre[n])
+    for n, b in real.model.named_buffers():
+        assert torch.equal(b, buffers[n])

@@ -20,7 +20,7 @@ def _hessian_comp(obj: Objective):
         from pyhessian import hessian as PyHessian
     except ImportError as e:  # pragma: no cover - pyhessian is a dependency
         raise FlatlensError("the pyhessian backend needs `pip install pyhessian`") from e
-    if obj._custom:
+    if obj.custom_loss:
         raise FlatlensError("the pyhessian backend needs loss_fn(output, target), not a BatchLoss")
     if obj.bn != "eval":
         raise FlatlensError("the pyhessian backend always evaluates in eval mode; use bn='eval'")

@@ -6,10 +6,8 @@ import torch
 
 from .._util import FlatlensError, mean_ci
 from ..objective import Objective, timer
-from .directions import DirectionSpace, as_flat_direction
-from .evaluator import Evaluator
+from ..perturb import DirectionSpace, Evaluator, as_flat_direction, max_points, run_chunks, tensor_digest
 from .results import CurveResult, CurvesResult, SurfaceResult
-from .runner import run_chunks, tensor_digest
 
 
 def grid(lo: float, hi: float, n: int) -> np.ndarray:
@@ -30,13 +28,6 @@ def _check_grid(values, name) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise FlatlensError(f"{name} holds non-finite values")
     return a
-
-
-def max_points(obj: Objective, budget: int = 512 << 20) -> int:
-    """How many perturbation vectors of this objective fit in `budget` bytes (at least 1): a chunk of points
-    is materialized as an (m, P) matrix, so large models get small chunks."""
-    per = obj.num_params * obj.center[obj.names[0]].element_size()
-    return max(1, budget // max(1, per))
 
 
 def _evaluator(obj, evaluator, strategy, precision):

@@ -6,10 +6,7 @@ import numpy as np
 import torch
 
 from .._util import FlatlensError, mean_ci
-from ..landscape.curves import max_points
-from ..landscape.directions import DirectionSpace
-from ..landscape.evaluator import Evaluator
-from ..landscape.runner import run_chunks
+from ..perturb import DirectionSpace, Evaluator, max_points, run_chunks
 from ..objective import Objective, timer
 from .results import FlatnessResult
 

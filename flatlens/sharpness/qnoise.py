@@ -21,9 +21,7 @@ from .._util import FlatlensError, derive_seed
 from .. import stats
 from ..hessian.scaled import ScaledHessian
 from ..hessian.trace import trace
-from ..landscape.curves import max_points
-from ..landscape.evaluator import Evaluator
-from ..landscape.runner import run_chunks, tensor_digest
+from ..perturb import Evaluator, max_points, run_chunks, tensor_digest
 from ..objective import Objective, timer
 from .results import QuantNoiseResult
 

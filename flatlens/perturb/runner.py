@@ -18,6 +18,13 @@ import torch
 from .._util import FlatlensError, atomic_torch_save, atomic_write_text
 
 
+def max_points(obj, budget: int = 512 << 20) -> int:
+    """How many perturbation vectors of this objective fit in `budget` bytes (at least 1): a chunk of points
+    is materialized as an (m, P) matrix, so large models get small chunks."""
+    per = obj.num_params * obj.center[obj.names[0]].element_size()
+    return max(1, budget // max(1, per))
+
+
 def dist_info() -> tuple[int, int]:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():

@@ -1,8 +1,11 @@
 """The batched evaluator, the hot path: F (and accuracy) at many points w + delta_i, over resident data.
 
-Strategies, none with a model copy per point, none touching the caller's model:
-  loop  per point, write w + delta into the objective's private copy in place and run it under inference
-        mode, over the resident data;
+The evaluator keeps one copy of the objective's model (never a copy per point; the objective's own model and
+the caller's are never changed) and talks to the Objective through its public interface only: its centre,
+its resident batches (`batches_of` re-cuts them: the Objective owns that rule), `module_loss` and its
+classification rule. Strategies:
+  loop  per point, write w + delta into the evaluator's copy in place and run it under inference mode, over the
+        resident data;
   vmap  torch.func.vmap of functional_call over a chunk of stacked points, chunk sized to a memory budget.
 `auto` calibrates per model shape and device (remembered for the process) on the centre itself, so no point
 is wasted: it times the loop with the contiguous and the channels_last memory format and with the resident
@@ -14,6 +17,7 @@ the digits CNN 3x slower than the loop). Re-cut batches are used only when they 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -24,7 +28,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from .._util import FlatlensError, atomic_write_text
-from ..objective import Objective
+from ..objective import Objective, widen
 
 STRATEGIES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -65,11 +69,6 @@ def _store_pick(key: str, pick: dict) -> None:
         pass  # a read-only home: the pick holds for this process only
 
 
-def _wide(out: torch.Tensor) -> torch.Tensor:
-    """Half-precision outputs go to fp32 before the loss; fp32 / fp64 stay as they are."""
-    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
-
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -89,14 +88,15 @@ class Evaluator:
         self.precision_error = 0.0 if precision == "fp32" else None
         self.memory_budget = int(memory_budget)
         self.calibration: dict = {}
-        self._params = dict(obj.model.named_parameters())
+        self.model = copy.deepcopy(obj.model)  # the one copy that points are written into
+        self._params = dict(self.model.named_parameters())
         self._accuracy = obj.is_classification  # the Objective's rule decides whether accuracy exists
-        self._images = (not obj._custom) and all(isinstance(b[0], torch.Tensor) and b[0].dim() == 4
+        self._images = (not obj.custom_loss) and all(isinstance(b[0], torch.Tensor) and b[0].dim() == 4
                                                  and b[0].is_floating_point() for b in obj.batches)
         self._cl_request = channels_last
         self.channels_last = False
         self.batch_size = None
-        self._batches, self._weights = obj.batches, obj._weights
+        self._batches, self._weights = obj.batches_of(None)
         if strategy != "auto":
             self._configure(bool(channels_last) and self._images, batch_size)
         self._chunk = None
@@ -112,13 +112,8 @@ class Evaluator:
         obj = self.obj
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last or self.channels_last:
-            obj.model.to(memory_format=fmt)
-        batches, weights = obj.batches, obj._weights
-        if batch_size and not obj._custom:
-            x = torch.cat([b[0] for b in obj.batches])
-            y = torch.cat([b[1] for b in obj.batches])
-            batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
-            weights = [len(b[1]) / obj.n_samples for b in batches]
+            self.model.to(memory_format=fmt)
+        batches, weights = obj.batches_of(batch_size)
         if channels_last:
             batches = [(b[0].contiguous(memory_format=fmt), b[1]) for b in batches]
         self._batches, self._weights = batches, weights
@@ -133,11 +128,11 @@ class Evaluator:
             if isinstance(out, torch.Tensor):
                 total[0] += out.numel() * out.element_size()
 
-        hs = [m.register_forward_hook(hook) for m in self.obj.model.modules() if not list(m.children())]
+        hs = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
         try:
             with torch.inference_mode():
                 big = max(range(len(self.obj.batches)), key=lambda i: self.obj.sample_counts[i])
-                self.obj._batch_loss(self.obj.center, self.obj.batches[big])
+                self.obj.module_loss(self.model, self.obj.batches[big])
         finally:
             for h in hs:
                 h.remove()
@@ -178,18 +173,14 @@ class Evaluator:
 
     # ----------------------------------------------------------------- strategies
     def _forward_all(self, precision=None):
-        """(F, correct count) of the private model as it stands, over the evaluator's batches."""
+        """(F, correct count) of the evaluator's model as it stands, over the evaluator's batches."""
         obj = self.obj
         with torch.inference_mode(), self._precision(precision):
             tot, cor = 0.0, 0.0
             for w, b in zip(self._weights, self._batches):
-                if obj._custom:
-                    loss, _ = obj.loss_fn.fn(obj.model, b)
-                else:
-                    out = obj.model(b[0])
-                    loss = obj.loss_fn(_wide(out), b[1])
-                    if self._accuracy:
-                        cor += float(obj.count_correct(out, b[1]))
+                loss, _, correct = obj.module_loss(self.model, b)
+                if self._accuracy:
+                    cor += float(correct)
                 tot += w * float(loss)
         return tot, cor
 
@@ -213,8 +204,8 @@ class Evaluator:
 
     def _vmap(self, deltas: torch.Tensor, precision=None):
         obj = self.obj
-        model = obj.model
-        if obj._custom:
+        model = self.model
+        if obj.custom_loss:
             raise FlatlensError("the vmap strategy needs loss_fn(output, target); use strategy='loop'")
 
         def point(delta_flat):
@@ -224,7 +215,7 @@ class Evaluator:
             cor = torch.zeros((), dtype=torch.float64, device=obj.device)
             for w, b in zip(self._weights, self._batches):
                 out = functional_call(model, tensors, (b[0],))
-                tot = tot + w * obj.loss_fn(_wide(out), b[1]).double()
+                tot = tot + w * obj.loss_fn(widen(out), b[1]).double()
                 if self._accuracy:
                     cor = cor + obj.count_correct(out, b[1]).double()
             return tot, cor
@@ -282,7 +273,7 @@ class Evaluator:
             self._configure(pick["channels_last"], pick["batch_size"])
             return
         timings = {}
-        if obj._custom:
+        if obj.custom_loss:
             timings["loop|contiguous|resident"] = 0.0
         else:
             biggest = max(len(b[1]) for b in obj.batches)
@@ -294,7 +285,7 @@ class Evaluator:
                     self._configure(cl and self._images, bs)
                     timings[f"loop|{'channels_last' if cl else 'contiguous'}|{bs or 'resident'}"] = \
                         self._time_prefix(prefix) * obj.n_samples
-        if obj.device.type == "cuda" and not obj._custom:
+        if obj.device.type == "cuda" and not obj.custom_loss:
             self._configure(False, None)
             zeros = torch.zeros(min(self.chunk, 8), obj.num_params, device=obj.device, dtype=obj.dtype)
             try:
