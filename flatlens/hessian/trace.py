@@ -27,7 +27,7 @@ def _block_dots(obj, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hvp: int | None = None,
           seed: int = 0, min_probes: int = 10, sketch_size: int | None = None, n_probes: int | None = None,
-          per_layer: bool = True, backend: str = "flatlens") -> TraceResult:
+          per_layer: bool = True, backend: str = "flatlens", sketch_bytes: int = 1 << 30) -> TraceResult:
     """Estimate tr(H) with a 95 % CI.
 
     rtol: stop when the CI half-width is at most rtol * |estimate| (ignored when n_probes is given).
@@ -61,6 +61,9 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
             k = min(budget // 3, d)
         else:
             k = min(sketch_size if sketch_size is not None else 10, d - 1, max(0, (budget - 2) // 2))
+        # the sketch S, H S and Q are (k, d) matrices: at most `sketch_bytes` of them (a ResNet's 11 M
+        # parameters x 320 sketch vectors would be 28 GB); the rest of the budget goes to residual probes
+        k = min(k, max(1, sketch_bytes // (4 * 8 * d)))
         if k > 0:
             g = generator(seed, "hutch++-sketch")
             S = rademacher((k, d), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)

@@ -1,0 +1,184 @@
+"""Every accelerator measurement in one command, one JSON (run it once whenever a GPU is lent; under 8 minutes
+on one H100 at full size). `--tiny --device cpu` runs the same code paths in seconds, so the suite cannot rot
+(tests/test_benchmarks.py does).
+
+  device        the card, torch, and its dense matmul rate in fp32, tf32 and bf16 (measured here)
+  perturbation  evaluations per second of the digits CNN and ResNet-18: loss-landscape-style loop (state dict +
+                DataLoader per point), state-dict loop over cached tensors, flatlens `auto`; achieved FLOP/s as a
+                fraction of the fp32 matmul rate (benchmarks/perturb_throughput.py)
+  precision     flatlens's evaluator in fp32, tf32 and bf16 on ResNet-18: evals/s and the largest loss error
+  hvp           one HVP against one gradient; a block of HVPs pushed through one vmapped backward against
+                one at a time, with their largest difference
+  hessian       ResNet-18: top eigenvalue to 1e-3 against PyHessian at equal accuracy, trace to a 2 % CI
+                (Hutch++ against Hutchinson) (benchmarks/hessian_vs_pyhessian.py)
+  sharding      flatness points sharded over NCCL ranks (two or more GPUs): equal to one process, and the time
+Usage: python benchmarks/gpu_suite.py [--tiny] [--device cuda] [--out $OUT/gpu_suite.json]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hessian_vs_pyhessian as HVP  # noqa: E402
+import perturb_throughput as PT  # noqa: E402
+from common import digits_inputs, loss_fn, machine, timed, trained_cnn  # noqa: E402
+
+from flatlens import Objective  # noqa: E402
+from flatlens.perturb import DirectionSpace, Evaluator  # noqa: E402
+
+SECTIONS = ("device", "perturbation", "precision", "hvp", "hessian", "sharding")
+
+
+def matmul_rates(device, n):
+    out = {"fp32": PT.matmul_flops_per_second(device, n)}
+    if device == "cuda":
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        out["tf32"] = PT.matmul_flops_per_second(device, n)
+        torch.set_float32_matmul_precision(old)
+    else:
+        out["tf32"] = None  # no TF32 on a CPU
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    a @ b
+    _, t = timed(lambda: [a @ b for _ in range(10)])
+    out["bf16"] = 2 * n ** 3 * 10 / t
+    return out
+
+
+def resnet18_data(n, size, device):
+    import torchvision
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (n, size, size, 3), generator=g, dtype=torch.uint8).numpy()
+    x = (torch.from_numpy(raw).float().permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    y = torch.randint(0, 10, (n,), generator=g)
+    return torchvision.models.resnet18(num_classes=10).eval(), x, y, raw
+
+
+def precision_modes(model, x, y, device, points):
+    obj = Objective(model, loss_fn(), (x, y), device=device)
+    D = DirectionSpace(obj, "filter").make(0, range(points)) * 0.2
+    ref = None
+    out = {}
+    for p in ("fp32", "tf32", "bf16"):
+        ev = Evaluator(obj, strategy="loop", precision=p)
+        ev(D[:1])
+        (lo, _), t = timed(ev, D)
+        if ref is None:
+            ref = lo
+        out[p] = {"evals_per_second": points / t, "max_abs_loss_error_vs_fp32": float((lo - ref).abs().max()),
+                  "evaluator_reported_error": ev.precision_error}
+    return out
+
+
+def hvp_section(model, x, y, device, block):
+    obj = Objective(model, loss_fn(), (x, y), device=device)
+    v = torch.randn(obj.num_params, device=device)
+    obj.hvp(v)
+    obj.grad_at()
+    th = min(timed(obj.hvp, v)[1] for _ in range(3))
+    tg = min(timed(obj.grad_at)[1] for _ in range(3))
+    V = torch.randn(block, obj.num_params, device=device, dtype=obj.dtype)
+    single = obj.hvp_many(V)
+    batched = obj.hvp_many(V, batched=True)
+    _, ts = timed(obj.hvp_many, V)
+    _, tb = timed(obj.hvp_many, V, batched=True)
+    return {"hvp_seconds": th, "grad_seconds": tg, "hvp_over_grad": th / tg, "block": block,
+            "single_seconds_per_hvp": ts / block, "batched_seconds_per_hvp": tb / block, "batched_speedup": ts / tb,
+            "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hvp_mode}
+
+
+def sharding_section(device, tiny):
+    n = torch.cuda.device_count() if device == "cuda" else 0
+    if n < 2:
+        return {"run": False, "reason": f"{n} GPU(s): NCCL sharding needs two or more"}
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = os.path.join(os.environ.get("OUT", "/tmp"), "sharding.json")
+    t0 = time.perf_counter()
+    torch.multiprocessing.spawn(_shard_rank, args=(n, port, out, tiny), nprocs=n, join=True)
+    t_sharded = time.perf_counter() - t0
+    got = json.load(open(out))
+    t0 = time.perf_counter()
+    single = _flatness(_digits_objective("cuda"), tiny)
+    t_single = time.perf_counter() - t0
+    return {"run": True, "world_size": n, "equal_to_single_process": got["increases"] == single.increases,
+            "seconds_sharded": t_sharded, "seconds_single": t_single}
+
+
+def _digits_objective(device):
+    x, y = digits_inputs(1024)
+    torch.manual_seed(0)
+    from flatlens.models import SmallCNN
+    return Objective(SmallCNN(width=32), loss_fn(), (x, y), device=device)
+
+
+def _flatness(obj, tiny):
+    from flatlens import sharpness
+    return sharpness.local_flatness(obj, [0.0, 1.0, 2.0], n_directions=8 if tiny else 256, seed=0,
+                                    strategy="loop", directions_per_chunk=4)
+
+
+def _shard_rank(rank, world, port, out, tiny):
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    res = _flatness(_digits_objective(f"cuda:{rank}"), tiny)
+    if rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"increases": res.increases}, fh)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="small sizes: the code paths in seconds (CPU test)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", os.path.join(os.path.dirname(__file__),
+                                                                                        "results")), "gpu_suite.json"))
+    a = ap.parse_args()
+    dev, tiny = a.device, a.tiny
+    t_start = time.perf_counter()
+    res = {"machine": machine(), "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
+           "tiny": tiny, "date": time.strftime("%Y-%m-%d")}
+    res["device"] = {"matmul_flops_per_second": matmul_rates(dev, 256 if tiny else 8192)}
+    x, y = digits_inputs(128 if tiny else 2048)
+    raw = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+    xq = (torch.from_numpy(raw).float()[:, None] / 255.0 - 0.5) / 0.5
+    cnn = trained_cnn(steps=20 if tiny else 150)
+    res["perturbation"] = {"digits_cnn": PT.run(cnn, xq, y, raw, 0.5, 0.5, dev, 8 if tiny else 256,
+                                                f"digits CNN, {dev}", batch=64 if tiny else 256)}
+    try:
+        rn, xr, yr, rawr = resnet18_data(16 if tiny else 512, 16 if tiny else 32, dev)
+        res["perturbation"]["resnet18"] = PT.run(rn, xr, yr, rawr, 0.5, 0.25, dev, 4 if tiny else 32,
+                                                 f"ResNet-18, {dev}", batch=16 if tiny else 128)
+        res["precision"] = precision_modes(rn, xr, yr, dev, 4 if tiny else 32)
+        res["hvp"] = hvp_section(rn, xr[: 8 if tiny else 256], yr[: 8 if tiny else 256], dev, 2 if tiny else 8)
+        hx, hy = xr[: 8 if tiny else 256], yr[: 8 if tiny else 256]
+        res["hessian"] = HVP.run(rn, hx, hy, dev, 1, 12 if tiny else 64, f"ResNet-18, {dev}", parts="aef",
+                                 repeats=1 if tiny else 3, trace_rtol=0.5 if tiny else 0.02,
+                                 max_hvp=30 if tiny else 5000)
+    except ImportError:
+        for k in ("precision", "hvp", "hessian"):
+            res[k] = {"run": False, "reason": "torchvision is not installed"}
+        res["perturbation"]["resnet18"] = {"run": False, "reason": "torchvision is not installed"}
+    res["sharding"] = sharding_section(dev, tiny)
+    res["seconds"] = time.perf_counter() - t_start
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as fh:
+        json.dump(res, fh, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+    print(f"wrote {a.out} ({res['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

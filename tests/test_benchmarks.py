@@ -1,0 +1,34 @@
+"""The benchmark scripts cannot rot: the GPU suite's `--tiny --device cpu` mode runs every section's code path
+here and writes a JSON with every field (the full run needs a lent GPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "gpu_suite.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_suite.py"), "--tiny", "--device", "cpu",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OUT": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert set(d) >= {"machine", "device_name", "tiny", "device", "perturbation", "precision", "hvp", "hessian",
+                      "sharding", "seconds"}
+    assert set(d["device"]["matmul_flops_per_second"]) == {"fp32", "tf32", "bf16"}
+    for model in ("digits_cnn", "resnet18"):
+        p = d["perturbation"][model]
+        assert set(p["evals_per_second"]) == {"a_loss_landscape_style", "b_cached_loop", "c_flatlens_auto"}
+        assert p["fraction_of_matmul_rate"] > 0 and p["c_over_a"] > 0
+    assert set(d["precision"]) == {"fp32", "tf32", "bf16"}
+    assert d["precision"]["fp32"]["max_abs_loss_error_vs_fp32"] == 0.0
+    h = d["hvp"]
+    assert h["hvp_over_grad"] > 0 and h["batched_speedup"] > 0 and h["max_abs_difference"] < 1e-3
+    assert {"a_top_eigenvalue", "e_trace_to_2pct_ci", "f_hvp_vs_gradient"} <= set(d["hessian"])
+    assert d["sharding"]["run"] is False and "GPU" in d["sharding"]["reason"]
