@@ -84,13 +84,14 @@ def hvp_section(model, x, y, device, block):
     th = min(timed(obj.hvp, v)[1] for _ in range(3))
     tg = min(timed(obj.grad_at)[1] for _ in range(3))
     V = torch.randn(block, obj.num_params, device=device, dtype=obj.dtype)
-    single = obj.hvp_many(V)
+    single = obj.hvp_many(V, batched=False)
     batched = obj.hvp_many(V, batched=True)
-    _, ts = timed(obj.hvp_many, V)
+    _, ts = timed(obj.hvp_many, V, batched=False)
     _, tb = timed(obj.hvp_many, V, batched=True)
     return {"hvp_seconds": th, "grad_seconds": tg, "hvp_over_grad": th / tg, "block": block,
             "single_seconds_per_hvp": ts / block, "batched_seconds_per_hvp": tb / block, "batched_speedup": ts / tb,
-            "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hvp_mode}
+            "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hvp_mode,
+            "auto_pick_batched": obj.batched_hvps_pay()}
 
 
 def sharding_section(device, tiny):

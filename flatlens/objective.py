@@ -170,6 +170,7 @@ class Objective:
 
         self.batches = self._load(data)
         self.n_hvp = 0
+        self._hvp_batched = None  # measured on first need (batched_hvps_pay)
         self.on_progress: Callable[[str, int], None] | None = None  # called as ("hvp" | "eval", count)
         self._graph = None
         self._loss0 = None
@@ -455,18 +456,53 @@ class Objective:
         out = self._hvp_into(flat, batched=False)
         return {n: t.clone() for n, t in self.unflatten(out).items()} if was_dict else out
 
-    def hvp_many(self, V: torch.Tensor, *, batched: bool = False) -> torch.Tensor:
-        """H applied to each row of V (m, num_params). Default: a loop over the reused graph, measured faster
-        than vmap over the vectors on CPU (benchmarks/hessian_vs_pyhessian.py). batched=True pushes all rows
-        through one vmapped backward (autograd's is_grads_batched), for devices where that pays."""
+    def hvp_many(self, V: torch.Tensor, *, batched: bool | str = "auto") -> torch.Tensor:
+        """H applied to each row of V (m, num_params).
+
+        batched=False: a loop over the reused graph; True: blocks of rows through one vmapped backward
+        (autograd's is_grads_batched), `hvp_block` rows at a time; "auto" (default): the loop on CPU, where it
+        was measured faster (benchmarks/hessian_vs_pyhessian.py), and on an accelerator whichever of the two a
+        timing of two HVPs picks, once per objective (recorded in `describe()` as `hvp_batched`)."""
         V, _ = self._as_flat(V)
         if V.dim() == 1:
             V = V[None]
         if not len(V):
             return V.clone()
+        if batched == "auto":
+            batched = len(V) > 1 and self.batched_hvps_pay()
         if batched:
-            return self._hvp_into(V, batched=True)
+            return torch.cat([self._hvp_into(V[i:i + self.hvp_block], batched=True)
+                              for i in range(0, len(V), self.hvp_block)])
         return torch.stack([self._hvp_into(v, batched=False) for v in V])
+
+    @property
+    def hvp_block(self) -> int:
+        """Rows per vmapped backward: 8, fewer where the graph's activations times the rows would pass 2 GiB."""
+        per = max(1, getattr(self, "graph_bytes_estimate", 0))
+        return int(max(1, min(8, (2 << 30) // per)))
+
+    def batched_hvps_pay(self) -> bool:
+        """Whether blocks of HVPs through one vmapped backward beat a loop here (measured once per objective on
+        an accelerator, from two throwaway HVPs each way; never on a CPU, where the loop won)."""
+        if self._hvp_batched is None:
+            if self.device.type == "cpu":
+                self._hvp_batched = False
+            else:
+                n0 = self.n_hvp
+                V = torch.randn(2, self.num_params, device=self.device, dtype=self.dtype)
+                self.hvp_many(V, batched=False)
+                self.hvp_many(V, batched=True)  # warm both
+                t0 = time.perf_counter()
+                self.hvp_many(V, batched=False)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                self.hvp_many(V, batched=True)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                self._hvp_batched = (time.perf_counter() - t1) < (t1 - t0)
+                self.n_hvp = n0  # the timing's HVPs are not the estimator's
+        return self._hvp_batched
 
     def tick(self, kind: str, n: int = 1) -> None:
         """Report work as it happens ("hvp": Hessian-vector products, "eval": perturbed evaluations) to
@@ -498,12 +534,17 @@ class Objective:
             self._fingerprint = h.hexdigest()[:24]
         return self._fingerprint
 
+    def identity(self) -> dict:
+        """What a stored result of this objective depends on (resume keys): its content fingerprint, and the
+        device and dtype the numbers were computed in."""
+        return {"fingerprint": self.fingerprint(), "device": self.device.type, "dtype": str(self.dtype)}
+
     def describe(self) -> dict:
         """What every result records about the objective it measured."""
         return {"num_params": self.num_params, "n_samples": self.n_samples, "n_batches": len(self.batches),
                 "bn": self.bn, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "hvp_mode": self.hvp_mode, "hvp_batch_size": self.hvp_batch_size,
-                "fingerprint": self.fingerprint()}
+                "hvp_batched": self._hvp_batched, "fingerprint": self.fingerprint()}
 
 
 def timer():

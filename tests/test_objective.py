@@ -140,3 +140,17 @@ def test_an_objective_leaves_no_graph_alive_when_dropped():
         del obj
     gc.collect()
     assert refs and all(r() is None for r in refs)
+
+
+def test_batched_and_single_hvps_agree_and_the_auto_pick_is_recorded():
+    x, y = vector_data(40)
+    obj = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y))
+    V = torch.randn(11, obj.num_params, dtype=torch.float64)  # more than one block of 8
+    single = obj.hvp_many(V, batched=False)
+    batched = obj.hvp_many(V, batched=True)
+    torch.testing.assert_close(batched, single, rtol=1e-10, atol=1e-12)
+    assert obj.describe()["hvp_batched"] is None  # not needed yet, not measured
+    auto = obj.hvp_many(V)
+    torch.testing.assert_close(auto, single, rtol=1e-10, atol=1e-12)
+    assert obj.describe()["hvp_batched"] is False  # on a CPU the loop is the pick (measured slower batched)
+    assert obj.n_hvp == 33

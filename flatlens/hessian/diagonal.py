@@ -25,14 +25,16 @@ def diagonal(obj: Objective, *, n_probes: int = 100, seed: int = 0, weights: tor
     s1 = torch.zeros(d, dtype=torch.float64, device=obj.device)
     s2 = torch.zeros(d, dtype=torch.float64, device=obj.device)
     weighted = []
-    for i in range(n_probes):
-        g = generator(seed, "diag-probe", i)
-        v = rademacher((d,), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
-        x = (v * obj.hvp(v)).double()
-        s1 += x
-        s2 += x * x
-        if weights is not None:
-            weighted.append(float(weights.double().to(obj.device) @ x))
+    block = obj.hvp_block if obj.batched_hvps_pay() else 1  # blocks of probes where batched HVPs pay
+    for i0 in range(0, n_probes, block):
+        Vb = torch.stack([rademacher((d,), gen=generator(seed, "diag-probe", i), dtype=torch.float64, device="cpu")
+                          for i in range(i0, min(n_probes, i0 + block))]).to(obj.device, obj.dtype)
+        for v, hv in zip(Vb, obj.hvp_many(Vb)):
+            x = (v * hv).double()
+            s1 += x
+            s2 += x * x
+            if weights is not None:
+                weighted.append(float(weights.double().to(obj.device) @ x))
     mean = s1 / n_probes
     var = (s2 - n_probes * mean * mean).clamp_min(0) / (n_probes - 1)
     se = (var / n_probes).sqrt()

@@ -32,5 +32,12 @@ class ScaledHessian:
     def hvp_many(self, V: torch.Tensor, **kw) -> torch.Tensor:
         return self.s * self.obj.hvp_many(self.s * V, **kw)
 
+    def batched_hvps_pay(self) -> bool:
+        return self.obj.batched_hvps_pay()
+
+    @property
+    def hvp_block(self) -> int:
+        return self.obj.hvp_block
+
     def describe(self) -> dict:
         return {**self.obj.describe(), "operator": "S H S (diagonal step scaling)"}

@@ -82,6 +82,9 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
     n_res = budget - (obj.n_hvp - start) if n_probes is not None else None
     converged = False
     i = 0
+    # probes go through hvp_many in blocks where batched HVPs pay (accelerators), one at a time otherwise;
+    # probe i is drawn from its own generator, so the blocks change no probe, only how often the rule is read
+    block = obj.hvp_block if obj.batched_hvps_pay() else 1
     while True:
         used = obj.n_hvp - start
         if n_probes is not None and i >= n_res:
@@ -89,15 +92,17 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
             break
         if used >= budget:
             break
-        g = generator(seed, "hutch-probe", i)
-        v = rademacher((d,), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
+        b = min(block, budget - used, (n_res - i) if n_probes is not None else block)
+        Vb = torch.stack([rademacher((d,), gen=generator(seed, "hutch-probe", i + j), dtype=torch.float64,
+                                     device="cpu") for j in range(b)]).to(obj.device, obj.dtype)
         if Q is not None:
-            v = v - Q.T @ (Q @ v)  # (I - QQ') g
-        hv = obj.hvp(v)
-        samples.append(float(v.double() @ hv.double()))
-        if per_layer:
-            layer_samples.append(_block_dots(obj, v, hv))
-        i += 1
+            Vb = Vb - (Vb @ Q.T) @ Q  # (I - QQ') g
+        HVb = obj.hvp_many(Vb)
+        for v, hv in zip(Vb, HVb):
+            samples.append(float(v.double() @ hv.double()))
+            if per_layer:
+                layer_samples.append(_block_dots(obj, v, hv))
+        i += b
         if n_probes is None and i >= min_probes:
             m, se, _, _ = mean_ci(samples)
             est = exact_total + float(m)

@@ -53,7 +53,7 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="curve",
                        args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
-                             "obj": obj.describe(), "chunk": chunk})
+                             "obj": obj.identity(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
     accs = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     return CurveResult(alphas=alphas.tolist(), losses=losses, accuracies=accs, center_loss=obj.loss(),
@@ -86,7 +86,7 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc=f"{kind} curves",
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
-                             "seed": seed, "ignore": space.ignore, "obj": obj.describe(), "k": k})
+                             "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k})
     L = torch.cat([p["loss"] for p in parts]).numpy()
     A = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     m, se, lo, hi = mean_ci(L, axis=0)
@@ -120,7 +120,7 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="surface",
                        args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
                              "dx": tensor_digest(fx), "dy": tensor_digest(fy),
-                             "obj": obj.describe(), "chunk": chunk})
+                             "obj": obj.identity(), "chunk": chunk})
     L = torch.cat([p["loss"] for p in parts]).reshape(len(ys), len(xs))
     acc = torch.cat([p["acc"] for p in parts]).reshape(len(ys), len(xs)).tolist() if ev.reports_accuracy else None
     return SurfaceResult(xs=xs.tolist(), ys=ys.tolist(), losses=L.tolist(), accuracies=acc,

@@ -46,7 +46,7 @@ def local_flatness(obj: Objective, radii, *, n_directions: int = 100, seed: int 
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="flatness",
                        args={"m": "flatness", "radii": r.tolist(), "n": n_directions, "seed": seed, "kind": kind,
-                             "ignore": space.ignore, "obj": obj.describe(), "k": k})
+                             "ignore": space.ignore, "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()
     m, se, lo, hi = mean_ci(inc, axis=0)
     return FlatnessResult(radii=r.tolist(), mean=m.tolist(), stderr=se.tolist(),

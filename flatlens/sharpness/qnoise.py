@@ -91,7 +91,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 100, see
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="qnoise",
                        args={"m": "qnoise", "n": n_draws, "estimator": estimator, "seed": seed,
-                             "S": tensor_digest(S), "obj": obj.describe(), "k": k})
+                             "S": tensor_digest(S), "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()
     meas = stats.t_interval(inc)
     tr = trace(ScaledHessian(obj, S), rtol=pred_rtol, max_hvp=pred_max_hvp, seed=seed, per_layer=False)
