@@ -149,7 +149,10 @@ class Evaluator:
     def _chunk_size(self) -> int:
         per_point = 3 * self.obj.num_params * self.obj.center[self.obj.names[0]].element_size()
         per_point += 2 * self._activation_bytes()
-        return int(max(1, min(256, self.memory_budget // max(1, per_point))))
+        budget = self.memory_budget
+        if self.obj.device.type == "cuda":  # on a GPU, half of what is free now, if that is more
+            budget = max(budget, torch.cuda.mem_get_info(self.obj.device)[0] // 2)
+        return int(max(1, min(256, budget // max(1, per_point))))
 
     # ----------------------------------------------------------------- precision
     @contextlib.contextmanager
