@@ -231,17 +231,15 @@ def _record_lines(rec) -> list[str]:
     return lines
 
 
-def _measure_command(args, command: str, metric_names: list[str], extra_lines=None, *,
-                     points_sharded: bool = False) -> MeasurementRun:
-    """Measure each metric on each split through `measure`; print the rows; write the typed records.
-    points_sharded: the metrics shard perturbation points over torch.distributed ranks under torchrun."""
+def _measure_command(args, command: str, metric_names: list[str], extra_lines=None) -> MeasurementRun:
+    """Measure each metric on each split through `measure`; print the rows; write the typed records. Under
+    torchrun the ranks share the work along `--axis`; rank 0 prints and writes."""
     from .checkpoint import weights_label
     from .perturb import dist_info, init_distributed
     from .measure import check_data, measure
     from .progress import overall
     settings = _settings(args, metric_names)
-    if points_sharded:
-        init_distributed()
+    init_distributed()  # under torchrun: one process group for every axis
     ck = _load(args, args.checkpoint)
     records = []
     splits = _splits(args.split)
@@ -256,7 +254,8 @@ def _measure_command(args, command: str, metric_names: list[str], extra_lines=No
             lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
             for name in metric_names:
                 store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
-                rec = measure(ck, name, split, settings, device=args.device, data=data, progress=show, store=store)
+                rec = measure(ck, name, split, settings, device=args.device, data=data, progress=show, store=store,
+                              axis=args.axis)
                 records.append(rec)
                 lines += _record_lines(rec)
                 if extra_lines:
@@ -285,7 +284,7 @@ def cmd_hessian(args):
 
 def cmd_landscape(args):
     from .perturb import dist_info
-    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"], points_sharded=True)
+    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"])
     if args.npz and dist_info()[0] == 0:
         import io
         import numpy as np
@@ -303,7 +302,7 @@ def cmd_landscape(args):
 
 
 def cmd_flatness(args):
-    _measure_command(args, "flatness", ["flatness"], points_sharded=True)
+    _measure_command(args, "flatness", ["flatness"])
 
 
 def cmd_compare(args):
@@ -313,8 +312,11 @@ def cmd_compare(args):
     settings = _settings(args, names)
     if args.group and args.checkpoints:
         raise FlatlensError("give either checkpoints or --group NAME CKPT..., not both")
+    from .perturb import dist_info, init_distributed
+    rank = init_distributed()[0]
     cache = ResultCache(None if args.no_cache else os.path.join(args.results, "cache"))
-    kw = dict(cache=cache, device=args.device, data_file=args.data, progress=args.progress)
+    kw = dict(cache=cache, device=args.device, data_file=args.data, progress=args.progress and rank == 0,
+              axis=args.axis)
     if args.group:
         groups = {}
         for g in args.group:
@@ -328,6 +330,8 @@ def cmd_compare(args):
         if not args.checkpoints:
             raise FlatlensError("compare needs checkpoints (A.pt B.pt ...) or --group NAME CKPT... twice")
         rep = compare([_load(args, p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
+    if dist_info()[0] != 0:  # every rank holds the same comparison; rank 0 prints and writes it
+        return
     _out(args, format_table(rep))
     _out(args, f"cache: {rep.cache['hits']} hits, {rep.cache['misses']} computed")
     write_outputs(rep, json_path=args.json, csv_path=args.csv)
@@ -455,6 +459,13 @@ def _import_flags(p, *, arch=True, data=True):
     g.add_argument("--image-size", type=int, help="DomainBed images: side in pixels (default 224)")
 
 
+def _axis_flag(p):
+    p.add_argument("--axis", choices=["auto", "data", "points"], default="auto",
+                   help="under torchrun, how ranks share the work: data (each holds a shard of the samples; "
+                        "Hessian metrics), points (each evaluates some perturbations; landscape, flatness, noise), "
+                        "or auto: each metric's own (default)")
+
+
 def _measure_args(p, split_default="train"):
     p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
     p.add_argument("--split", choices=["train", "test", "both"], default=split_default,
@@ -463,6 +474,7 @@ def _measure_args(p, split_default="train"):
     p.add_argument("--data", help="a torch file {'x': tensor, 'y': tensor} to use instead of the checkpoint's data")
     p.add_argument("--device", default="cpu", help="(default %(default)s)")
     p.add_argument("--json", help="write every record (rows, full results, settings) as JSON here")
+    _axis_flag(p)
     _import_flags(p)
 
 
@@ -578,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", help="write the table as CSV here")
     c.add_argument("--plot", help="PNG/PDF/SVG of each value with its interval")
     c.add_argument("--device", default="cpu", help="(default %(default)s)")
+    _axis_flag(c)
     _import_flags(c)
     c.set_defaults(fn=cmd_compare)
 
@@ -691,11 +704,21 @@ def main(argv=None) -> int:
     args.progress = not (args.quiet or os.environ.get("FLATLENS_QUIET"))
     if not args.progress:
         os.environ["TQDM_DISABLE"] = "1"
+    where = ""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: each rank's one line names it
+        where = f" (rank {os.environ.get('RANK', '?')})"
+        import signal
+
+        def stopped(signum, frame):  # torchrun stops the other ranks when one fails
+            print(f"flatlens: stopped{where}: another rank failed (its own line says why)", file=sys.stderr)
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, stopped)
     try:
         _preflight(args)
         args.fn(args)
     except FlatlensError as e:
-        print(f"flatlens: error: {e}", file=sys.stderr)
+        print(f"flatlens: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flatlens: interrupted (rerun the same command to resume where supported)", file=sys.stderr)
@@ -704,8 +727,8 @@ def main(argv=None) -> int:
         if getattr(args, "debug", False):
             raise
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        print(f"flatlens: internal error in {args.command}: {type(e).__name__}: {msg} (rerun with --debug for "
-              "the traceback)", file=sys.stderr)
+        print(f"flatlens: internal error in {args.command}{where}: {type(e).__name__}: {msg} (rerun with --debug "
+              "for the traceback)", file=sys.stderr)
         return 1
     return 0
 

@@ -150,7 +150,7 @@ def _qnoise_steps(ckpts, settings: M.Settings):
     return dict(q["quant"]["steps"])
 
 
-def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress):
+def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress, axis="auto"):
     """Every checkpoint, metric and split on the same samples: {(split, metric): [record per checkpoint]}."""
     if data_file is None:
         check_compatible(ckpts)
@@ -172,7 +172,7 @@ def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_f
                 out[(split, name)] = []
                 for c in ckpts:
                     out[(split, name)].append(measure(c, name, split, settings, cache=cache, device=device,
-                                                      data=data, progress=progress,
+                                                      data=data, progress=progress, axis=axis,
                                                       qnoise_steps=steps if name == "qnoise" else None))
                     bar.update(1)
     return out
@@ -186,12 +186,13 @@ def _row_base(metric, split, key, subject, **kw) -> ComparisonRow:
 
 
 def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], settings: M.Settings, *,
-            cache: ResultCache, device="cpu", data_file: str | None = None, progress=False) -> Comparison:
+            cache: ResultCache, device="cpu", data_file: str | None = None, progress=False,
+            axis: str = "auto") -> Comparison:
     """Checkpoint vs checkpoint (measurement noise): every row of every checkpoint against the first."""
     if not ckpts:
         raise FlatlensError("compare needs at least one checkpoint")
     measured = _measure_all(ckpts, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
-                            progress=progress)
+                            progress=progress, axis=axis)
     rows, records = [], []
     for (split, name), recs in measured.items():
         records += recs
@@ -220,7 +221,7 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
 
 def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], splits: list[str],
                    settings: M.Settings, *, cache: ResultCache, device="cpu", data_file: str | None = None,
-                   progress=False) -> Comparison:
+                   progress=False, axis: str = "auto") -> Comparison:
     """Method vs method (training noise): each group's checkpoints are its replicates; Welch over them."""
     if len(groups) < 2:
         raise FlatlensError("--group needs at least two groups (one --group NAME CKPT... each)")
@@ -229,7 +230,7 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
             raise FlatlensError(f"group {g!r} has {len(cs)} checkpoint(s); seed-level inference needs >= 2 per group")
     allc = [c for cs in groups.values() for c in cs]
     measured = _measure_all(allc, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
-                            progress=progress)
+                            progress=progress, axis=axis)
     names = list(groups)
     sizes = [len(groups[g]) for g in names]
     rows, records = [], []

@@ -19,6 +19,7 @@ from .checkpoint import build_model, weights_label
 from .data import for_protocol, protocol_split
 from .data.domains import gather
 from .objective import Objective
+from .parallel import all_min_int, group_info
 from .progress import measurement as progress_line
 from .results import Result, register, to_plain
 
@@ -103,10 +104,11 @@ def check_data(ckpt: dict, x, y, info) -> None:
 
 
 def objective_for(ckpt: dict, x, y, *, device="cpu", weights: str = "deployed", batch_size: int = 256,
-                  params=None) -> Objective:
+                  params=None, data_parallel: bool = False) -> Objective:
     model = build_model(ckpt, weights)
     batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
-    return Objective(model, nn.CrossEntropyLoss(), batches, device=device, bn="eval", params=params)
+    return Objective(model, nn.CrossEntropyLoss(), batches, device=device, bn="eval", params=params,
+                     data_parallel=data_parallel)
 
 
 @register
@@ -149,9 +151,15 @@ def versions() -> dict:
 
 
 def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
-            progress=False, store: str | None = None, qnoise_steps: dict | None = None) -> MetricRecord:
+            progress=False, store: str | None = None, qnoise_steps: dict | None = None,
+            axis: str = "auto") -> MetricRecord:
     """A registered metric of a checkpoint on a split, through the cache. `data`: (x, y, info) overrides the
-    checkpoint's own data selection. `store`: a folder for resumable chunks (perturbation metrics)."""
+    checkpoint's own data selection. `store`: a folder for resumable chunks (perturbation metrics).
+
+    Under torch.distributed (torchrun), `axis` says how the ranks share the work: "data" (each rank holds a
+    shard of the samples; losses, gradients and HVPs are summed over ranks), "points" (each rank evaluates some
+    of the perturbation points), or "auto": the metric's own (`Metric.axis`). Every rank returns the same
+    record; rank 0 alone writes the cache."""
     m = M.get(metric)
     common = settings.common
     x, y, info = data if data is not None else select_data(ckpt["data"], split, common.samples, common.seed)
@@ -159,8 +167,11 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
         check_data(ckpt, x, y, info)
     parts = {"ckpt": ckpt["sha256"], "metric": metric, "settings": settings.key(metric), "data": info,
              "version": __version__, "device_type": torch.device(device).type}
+    world = group_info()[1]
     if cache is not None:
         hit = cache.get(parts)
+        if world > 1 and all_min_int(int(hit is not None), device) == 0:
+            hit = None  # every rank computes, or none does: the computation holds collectives
         if hit is not None:
             try:
                 rec = MetricRecord.from_dict(hit)
@@ -172,7 +183,9 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
             except (ValueError, TypeError, KeyError, AttributeError, IndexError):
                 cache.reject()
     torch.manual_seed(common.seed)
-    obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size)
+    data_axis = world > 1 and (axis == "data" or (axis == "auto" and m.axis == "data"))
+    obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size,
+                        data_parallel=data_axis)
     # one live line per measurement (the estimators' own chunk bars stay off under it)
     ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, qnoise_steps=qnoise_steps)
     s = settings.of(metric)
@@ -189,6 +202,6 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
                        checkpoint_sha256=ckpt["sha256"], weights=common.weights,
                        weights_label=weights_label(ckpt, common.weights), bn=obj.bn, center_loss=obj.loss(),
                        objective=obj.describe(), seed=common.seed)
-    if cache is not None:
+    if cache is not None and group_info()[0] == 0:
         cache.put(parts, rec.to_dict())
     return rec

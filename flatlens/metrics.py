@@ -151,6 +151,7 @@ class Metric:
     cost: str                        # what the defaults cost per checkpoint and split, shown in --help (measured
                                      # on `flatlens train`'s default model, 512 samples, 2 CPU threads)
     summary_row: Callable[[Any], str] | None = None   # settings -> the row key shown in summary tables
+    axis: str = "points"             # under torchrun: "data" (HVP / gradient metrics) or "points" (perturbations)
 
     def spec(self, key: str) -> RowSpec:
         for s in self.specs:
@@ -237,7 +238,7 @@ register_metric(Metric(
            RowSpec("LM", "largest-magnitude eigenvalue #{rest}", "nats/w²", None, prefix=True)),
     brief=lambda r: (f"{r.main.n_hvp + (r.bottom.n_hvp if r.bottom else 0)} HVPs, converged "
                      f"{r.main.converged and (r.bottom is None or r.bottom.converged)}"),
-    cost="about 4 s", summary_row=lambda s: "LA1"))
+    axis="data", cost="about 4 s", summary_row=lambda s: "LA1"))
 
 
 @dataclass
@@ -266,7 +267,7 @@ register_metric(Metric(
     role="headline", settings=TraceSettings, result_type=TraceResult, compute=_trace_compute, rows=_trace_rows,
     specs=(RowSpec("trace", "Hessian trace tr(H)", "nats/w²"),),
     brief=lambda r: f"{r.n_hvp} HVPs, converged {r.converged}",
-    cost="about 3 s", summary_row=lambda s: "trace"))
+    axis="data", cost="about 3 s", summary_row=lambda s: "trace"))
 
 
 @dataclass
@@ -292,7 +293,7 @@ register_metric(Metric(
     compute=_density_compute, rows=_density_rows,
     specs=(RowSpec("mean", "mean eigenvalue tr(H)/d (SLQ)", "nats/w²"),),
     brief=lambda r: f"{r.n_runs} runs x {r.n_iter} steps, {r.n_hvp} HVPs",
-    cost="about 10 s"))
+    axis="data", cost="about 10 s"))
 
 
 @dataclass
@@ -322,7 +323,7 @@ register_metric(Metric(
                               pairing=f"rademacher:{len(r.probe_sums)}:{r.diagonal.objective.get('num_params')}")],
     specs=(RowSpec("sum", "sum of the diagonal (Hutchinson trace)", "nats/w²"),),
     brief=lambda r: f"{r.diagonal.n_probes} probes",
-    cost="about 5 s"))
+    axis="data", cost="about 5 s"))
 
 
 # --------------------------------------------------------------------------- landscape metrics

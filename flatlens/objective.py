@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ._util import FlatlensError, resolve_device
+from .parallel import all_gather, all_min_int, all_sum, all_sum_float, group_info, shard
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -125,11 +126,16 @@ class Objective:
         unchanged (a mean-reduced loss, BN in eval mode; checked at the centre): on this CPU 256-sample
         batches made an HVP of the digits CNN on 1024 inputs 1.5x faster than one 1024-sample batch
         (caches). None keeps the caller's batches.
+    data_parallel: with torch.distributed initialized (torchrun, or an explicit process group), every rank
+        passes the same data and keeps a deterministic shard of it (contiguous samples; whole batches, round
+        robin, for a custom loss or batch-statistics BN); F, its gradient, every HVP and every perturbed
+        evaluation are sample-weighted sums all-reduced over ranks, so F is the same function of theta on every
+        rank whatever the world size, and estimators seeded alike take the same steps everywhere.
     """
 
     def __init__(self, model: nn.Module, loss_fn, data, *, device=None, params=None, bn: str = "eval",
                  hvp_mode: str = "auto", graph_budget_bytes: int = 2 << 30, hvp_batch_size: int | None = 256,
-                 flush_denormal: bool = True):
+                 flush_denormal: bool = True, data_parallel: bool = False):
         if bn not in ("eval", "train"):
             raise FlatlensError(f"bn must be 'eval' or 'train', got {bn!r}")
         if hvp_mode not in ("auto", "graph", "recompute"):
@@ -168,7 +174,9 @@ class Objective:
         self.num_params = self.offsets[-1]
         self.dtype = self.center[self.names[0]].dtype
 
-        self.batches = self._load(data)
+        self.rank, self.world_size = group_info() if data_parallel else (0, 1)
+        self.data_parallel = self.world_size > 1
+        self.batches = self._shard(self._load(data))
         self.n_hvp = 0
         self._hvp_batched = None  # measured on first need (batched_hvps_pay)
         self.on_progress: Callable[[str, int], None] | None = None  # called as ("hvp" | "eval", count)
@@ -177,18 +185,26 @@ class Objective:
         self.sample_counts = None
         with torch.no_grad():
             value, counts, corrects = self._forward(self.center, need_counts=True)
-        self.sample_counts = counts
-        self.n_samples = int(sum(counts))
-        if self.n_samples <= 0:
-            raise FlatlensError("data holds no samples")
+        self.sample_counts = counts  # this rank's batches
+        self.samples_per_rank = [int(c) for c in self._gather(int(sum(counts)))]
+        self.n_samples = int(sum(self.samples_per_rank))  # all ranks
+        if self.n_samples <= 0 or min(self.samples_per_rank) <= 0:
+            raise FlatlensError("data holds no samples" if self.n_samples <= 0 else
+                                f"a rank holds no samples ({self.samples_per_rank}): fewer ranks, or more data")
         self._weights = [c / self.n_samples for c in counts]
-        self._loss0 = float(sum(w * v for w, v in zip(self._weights, value)))
-        self._acc0 = None if any(c is None for c in corrects) else float(sum(corrects)) / self.n_samples
+        self._local_loss0 = float(sum(w * v for w, v in zip(self._weights, value)))
+        self._loss0 = self._sum_float(self._local_loss0)
+        if any(c is None for c in corrects):
+            self._acc0 = None
+        else:
+            self._acc0 = self._sum_float(float(sum(corrects))) / self.n_samples
         if not math.isfinite(self._loss0):
             raise FlatlensError(f"the loss at the centre is not finite ({self._loss0})")
         self._hvp_batches, self._hvp_weights = self._recut(hvp_batch_size)
         self.hvp_batch_size = hvp_batch_size if self._hvp_batches is not self.batches else None
         self.hvp_mode = self._pick_hvp_mode(hvp_mode, graph_budget_bytes)
+        if self.data_parallel:
+            self.fingerprint()  # a collective: taken here, where every rank is, not lazily on one rank's path
 
     # ---------------------------------------------------------------- data
     def _load(self, data) -> list:
@@ -246,17 +262,49 @@ class Objective:
         out = module(batch[0])
         return self.loss_fn(widen(out), batch[1]), batch[0].shape[0], self.count_correct(out, batch[1])
 
+    # collectives over the data axis: the identity unless this objective is data-parallel
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        return all_sum(t) if self.data_parallel else t
+
+    def _sum_float(self, x: float) -> float:
+        return all_sum_float(x, self.device) if self.data_parallel else float(x)
+
+    def _min_int(self, x: int) -> int:
+        return all_min_int(x, self.device) if self.data_parallel else int(x)
+
+    def _gather(self, x) -> list:
+        return all_gather(x) if self.data_parallel else [x]
+
+    def _shard(self, batches: list) -> list:
+        """This rank's share of the data (all of it in one process)."""
+        if not self.data_parallel:
+            return batches
+        if self._custom or self.bn != "eval":  # whole batches (F of a batch needs the batch whole)
+            mine = batches[self.rank::self.world_size]
+        else:  # contiguous samples, re-cut at the caller's largest batch size
+            size = max(len(b[1]) for b in batches)
+            x = torch.cat([b[0] for b in batches])
+            y = torch.cat([b[1] for b in batches])
+            idx = shard(len(y), self.rank, self.world_size)
+            x, y = x[idx.start:idx.stop], y[idx.start:idx.stop]
+            mine = [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+        if not mine:
+            raise FlatlensError(f"rank {self.rank} of {self.world_size} holds no data: fewer ranks, or more data")
+        return mine
+
     def _recut(self, size):
         """(batches, weights) re-cut to `size` samples when that reproduces F at the centre, else the
         caller's own."""
         keep = self.batches, self._weights
-        if not size or self._custom or self.bn != "eval" or max(self.sample_counts) <= size:
+        want = bool(size) and not self._custom and self.bn == "eval" and max(self.sample_counts) > size
+        if not self._min_int(int(want)):  # every rank takes the same path (collectives below)
             return keep
         batches, weights = self.batches_of(size)
         with torch.no_grad():
             f = float(sum(w * self._batch_loss(self.center, b)[0] for w, b in zip(weights, batches)))
         tol = 1e-10 if self.dtype == torch.float64 else 1e-5
-        return (batches, weights) if abs(f - self._loss0) <= tol * max(1.0, abs(self._loss0)) else keep
+        ok = abs(f - self._local_loss0) <= tol * max(1.0, abs(self._local_loss0))
+        return (batches, weights) if self._min_int(int(ok)) else keep  # every rank alike
 
     # ---------------------------------------------------------------- evaluation
     def full_params(self, params: Mapping[str, torch.Tensor]) -> dict:
@@ -314,7 +362,8 @@ class Objective:
         return values, counts, corrects
 
     def value(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """F at `params` as a differentiable tensor (names not given stay at the centre)."""
+        """F at `params` as a differentiable tensor (names not given stay at the centre). On a data-parallel
+        objective this is this rank's share (its samples' weighted losses): the shares sum to F."""
         values, _, _ = self._forward(params)
         return sum(w * v for w, v in zip(self._weights, values))
 
@@ -328,14 +377,15 @@ class Objective:
 
     def loss_at(self, params: Mapping[str, torch.Tensor]) -> float:
         with torch.no_grad():
-            return float(self.value(params))
+            return self._sum_float(float(self.value(params)))
 
     def loss_and_accuracy(self, params: Mapping[str, torch.Tensor] | None = None):
         """(F, accuracy or None) at `params` (default: the centre)."""
         with torch.no_grad():
             values, _, corrects = self._forward(params if params is not None else {})
-            f = float(sum(w * v for w, v in zip(self._weights, values)))
-            acc = None if any(c is None for c in corrects) else float(sum(corrects)) / self.n_samples
+            f = self._sum_float(float(sum(w * v for w, v in zip(self._weights, values))))
+            acc = None if any(c is None for c in corrects) else self._sum_float(
+                float(sum(corrects))) / self.n_samples
         return f, acc
 
     def grad_at(self, params: Mapping[str, torch.Tensor] | None = None) -> tuple[float, dict]:
@@ -346,8 +396,11 @@ class Objective:
             f = self.value(leaves)
             grads = torch.autograd.grad(f, list(leaves.values()), allow_unused=True)
         self.tick("grad")
-        return float(f.detach()), {n: (g if g is not None else torch.zeros_like(leaves[n]))
-                          for n, g in zip(self.names, grads)}
+        grads = {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(self.names, grads)}
+        if self.data_parallel:  # the ranks' shares sum to F and to its gradient
+            flat = self._sum(self.flatten(grads))
+            return self._sum_float(float(f.detach())), self.unflatten(flat)
+        return float(f.detach()), grads
 
     # ---------------------------------------------------------------- flat vectors
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -444,6 +497,7 @@ class Objective:
                                                                       batched=batched)):
                         if h is not None:
                             outd[n].add_(h, alpha=w)
+        self._sum(out)  # on a data-parallel objective: this rank's share of H v, summed over ranks
         self.n_hvp += len(V) if batched else 1
         self.tick("hvp", len(V) if batched else 1)
         return out
@@ -500,7 +554,8 @@ class Objective:
                 self.hvp_many(V, batched=True)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-                self._hvp_batched = (time.perf_counter() - t1) < (t1 - t0)
+                pays = (time.perf_counter() - t1) < (t1 - t0)
+                self._hvp_batched = bool(self._min_int(int(pays)))  # every rank takes the same blocks
                 self.n_hvp = n0  # the timing's HVPs are not the estimator's
         return self._hvp_batched
 
@@ -531,7 +586,9 @@ class Objective:
                     h.update(str(tuple(t.shape)).encode())
                     h.update(_bytes(t))
             h.update(f"{self.bn}|{type(self.loss_fn).__name__}".encode())
-            self._fingerprint = h.hexdigest()[:24]
+            # data-parallel: one fingerprint for the whole data set, the same on every rank
+            self._fingerprint = hashlib.sha256("|".join(self._gather(h.hexdigest())).encode()).hexdigest()[:24] \
+                if self.data_parallel else h.hexdigest()[:24]
         return self._fingerprint
 
     def identity(self) -> dict:
@@ -544,7 +601,8 @@ class Objective:
         return {"num_params": self.num_params, "n_samples": self.n_samples, "n_batches": len(self.batches),
                 "bn": self.bn, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "hvp_mode": self.hvp_mode, "hvp_batch_size": self.hvp_batch_size,
-                "hvp_batched": self._hvp_batched, "fingerprint": self.fingerprint()}
+                "hvp_batched": self._hvp_batched, "world_size": self.world_size,
+                "samples_per_rank": self.samples_per_rank, "fingerprint": self.fingerprint()}
 
 
 def timer():

@@ -51,7 +51,8 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
         lo, acc = ev(a[:, None] * d[None, :])
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
-    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="curve",
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress,
+                       shard=not obj.data_parallel, desc="curve",
                        args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
                              "obj": obj.identity(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
@@ -84,7 +85,8 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
         acc = torch.stack([p[1] for p in per_alpha], dim=1) if ev.reports_accuracy else torch.empty(0)
         return {"loss": lo, "acc": acc}
 
-    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc=f"{kind} curves",
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress,
+                       shard=not obj.data_parallel, desc=f"{kind} curves",
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
                              "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k})
     L = torch.cat([p["loss"] for p in parts]).numpy()
@@ -117,7 +119,8 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
         lo, acc = ev(a_t[s, None] * fx[None] + b_t[s, None] * fy[None])
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
-    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="surface",
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress,
+                       shard=not obj.data_parallel, desc="surface",
                        args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
                              "dx": tensor_digest(fx), "dy": tensor_digest(fy),
                              "obj": obj.identity(), "chunk": chunk})

@@ -29,6 +29,7 @@ from torch.func import functional_call, vmap
 
 from .._util import FlatlensError, atomic_write_text
 from ..objective import Objective, widen
+from ..parallel import all_sum
 
 STRATEGIES = ("auto", "loop", "vmap")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -83,6 +84,10 @@ class Evaluator:
             raise FlatlensError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.obj = obj
         self.requested = strategy
+        if obj.data_parallel:
+            # every rank evaluates its data shard and the losses are summed over ranks: all ranks must take the
+            # same path, so no timing-based pick (and vmap's chunking stays out of the collectives)
+            strategy = "loop"
         self.strategy = None if strategy == "auto" else strategy
         self.precision = precision
         self.precision_error = 0.0 if precision == "fp32" else None
@@ -203,6 +208,8 @@ class Evaluator:
             with torch.no_grad():
                 for n in obj.names:
                     self._params[n].data.copy_(obj.center[n])
+        if obj.data_parallel:  # each rank's share of F (and of the correct count): summed over ranks
+            losses, correct = all_sum(losses), all_sum(correct)
         return losses, correct
 
     def _vmap(self, deltas: torch.Tensor, precision=None):

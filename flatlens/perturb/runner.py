@@ -34,12 +34,15 @@ def dist_info() -> tuple[int, int]:
 
 def init_distributed() -> tuple[int, int]:
     """Initialize torch.distributed from torchrun's environment (NCCL on GPUs, gloo on CPUs); no-op alone."""
+    import datetime
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        # a rank that fails leaves the others waiting in a collective: they give up after this long, not hang
+        timeout = datetime.timedelta(seconds=float(os.environ.get("FLATLENS_DIST_TIMEOUT", "600")))
+        dist.init_process_group(backend, timeout=timeout)
     return dist_info()
 
 
@@ -80,16 +83,20 @@ def _load_chunk(path):
 
 
 def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, store: str | None = None,
-               progress: bool = True, desc: str = "points", counts: dict | None = None) -> list[dict]:
+               progress: bool = True, desc: str = "points", counts: dict | None = None,
+               shard: bool = True) -> list[dict]:
     """compute(i) -> dict of tensors for chunk i; returns the list for all chunks, in order, on every rank.
 
     With `store`, chunks live in store/<key>/, the key a hash of `args` (which every caller builds from what
     it measures: the objective's fingerprint, i.e. checkpoint weights and data, and the measurement's
     settings) and the flatlens version, so a folder reused for another checkpoint or other settings
-    recomputes instead of mixing runs. `counts` (optional) receives loaded / computed / rejected chunk counts."""
+    recomputes instead of mixing runs. `counts` (optional) receives loaded / computed / rejected chunk counts.
+    shard=False: every rank computes every chunk (the data axis: a data-parallel objective's ranks evaluate
+    each point together); rank 0 alone writes the store."""
     from tqdm.auto import tqdm
 
-    rank, world = dist_info()
+    true_rank = dist_info()[0]
+    rank, world = dist_info() if shard else (0, 1)
     key = args_key(args)
     folder = os.path.join(store, key) if store else None
     if folder:
@@ -98,13 +105,13 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, sto
         except OSError as e:
             raise FlatlensError(f"cannot use {store} for resumable chunks: {e.strerror}") from None
         manifest = os.path.join(folder, "manifest.json")
-        if rank == 0 and not os.path.exists(manifest):
+        if true_rank == 0 and not os.path.exists(manifest):
             atomic_write_text(manifest, json.dumps({"key": key, "args": args, "n_chunks": n_chunks},
                                                    default=str, indent=1))
     tally = {"loaded": 0, "computed": 0, "rejected": 0}
     mine = list(range(rank, n_chunks, world))
     out: dict[int, dict] = {}
-    bar = tqdm(total=len(mine), disable=not progress or rank != 0, desc=desc, leave=False)
+    bar = tqdm(total=len(mine), disable=not progress or true_rank != 0, desc=desc, leave=False)
     for i in mine:
         path = _chunk_path(folder, i) if folder else None
         if path and os.path.exists(path):
@@ -117,7 +124,7 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, sto
             tally["rejected"] += 1
         out[i] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in compute(i).items()}
         tally["computed"] += 1
-        if path:
+        if path and (shard or true_rank == 0):
             atomic_torch_save({**out[i], "_sha256": _digest(out[i])}, path)
         bar.update(1)
     bar.close()

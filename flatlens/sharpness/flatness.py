@@ -44,7 +44,8 @@ def local_flatness(obj: Objective, radii, *, n_directions: int = 100, seed: int 
         lo = torch.stack([ev(rad * U)[0] for rad in r_t], dim=1)  # one (k, P) matrix at a time
         return {"inc": lo - f0}
 
-    parts = run_chunks(n_chunks, compute, store=store, progress=progress, desc="flatness",
+    parts = run_chunks(n_chunks, compute, store=store, progress=progress,
+                       shard=not obj.data_parallel, desc="flatness",
                        args={"m": "flatness", "radii": r.tolist(), "n": n_directions, "seed": seed, "kind": kind,
                              "ignore": space.ignore, "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()
