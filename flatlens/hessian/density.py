@@ -12,31 +12,16 @@ from scipy.linalg import eigh_tridiagonal
 
 from .._util import check_number, generator, rademacher
 from ..objective import Objective, timer
+from .lanczos import lanczos
 from .results import DensityResult
 
 
 def lanczos_tridiag(obj: Objective, v: torch.Tensor, m: int):
-    """m steps of Lanczos with full reorthogonalization; returns the diagonals (alpha, beta)."""
-    V = []
+    """m steps of Lanczos with full reorthogonalization; returns the diagonals (alpha, beta) of T."""
     alpha, beta = [], []
-    v = v / v.norm()
-    w_prev, b = None, 0.0
-    for j in range(m):
-        V.append(v)
-        w = obj.hvp(v)
-        a = float(w @ v)
-        w = w - a * v - (b * w_prev if w_prev is not None else 0.0)
-        for u in V:  # full reorthogonalization (twice is enough)
-            w = w - (u @ w) * u
-        for u in V:
-            w = w - (u @ w) * u
-        alpha.append(a)
-        b = float(w.norm())
-        if j == m - 1 or b < 1e-10 * max(1.0, abs(a)):
-            break
-        beta.append(b)
-        w_prev, v = v, w / b
-    return np.asarray(alpha), np.asarray(beta)
+    for alpha, beta, _, _ in lanczos(obj, v, m):
+        pass
+    return np.asarray(alpha), np.asarray(beta[: len(alpha) - 1])
 
 
 def density(obj: Objective, *, n_iter: int = 80, n_runs: int = 4, sigma: float | None = None,

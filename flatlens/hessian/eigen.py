@@ -9,6 +9,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from .._util import FlatlensError, check_number, generator
 from ..objective import Objective, timer
+from .lanczos import lanczos
 from .results import EigenResult
 
 WHICH = ("LA", "SA", "LM")
@@ -87,33 +88,18 @@ def _lanczos(obj, k, which, tol, max_hvp, seed, memory_budget: int = 2 << 30):
     cap = int(min(d, budget, max(2 * k + 2, memory_budget // max(1, d * obj.center[obj.names[0]].element_size()))))
     g = generator(seed, "lanczos-v0")
     v = torch.randn(d, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
-    v = v / v.norm()
-    V, alpha, beta = [], [], []
     converged, stop = False, "budget"
-    theta = S = idx = None
-    w_prev, b_prev = None, 0.0
-    for j in range(cap):
-        V.append(v)
-        w = obj.hvp(v)
-        a = float(w @ v)
-        w = w - a * v - (b_prev * w_prev if w_prev is not None else 0.0)
-        Vm = torch.stack(V)
-        for _ in range(2):  # full reorthogonalization, twice
-            w = w - Vm.T @ (Vm @ w)
-        alpha.append(a)
-        b = float(w.norm())
-        theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if j else (np.asarray(alpha),
-                                                                                      np.ones((1, 1)))
+    for alpha, beta, b, V in lanczos(obj, v, cap):
+        theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if len(alpha) > 1 else (
+            np.asarray(alpha), np.ones((1, 1)))
         idx = _pick(theta, k, which)
-        resid = b * np.abs(S[-1, idx])
+        resid = b * np.abs(S[-1, idx])  # ||H y - theta y|| of each wanted Ritz pair, no extra HVP
         if len(idx) == k and np.all(resid <= tol * np.maximum(np.abs(theta[idx]), 1e-30)):
             converged, stop = True, "ritz residual"
             break
-        if b <= 1e-12 * max(1.0, float(np.max(np.abs(theta)))):
+        if b <= 1e-12 * max(1.0, float(np.max(np.abs(alpha)))):
             converged, stop = len(idx) == k, "invariant subspace"
             break
-        beta.append(b)
-        w_prev, b_prev, v = v, b, w / b
     n_used = len(V)
     Vm = torch.stack(V).double()
     Y = (torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(Vm.device) .T @ Vm)  # Ritz vectors (k, d)
