@@ -4,7 +4,8 @@ on one H100 at full size). `--tiny --device cpu` runs the same code paths in sec
 
   device        the card, torch, and its dense matmul rate in fp32, tf32 and bf16 (measured here)
   perturbation  evaluations per second of the digits CNN and ResNet-18: loss-landscape-style loop (state dict +
-                DataLoader per point), state-dict loop over cached tensors, flatlens `auto`; achieved FLOP/s as a
+                DataLoader per point), state-dict loop over cached tensors, flatlens `auto`, flatlens `compiled`
+                (torch.compile, CUDA graphs on a GPU: with and without its compilation); achieved FLOP/s as a
                 fraction of the fp32 matmul rate (benchmarks/perturb_throughput.py)
   precision     flatlens's evaluator in fp32, tf32 and bf16 on ResNet-18: evals/s and the largest loss error
   hvp           one HVP against one gradient; a block of HVPs pushed through one vmapped backward against
@@ -162,7 +163,8 @@ def main():
     try:
         rn, xr, yr, rawr = resnet18_data(16 if tiny else 512, 16 if tiny else 32, dev)
         res["perturbation"]["resnet18"] = PT.run(rn, xr, yr, rawr, 0.5, 0.25, dev, 4 if tiny else 32,
-                                                 f"ResNet-18, {dev}", batch=16 if tiny else 128)
+                                                 f"ResNet-18, {dev}", batch=16 if tiny else 128,
+                                                 compiled=not tiny)  # tiny: the digits CNN covers the path
         res["precision"] = precision_modes(rn, xr, yr, dev, 4 if tiny else 32)
         res["hvp"] = hvp_section(rn, xr[: 8 if tiny else 256], yr[: 8 if tiny else 256], dev, 2 if tiny else 8)
         hx, hy = xr[: 8 if tiny else 256], yr[: 8 if tiny else 256]

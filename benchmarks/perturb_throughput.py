@@ -3,7 +3,9 @@
  (a) loss-landscape style: per point, build and load a perturbed state dict, then iterate a DataLoader whose
      dataset converts each sample as torchvision's ToTensor + Normalize do (uint8 HxW -> float, scaled);
  (b) a loop over cached tensors: per point, load_state_dict, then the resident batches, no_grad, eval;
- (c) flatlens: Evaluator(strategy="auto"), calibration included in the timing.
+ (c) flatlens: Evaluator(strategy="auto"), calibration included in the timing;
+ (d) flatlens: Evaluator(strategy="compiled") in the layout (c) picked: torch.compile of the loop, timed with
+     its compilation (first call) and again in steady state (second call), to show where it pays.
 Reports evaluations per second, c/a, c/b, the achieved FLOP rate and its fraction of a dense fp32 matmul
 rate measured in the same run. Model: the digits CNN (and ResNet-18 on 32x32 if torchvision is present).
 Usage: python benchmarks/perturb_throughput.py [--points 128] [--json out.json]
@@ -58,7 +60,7 @@ def forward_flops(model, x):
     return fc.get_total_flops()
 
 
-def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
+def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256, compiled=True):
     model = model.to(device).eval()
     obj = Objective(model, loss_fn(), [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)],
                     device=device)
@@ -108,6 +110,11 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
     (la, ta) = timed(way_a, n_a)
     (lb, tb) = timed(way_b, points)
     ((lc, ev), tc) = timed(way_c, points)
+    if compiled:
+        ev_d = Evaluator(obj, strategy="compiled", channels_last=ev.channels_last, batch_size=ev.batch_size)
+        ((ld, _), td_first) = timed(ev_d, D)
+        (_, td) = timed(ev_d, D)
+        np.testing.assert_allclose(ld.tolist(), lc, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(lb, lc, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(la, lc[:n_a], rtol=1e-4, atol=1e-5)
     # what makes the loop fast: inference mode + in-place weights (c, loop) vs channels_last on top
@@ -124,6 +131,12 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256):
     ra, rb, rc = n_a / ta, points / tb, points / tc
     return {"label": label, "num_params": obj.num_params, "n_inputs": len(y), "points": points,
             "evals_per_second": {"a_loss_landscape_style": ra, "b_cached_loop": rb, "c_flatlens_auto": rc},
+            "d_flatlens_compiled": ({"evals_per_second_including_compilation": points / td_first,
+                                     "evals_per_second_steady": points / td, "compile_seconds": ev_d.compile_seconds,
+                                     "steady_over_c": (points / td) / rc,
+                                     "points_to_break_even": (ev_d.compile_seconds / (1 / rc - td / points)
+                                                              if td / points < 1 / rc else None)}
+                                    if compiled else {"run": False}),
             "c_over_a": rc / ra, "c_over_b": rc / rb, "strategy": ev.describe()["strategy"],
             "calibration": ev.calibration, "forward_flops_per_eval": fl, "loop_memory_format": loop_rates,
             "achieved_flops_per_second": fl * rc, "matmul_flops_per_second": mm,
@@ -161,6 +174,12 @@ def main():
         print(f"c/a = {r['c_over_a']:.2f}, c/b = {r['c_over_b']:.2f}; achieved {r['achieved_flops_per_second'] / 1e9:.2f}"
               f" GFLOP/s = {100 * r['fraction_of_matmul_rate']:.1f} % of a dense fp32 matmul "
               f"({r['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s)")
+        d = r["d_flatlens_compiled"]
+        if d.get("run", True):
+            print(f"(d) compiled: {d['evals_per_second_including_compilation']:.2f} evals/s with its "
+                  f"{d['compile_seconds']:.1f} s compilation, {d['evals_per_second_steady']:.2f} steady "
+                  f"({d['steady_over_c']:.2f}x (c)); break-even after "
+                  f"{'never' if d['points_to_break_even'] is None else round(d['points_to_break_even'])} points")
         lm = r["loop_memory_format"]
         print(f"loop evals/s: contiguous {lm['contiguous']:.2f}, channels_last {lm['channels_last']:.2f}")
     if args.json:

@@ -23,6 +23,7 @@ from ._util import FlatlensError
 from .hessian.results import DensityResult, DiagonalResult, EigenResult, TraceResult
 from .landscape.results import CurvesResult, SurfaceResult
 from .objective import Objective
+from .perturb.evaluator import PRECISIONS, STRATEGIES
 from .results import Result, register
 from .sharpness.results import FlatnessResult, QuantNoiseResult, WorstCaseResult
 
@@ -335,9 +336,8 @@ def _kind(default):
 @dataclass
 class EvalSettings:
     """How perturbed models are evaluated (every perturbation metric)."""
-    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy",
-                            choices=("auto", "loop", "vmap"))
-    precision: str = setting("fp32", "evaluation precision", "--precision", choices=("fp32", "tf32", "bf16"))
+    strategy: str = setting("auto", "how perturbed models are evaluated", "--strategy", choices=STRATEGIES)
+    precision: str = setting("fp32", "evaluation precision", "--precision", choices=PRECISIONS)
 
 
 @dataclass

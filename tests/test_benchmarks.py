@@ -26,6 +26,9 @@ def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
         p = d["perturbation"][model]
         assert set(p["evals_per_second"]) == {"a_loss_landscape_style", "b_cached_loop", "c_flatlens_auto"}
         assert p["fraction_of_matmul_rate"] > 0 and p["c_over_a"] > 0
+    compiled = d["perturbation"]["digits_cnn"]["d_flatlens_compiled"]
+    assert compiled["compile_seconds"] > 0 and compiled["evals_per_second_steady"] > 0
+    assert d["perturbation"]["resnet18"]["d_flatlens_compiled"] == {"run": False}  # tiny: not compiled
     assert set(d["precision"]) == {"fp32", "tf32", "bf16"}
     assert d["precision"]["fp32"]["max_abs_loss_error_vs_fp32"] == 0.0
     h = d["hvp"]

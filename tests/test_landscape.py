@@ -202,6 +202,24 @@ def test_auto_pick_is_recorded_and_reused_so_reruns_give_identical_numbers(monke
     assert torch.equal(again(D)[0], first) and again.describe()["calibration"]["reused"]
 
 
+@pytest.mark.slow
+def test_compiled_loop_matches_the_eager_loop_at_every_point_and_records_its_compile_time():
+    # the compiled graph takes the parameters as inputs: writing each point into them must change the loss
+    # (a graph that had frozen them as constants would return the centre loss at every point)
+    _, obj = bnnet_objective()
+    D = DirectionSpace(obj, "filter").make(0, range(5)) * 0.7
+    ref, acc_ref = Evaluator(obj, strategy="loop")(D)
+    ev = Evaluator(obj, strategy="compiled")
+    lo, acc = ev(D)
+    np.testing.assert_allclose(lo.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acc.numpy(), acc_ref.numpy())
+    assert len(set(np.round(lo.numpy(), 6))) == 5 and abs(float(lo[0]) - obj.loss()) > 1e-3
+    d = ev.describe()
+    assert d["strategy"] == "compiled" and d["compile_seconds"] > 0
+    # the objective's model was never compiled or changed
+    assert not hasattr(obj.model, "_orig_mod") and Evaluator(obj, strategy="loop")(D[:1])[0][0] == ref[0]
+
+
 class PublicOnly:
     """An Objective seen through its public interface only: any private attribute read fails the test."""
 
@@ -214,7 +232,7 @@ class PublicOnly:
         return getattr(object.__getattribute__(self, "_obj"), name)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap", "auto"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "auto", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_the_perturbation_engine_uses_the_objectives_public_interface_only(strategy):
     from flatlens import sharpness
     model, real = bnnet_objective()

@@ -6,13 +6,17 @@ its resident batches (`batches_of` re-cuts them: the Objective owns that rule), 
 classification rule. Strategies:
   loop  per point, write w + delta into the evaluator's copy in place and run it under inference mode, over the
         resident data;
-  vmap  torch.func.vmap of functional_call over a chunk of stacked points, chunk sized to a memory budget.
+  vmap  torch.func.vmap of functional_call over a chunk of stacked points, chunk sized to a memory budget;
+  compiled  the loop through torch.compile of the evaluator's copy (on CUDA mode "reduce-overhead": the forward
+        replays as CUDA graphs; the parameters are graph inputs, so writing a point into them needs no
+        recompilation). Its first call pays the compilation (recorded as `compile_seconds`).
 `auto` calibrates per model shape and device (remembered for the process) on the centre itself, so no point
 is wasted: it times the loop with the contiguous and the channels_last memory format and with the resident
-batches re-cut to 128 and 64 samples (measured on this 2-core CPU: channels_last with 64-128-sample batches
-ran the digits CNN 1.6-2.5x faster than contiguous 256-sample batches), and vmap on CUDA only (on CPU vmap ran
-the digits CNN 3x slower than the loop). Re-cut batches are used only when they reproduce the centre loss
-(a mean-reduced loss with BatchNorm in eval mode). Points whose delta is exactly zero take the centre loss.
+batches re-cut to 128 and 64 samples, and on CUDA only vmap and compiled too (on a CPU, vmap ran the digits CNN
+slower than the loop, and compiled ran faster but only paid back its compilation after thousands of points:
+benchmarks/results/perturb_throughput_cpu.json; ask for it with strategy="compiled"). A candidate is picked only
+if it reproduces the centre loss to 1e-5 relative (re-cut batches need a mean-reduced loss with BatchNorm in
+eval mode). Points whose delta is exactly zero take the centre loss.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from .._util import FlatlensError, atomic_write_text
 from ..objective import Objective, widen
 from ..parallel import all_sum
 
-STRATEGIES = ("auto", "loop", "vmap")
+STRATEGIES = ("auto", "loop", "vmap", "compiled")
 PRECISIONS = ("fp32", "tf32", "bf16")
 _PICKS: dict = {}  # calibration results per (model, size, device, dtype, precision, batch shapes)
 
@@ -105,6 +109,8 @@ class Evaluator:
         if strategy != "auto":
             self._configure(bool(channels_last) and self._images, batch_size)
         self._chunk = None
+        self._compiled = None  # torch.compile of self.model, built on first use
+        self.compile_seconds = None
         self.n_evals = 0
 
     @property
@@ -180,13 +186,33 @@ class Evaluator:
             yield
 
     # ----------------------------------------------------------------- strategies
-    def _forward_all(self, precision=None):
-        """(F, correct count) of the evaluator's model as it stands, over the evaluator's batches."""
+    def _compiled_model(self):
+        """torch.compile of the evaluator's copy; the first forward through it compiles (timed by the caller).
+        Static shapes: one graph per batch shape (at most two: full batches and the last one)."""
+        if self._compiled is None:
+            mode = "reduce-overhead" if self.obj.device.type == "cuda" else None
+            self._compiled = torch.compile(self.model, mode=mode, dynamic=False)
+        return self._compiled
+
+    def _forward_all(self, precision=None, compiled=None):
+        """(F, correct count) of the evaluator's model as it stands, over the evaluator's batches; through
+        the compiled copy when `compiled` (default: when the strategy is "compiled")."""
         obj = self.obj
+        if compiled is None:
+            compiled = self.strategy == "compiled"
+        model = self._compiled_model() if compiled else self.model
+        if compiled and self.compile_seconds is None:  # the first call compiles: time it once
+            self.compile_seconds = 0.0
+            _sync(obj.device)
+            t0 = time.perf_counter()
+            out = self._forward_all(precision, compiled=True)
+            _sync(obj.device)
+            self.compile_seconds = time.perf_counter() - t0
+            return out
         with torch.inference_mode(), self._precision(precision):
             tot, cor = 0.0, 0.0
             for w, b in zip(self._weights, self._batches):
-                loss, _, correct = obj.module_loss(self.model, b)
+                loss, _, correct = obj.module_loss(model, b)
                 if self._accuracy:
                     cor += float(correct)
                 tot += w * float(loss)
@@ -307,19 +333,37 @@ class Evaluator:
                 timings["vmap|contiguous|resident"] = (time.perf_counter() - t0) / len(zeros)
             except Exception as e:  # a model vmap cannot trace (data-dependent control flow, ...)
                 self.calibration["vmap_error"] = f"{type(e).__name__}: {str(e)[:100]}"
+        if obj.device.type == "cuda":
+            best_loop = min((k for k in timings if k.startswith("loop|")), key=timings.get)
+            _, fmt, bs = best_loop.split("|")
+            self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
+            try:
+                self._forward_all(compiled=True)  # compiles (timed in compile_seconds)
+                self._forward_all(compiled=True)  # CUDA graphs are recorded on the first calls after it
+                best = math.inf
+                for _ in range(2):
+                    _sync(obj.device)
+                    t0 = time.perf_counter()
+                    self._forward_all(compiled=True)
+                    _sync(obj.device)
+                    best = min(best, time.perf_counter() - t0)
+                timings[f"compiled|{fmt}|{bs}"] = best
+            except Exception as e:  # no compiler for this model or device: the loop stays
+                self.calibration["compile_error"] = f"{type(e).__name__}: {str(e)[:100]}"
         f0 = obj.loss()
         for best in sorted(timings, key=timings.get):
             strategy, fmt, bs = best.split("|")
             self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
-            if bs == "resident":
+            if bs == "resident" and strategy != "compiled":
                 break
-            f, _ = self._forward_all()  # re-cut batches must reproduce F (mean loss, BN in eval mode)
+            # re-cut batches (mean loss, BN in eval mode) and compiled code must reproduce F
+            f, _ = self._forward_all(compiled=strategy == "compiled")
             if abs(f - f0) <= 1e-5 * max(1.0, abs(f0)):
                 break
             timings[best] = math.inf
         pick = {"picked": strategy, "channels_last": fmt == "channels_last",
                 "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
-                "vmap_chunk": self._chunk}
+                "vmap_chunk": self._chunk, "compile_seconds": self.compile_seconds}
         _PICKS[sig] = pick
         _store_pick(_pick_key(sig), pick)
         self.calibration = dict(pick)
@@ -344,7 +388,7 @@ class Evaluator:
             sub = deltas if len(todo) == m else deltas[todo.to(deltas.device)]  # no copy unless needed
             if self.strategy is None:
                 self._calibrate()
-            fn = self._loop if self.strategy == "loop" else self._vmap
+            fn = self._vmap if self.strategy == "vmap" else self._loop
             lo, co = fn(sub)
             if self.precision != "fp32" and self.precision_error is None:
                 ref, _ = fn(sub[:4], precision="fp32")
@@ -360,4 +404,4 @@ class Evaluator:
         return {"strategy": self.strategy or self.requested, "requested": self.requested,
                 "precision": self.precision, "precision_max_abs_error": self.precision_error,
                 "vmap_chunk": self._chunk, "channels_last": self.channels_last, "batch_size": self.batch_size,
-                "calibration": self.calibration}
+                "compile_seconds": self.compile_seconds, "calibration": self.calibration}
