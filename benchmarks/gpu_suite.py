@@ -9,7 +9,7 @@ on one H100 at full size). `--tiny --device cpu` runs the same code paths in sec
                 fraction of the fp32 matmul rate (benchmarks/perturb_throughput.py)
   precision     flatlens's evaluator in fp32, tf32 and bf16 on ResNet-18: evals/s and the largest loss error
   hvp           one HVP against one gradient; a block of HVPs pushed through one vmapped backward against
-                one at a time, with their largest difference
+                one at a time, with their largest difference; SLQ runs in lockstep against one after another
   hessian       ResNet-18: top eigenvalue to 1e-3 against PyHessian at equal accuracy, trace to a 2 % CI
                 (Hutch++ against Hutchinson) (benchmarks/hessian_vs_pyhessian.py)
   sharding      flatness points sharded over NCCL ranks (two or more GPUs): equal to one process, and the time
@@ -89,7 +89,14 @@ def hvp_section(model, x, y, device, block):
     batched = obj.hvp_many(V, batched=True)
     _, ts = timed(obj.hvp_many, V, batched=False)
     _, tb = timed(obj.hvp_many, V, batched=True)
-    return {"hvp_seconds": th, "grad_seconds": tg, "hvp_over_grad": th / tg, "block": block,
+    from flatlens import hessian
+    slq_iter = 3 if block <= 2 else 20
+    d1, t1 = timed(hessian.density, obj, n_iter=slq_iter, n_runs=block, seed=0, batched=False)
+    d2, t2 = timed(hessian.density, obj, n_iter=slq_iter, n_runs=block, seed=0, batched=True)
+    slq = {"n_iter": slq_iter, "n_runs": block, "one_by_one_seconds": t1, "lockstep_seconds": t2,
+           "lockstep_speedup": t1 / t2,
+           "max_abs_node_difference": float(max(abs(a - b) for x, y in zip(d1.nodes, d2.nodes) for a, b in zip(x, y)))}
+    return {"slq": slq, "hvp_seconds": th, "grad_seconds": tg, "hvp_over_grad": th / tg, "block": block,
             "single_seconds_per_hvp": ts / block, "batched_seconds_per_hvp": tb / block, "batched_speedup": ts / tb,
             "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hvp_mode,
             "auto_pick_batched": obj.batched_hvps_pay()}

@@ -258,9 +258,16 @@ def detectable_difference(se: float, df: float, *, alpha: float = ALPHA, power: 
 
     def pw(nc):
         if not math.isinf(df) and df < 1e4:
-            v = stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc)
-            if math.isfinite(v):
-                return v
+            upper = stats.nct.sf(tc, df, nc)
+            # P(T' < -tc): scipy's nct.cdf returns nan where this tail is ~1e-17 (seen at df 4.89, nc 7-8; a
+            # fall back to the normal limit there made the answer jump by 1 %); P(T'(nc) < -tc) = P(T'(-nc) > tc)
+            lower = stats.nct.cdf(-tc, df, nc)
+            if not math.isfinite(lower):
+                lower = stats.nct.sf(tc, df, -nc)
+            if not math.isfinite(lower) and stats.norm.cdf(-nc) < 1e-12:
+                lower = 0.0  # below P(T' < 0) = Phi(-nc): negligible against a power of 0.8
+            if math.isfinite(upper) and math.isfinite(lower):
+                return upper + lower
         return stats.norm.sf(tc - nc) + stats.norm.cdf(-tc - nc)  # df large: the normal limit
 
     hi = 2.0 * tc + 10.0

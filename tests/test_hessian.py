@@ -76,6 +76,27 @@ def test_density_integrates_to_one_and_its_mean_is_trace_over_d():
     assert grid_mean == pytest.approx(d.mean, rel=1e-3)
 
 
+def test_slq_runs_in_lockstep_blocks_equal_runs_one_after_another():
+    # the starts advance together, one batched HVP per step (blocks of hvp_block = 8 and a rest of 3 here)
+    from flatlens.hessian.lanczos import lanczos_lockstep
+    obj = Objective(tiny_mlp(), nn.CrossEntropyLoss(), vector_data(40))
+    one_by_one = hessian.density(obj, n_iter=12, n_runs=11, seed=3, batched=False)
+    n0 = obj.n_hvp
+    lockstep = hessian.density(obj, n_iter=12, n_runs=11, seed=3, batched=True)
+    assert obj.n_hvp - n0 == one_by_one.n_hvp == lockstep.n_hvp == 11 * 12
+    for a, b in zip(lockstep.nodes + lockstep.weights, one_by_one.nodes + one_by_one.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # a start inside an invariant subspace ends its run early without ending the others
+    toy = toys.quadratic(np.array([3.0, 3.0, 3.0, 1.0, 1.0]), seed=0)
+    runs = lanczos_lockstep(toy, torch.stack([toy.eigenvectors[:, 0], torch.ones(5, dtype=torch.float64)]),
+                                    5, batched=True)
+    assert len(runs[0].alpha) == 1 and runs[0].alpha[0] == pytest.approx(3.0)
+    assert len(runs[1].alpha) == 2 and sorted(np.linalg.eigvalsh(
+        np.diag(runs[1].alpha) + np.diag(runs[1].beta, 1) + np.diag(runs[1].beta, -1))) == pytest.approx([1.0, 3.0])
+    with pytest.raises(FlatlensError, match="batched"):
+        hessian.density(obj, batched="yes")
+
+
 def test_linear_regression_hvps_match_exact_hessian():
     obj = toys.linear_regression(64, 12, seed=0, batch_size=20)
     H = torch.stack([obj.hvp(e) for e in torch.eye(12, dtype=torch.float64)])

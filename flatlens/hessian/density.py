@@ -10,41 +10,56 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from .._util import check_number, generator, rademacher
+from .._util import FlatlensError, check_number, generator, rademacher
 from ..objective import Objective, timer
-from .lanczos import lanczos
+from .lanczos import lanczos_lockstep
 from .results import DensityResult
 
 
-def lanczos_tridiag(obj: Objective, v: torch.Tensor, m: int):
-    """m steps of Lanczos with full reorthogonalization; returns the diagonals (alpha, beta) of T."""
-    alpha, beta = [], []
-    for alpha, beta, _, _ in lanczos(obj, v, m):
-        pass
-    return np.asarray(alpha), np.asarray(beta[: len(alpha) - 1])
+def _quadrature(a: np.ndarray, b: np.ndarray):
+    """Gauss quadrature of T = tridiag(a, b): nodes theta_j and weights tau_j = (e_1' y_j)^2."""
+    if len(a) == 1:
+        return a.tolist(), [1.0]
+    theta, y = eigh_tridiagonal(a, b)
+    return theta.tolist(), (y[0] ** 2).tolist()
+
+
+def runs_per_block(obj: Objective, n_runs: int, m: int, memory_budget: int = 2 << 30) -> int:
+    """SLQ runs advanced in lockstep: as many as one vmapped backward takes (`hvp_block`) and as fit the
+    memory budget with their m-vector bases (m * num_params each)."""
+    basis = m * obj.num_params * obj.center[obj.names[0]].element_size()
+    return int(max(1, min(n_runs, obj.hvp_block, memory_budget // max(1, basis))))
 
 
 def density(obj: Objective, *, n_iter: int = 80, n_runs: int = 4, sigma: float | None = None,
-            n_grid: int = 1000, seed: int = 0) -> DensityResult:
-    """SLQ density: n_runs Rademacher starts, n_iter Lanczos steps each; density integrates to 1."""
+            n_grid: int = 1000, seed: int = 0, batched: bool | str = "auto") -> DensityResult:
+    """SLQ density: n_runs Rademacher starts, n_iter Lanczos steps each; density integrates to 1.
+
+    batched: "auto" runs the starts in lockstep blocks, their HVPs through one vmapped backward per step,
+    where the objective measured that this pays (`Objective.batched_hvps_pay`: accelerators only), else one
+    run after another; True / False force either. The numbers agree to float summation order."""
     check_number("n_iter", n_iter, lo=1, integer=True)
     check_number("n_runs", n_runs, lo=1, integer=True)
     if sigma is not None:
         check_number("sigma", sigma, lo=0, lo_open=True)
+    if batched not in (True, False, "auto"):
+        raise FlatlensError(f"batched must be True, False or 'auto'; got {batched!r}")
     elapsed = timer()
     start = obj.n_hvp
     m = min(n_iter, obj.num_params)
-    nodes, weights = [], []
-    for r in range(n_runs):
+
+    def start_vector(r):
         g = generator(seed, "slq", r)
-        v = rademacher((obj.num_params,), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
-        a, b = lanczos_tridiag(obj, v, m)
-        if len(a) == 1:
-            theta, y = a.copy(), np.ones((1, 1))
-        else:
-            theta, y = eigh_tridiagonal(a, b)
-        nodes.append(theta.tolist())
-        weights.append((y[0] ** 2).tolist())
+        return rademacher((obj.num_params,), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
+
+    if batched == "auto":
+        batched = n_runs > 1 and obj.batched_hvps_pay()
+    block = runs_per_block(obj, n_runs, m) if batched else 1
+    runs = []
+    for first in range(0, n_runs, block):
+        starts = torch.stack([start_vector(r) for r in range(first, min(n_runs, first + block))])
+        runs += lanczos_lockstep(obj, starts, m, batched=bool(batched))
+    nodes, weights = map(list, zip(*(_quadrature(np.asarray(r.alpha), np.asarray(r.beta)) for r in runs)))
     allnodes = np.concatenate([np.asarray(n) for n in nodes])
     lo, hi = float(allnodes.min()), float(allnodes.max())
     span = max(hi - lo, 1e-12 * max(1.0, abs(hi)))
