@@ -372,7 +372,8 @@ def cmd_reproduce(args):
     res = run(args.out, quick=args.quick, device=args.device, quiet=not args.progress, jobs=args.jobs)
     _out(args, f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')} and "
                f"{len(res.figures)} figure files in {os.path.join(args.out, 'figures')} "
-               f"({res.seconds['total']:.0f} s)")
+               f"({res.seconds['total']:.0f} s; measurements: {res.cache['measure']['misses']} computed, "
+               f"{res.cache['measure']['hits']} from the cache)")
 
 
 def cmd_figures(args):

@@ -151,7 +151,8 @@ class ReproduceRun(Result):
     eoq: dict[str, EnsembleRun]
     analysis: Result | None
     versions: dict
-    cache: dict
+    cache: dict       # {"measure": measurements computed / read from the cache while training and measuring,
+    #                    "collect": the assembly step's reads (all hits by design)}
     device: str
     weights_measured: str
     bn: str
@@ -230,7 +231,8 @@ def _job(args) -> dict:
     for split in SPLITS:
         for metric in metrics_for(plan, spec["seed"]):
             measure(ckpt, metric, split, plan.settings, cache=cache, device=device)
-    return {"spec": spec, "train_seconds": t_train, "measure_seconds": time.perf_counter() - t0 - t_train}
+    return {"spec": spec, "train_seconds": t_train, "measure_seconds": time.perf_counter() - t0 - t_train,
+            "cache": cache.stats()}
 
 
 def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
@@ -283,6 +285,8 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     results = collect(out, plan, specs, device)
     from .analysis import analyze
     results.analysis = analyze(results)
+    results.cache["measure"] = {k: sum(t["cache"][k] for t in timings) for k in ("hits", "misses",
+                                                                                "corrupt_recomputed")}
     results.seconds = {"train_and_measure": t_collect - t0, "collect_and_analyze": time.perf_counter() - t_collect,
                        "train_per_model": [t["train_seconds"] for t in timings],
                        "measure_per_model": [t["measure_seconds"] for t in timings], "jobs": jobs}
@@ -335,7 +339,7 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
                              for mm in e["members"]],
             packed_bytes=e["packed_bytes"], fp32_bytes_one_model=e["fp32_bytes_one_model"])
     return ReproduceRun(plan=plan, models=models, eoq=eoq, analysis=None, versions=versions(),
-                        cache=cache.stats(), device=device,
+                        cache={"collect": cache.stats()}, device=device,
                         weights_measured="deployed (dequantized) weights for quantized models", bn="eval",
                         seconds={})
 
