@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import stats
 from ._util import FlatlensError
@@ -461,7 +460,8 @@ def _sharpness_compute(obj, s: SharpnessSettings, ctx):
     ys = torch.cat([b[1] for b in obj.batches]).cpu()
     wc, ad = [], []
     for idx in torch.tensor_split(torch.arange(n), s.batches):
-        sub = Objective(obj.model, nn.CrossEntropyLoss(), (xs[idx], ys[idx]), device=obj.device, params=obj.names)
+        # the same loss, BatchNorm mode and parameter set as the measured objective, on a slice of its data
+        sub = Objective(obj.model, obj.loss_fn, (xs[idx], ys[idx]), device=obj.device, params=obj.names, bn=obj.bn)
         sub.on_progress = obj.on_progress
         wc.append(sharpness.worst_case(sub, s.rho, steps=s.steps, seed=ctx.seed))
         ad.append(sharpness.worst_case(sub, s.rho / 10, adaptive=True, steps=s.steps, seed=ctx.seed))

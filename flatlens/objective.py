@@ -458,8 +458,8 @@ class Objective:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), first)
             torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        per_sample = saved[0] / max(1, self._hvp_weights[0] * self.n_samples)
-        self.graph_bytes_estimate = int(per_sample * self.n_samples)
+        per_sample = saved[0] / max(1, self._hvp_weights[0] * self.n_samples)  # weight = batch share of F
+        self.graph_bytes_estimate = int(per_sample * sum(self.sample_counts))  # this rank's samples only
         return "graph" if self.graph_bytes_estimate <= budget else "recompute"
 
     def _second_backward(self, grads, leaves, vd, *, retain_graph: bool, batched: bool = False):

@@ -48,7 +48,7 @@ def measure_all(obj):
             "trace": tr.value, "trace_hvp": tr.n_hvp, "per_layer": [d["value"] for d in tr.per_layer.values()],
             "density": dens.density[::50], "diag": diag.values, "flatness": flat.increases,
             "world": obj.describe()["world_size"], "per_rank": obj.describe()["samples_per_rank"],
-            "fingerprint": obj.fingerprint()}
+            "fingerprint": obj.fingerprint(), "graph_bytes": getattr(obj, "graph_bytes_estimate", None)}
 
 
 def _rank(rank, world, port, out, dtype_name, fail_rank):
@@ -90,6 +90,9 @@ def test_two_gloo_ranks_equal_one_process(dtype, rtol, tmp_path):
         np.testing.assert_array_equal(np.asarray(ranks[1][key], float), np.asarray(ranks[0][key], float),
                                       err_msg=key)  # every rank holds the same result
     assert ranks[0]["eig_hvp"] == single["eig_hvp"] and ranks[0]["trace_hvp"] == single["trace_hvp"]
+    # each rank sizes its HVP graph (retained or recomputed) for its own shard: the shares add up to the whole
+    shares = [r["graph_bytes"] for r in ranks]
+    assert all(shares) and sum(shares) == pytest.approx(single["graph_bytes"], rel=0.05)
 
 
 @pytest.mark.slow

@@ -152,6 +152,8 @@ def test_pyhessian_backend_agrees_with_flatlens_on_small_net():
     ours = hessian.top_eigenvalues(obj, 1, tol=1e-8)
     theirs = hessian.top_eigenvalues(obj, 1, backend="pyhessian", tol=1e-6, max_hvp=1000)
     assert theirs.backend == "pyhessian"
+    with pytest.raises(FlatlensError, match="largest-magnitude"):  # its power iteration cannot find the bottom
+        hessian.top_eigenvalues(obj, 1, which="SA", backend="pyhessian")
     assert theirs.values[0] == pytest.approx(ours.values[0], rel=1e-3)
     t_pyh = hessian.trace(obj, backend="pyhessian", n_probes=400, seed=0)
     t_ours = hessian.trace(obj, rtol=0.01, seed=0)

@@ -162,6 +162,29 @@ def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
             assert ev.batch_size is None
 
 
+def test_auto_never_picks_a_layout_that_changes_the_centre_loss(monkeypatch):
+    # channels_last over the resident batches made fastest, but (simulated) off by 1e-3 at the centre: a
+    # layout other than the objective's own is used only if it reproduces F
+    from flatlens.perturb import evaluator as evmod
+    monkeypatch.setattr(evmod, "_PICKS", {})
+    monkeypatch.setattr(evmod, "_store_pick", lambda *a: None)
+    monkeypatch.setattr(evmod, "_stored_picks", lambda: {})
+    _, obj = bnnet_objective()
+    real = Evaluator._forward_all
+
+    def skewed(self, precision=None, compiled=None):
+        f, c = real(self, precision, compiled)
+        return (f + 1e-3 if self.channels_last else f), c
+
+    monkeypatch.setattr(Evaluator, "_forward_all", skewed)
+    monkeypatch.setattr(Evaluator, "_time_prefix", lambda self, n: 1.0 if self.channels_last else 2.0)
+    ev = Evaluator(obj, strategy="auto")
+    ev(DirectionSpace(obj, "filter").make(0, range(2)))
+    assert not ev.channels_last and ev.calibration["picked"] == "loop"
+    assert all(v == float("inf") for k, v in ev.calibration["seconds_per_point"].items() if "channels_last" in k
+               and k.endswith("resident"))
+
+
 def test_evaluator_accuracy_follows_the_objectives_classification_rule():
     from flatlens import Objective
     from torch import nn

@@ -121,3 +121,23 @@ def test_quantization_noise_rejects_unknown_estimator():
     obj = toys.quadratic(LAM, seed=0)
     with pytest.raises(FlatlensError, match="estimator"):
         sharpness.quantization_noise(obj, {"theta": _steps(len(LAM))}, estimator="magic")
+
+
+def test_sharpness_metric_measures_the_objectives_own_loss_and_batchnorm_mode(monkeypatch):
+    # its per-batch objectives once hard-coded plain cross-entropy and BatchNorm in eval mode
+    from torch import nn
+    from flatlens import Objective, metrics
+    from nets import image_data, tiny_cnn
+    seen = []
+    real = sharpness.worst_case
+
+    def spy(sub, *a, **k):
+        seen.append((sub.loss_fn, sub.bn, sub.names))
+        return real(sub, *a, **k)
+
+    monkeypatch.setattr(sharpness, "worst_case", spy)
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    obj = Objective(tiny_cnn(), loss, image_data(), bn="train")
+    res = metrics.REGISTRY["sharpness"].compute(obj, metrics.SharpnessSettings(steps=1, batches=2), metrics.Context())
+    assert len(res.worst_case) == 2 and len(seen) == 4
+    assert all(lf is loss and bn == "train" and names == obj.names for lf, bn, names in seen)

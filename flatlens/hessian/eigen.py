@@ -1,4 +1,6 @@
-"""Extreme Hessian eigenvalues: implicitly restarted Lanczos (scipy's ARPACK) or power iteration."""
+"""Extreme Hessian eigenvalues: Lanczos with full reorthogonalization stopped on its Ritz residual bounds (scipy's
+ARPACK, implicitly restarted, takes over past a memory cap on the stored basis), or power iteration with
+deflation on a shifted operator."""
 from __future__ import annotations
 
 
@@ -47,7 +49,10 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
     check_number("tol", tol, lo=0, hi=1, lo_open=True)
     if max_hvp is not None:
         check_number("max_hvp", max_hvp, lo=1, integer=True)
-    if backend == "pyhessian":
+    if backend == "pyhessian":  # PyHessian's own power iteration: the largest-magnitude eigenvalues, no bound
+        if which == "SA":
+            raise FlatlensError("the pyhessian backend finds the largest-magnitude eigenvalues only; which='SA' "
+                                "needs backend='flatlens'")
         from .pyhessian_backend import pyhessian_eigenvalues
         return pyhessian_eigenvalues(obj, k, tol=tol, max_iter=max_hvp or 100, seed=seed)
     if backend != "flatlens":

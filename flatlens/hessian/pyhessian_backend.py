@@ -1,7 +1,10 @@
 """PyHessian 0.1 as a backend, to reproduce its numbers (and to compare against it).
 
-PyHessian takes a model, a criterion and one (x, y) batch; it switches the model to eval() and keeps it
-there, so it runs on a throwaway copy here. Only single-batch, plain (output, target) objectives fit it.
+PyHessian takes a model, a criterion and one (x, y) batch or a loader of them; it switches the model to eval()
+and keeps it there, so it runs on a throwaway copy here. Only plain (output, target) objectives with BatchNorm
+in eval mode fit it. What it runs is its own: power iteration for the largest-magnitude eigenvalues (flatlens's
+`which`, `method` and Ritz bounds do not apply; the record says "LM", "power", no bound) and Hutchinson with its
+running-mean rule (tol 1e-3; flatlens's `rtol` and `method` do not apply; the record's `rtol` is that tol).
 """
 from __future__ import annotations
 

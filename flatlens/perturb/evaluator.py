@@ -10,7 +10,8 @@ classification rule. Strategies:
   compiled  the loop through torch.compile of the evaluator's copy (on CUDA mode "reduce-overhead": the forward
         replays as CUDA graphs; the parameters are graph inputs, so writing a point into them needs no
         recompilation). Its first call pays the compilation (recorded as `compile_seconds`).
-`auto` calibrates per model shape and device (remembered for the process) on the centre itself, so no point
+`auto` calibrates per model shape and machine (remembered for the process and recorded on disk, below) on the
+centre itself, so no point
 is wasted: it times the loop with the contiguous and the channels_last memory format and with the resident
 batches re-cut to 128 and 64 samples, and on CUDA only vmap and compiled too (on a CPU, vmap ran the digits CNN
 slower than the loop, and compiled ran faster but only paid back its compilation after thousands of points:
@@ -351,16 +352,30 @@ class Evaluator:
             except Exception as e:  # no compiler for this model or device: the loop stays
                 self.calibration["compile_error"] = f"{type(e).__name__}: {str(e)[:100]}"
         f0 = obj.loss()
+        reference = "loop|contiguous|resident"  # the objective's own layout: F itself
+        chosen = None
         for best in sorted(timings, key=timings.get):
+            if math.isinf(timings[best]):
+                break
             strategy, fmt, bs = best.split("|")
             self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
-            if bs == "resident" and strategy != "compiled":
+            if best == reference:
+                chosen = best
                 break
-            # re-cut batches (mean loss, BN in eval mode) and compiled code must reproduce F
-            f, _ = self._forward_all(compiled=strategy == "compiled")
+            # every other layout (re-cut batches: mean loss, BN in eval mode; channels_last; vmap; compiled code)
+            # must reproduce F
+            if strategy == "vmap":
+                f = float(self._vmap(torch.zeros(1, obj.num_params, device=obj.device, dtype=obj.dtype))[0][0])
+            else:
+                f, _ = self._forward_all(compiled=strategy == "compiled")
             if abs(f - f0) <= 1e-5 * max(1.0, abs(f0)):
+                chosen = best
                 break
             timings[best] = math.inf
+        if chosen is None:  # nothing else reproduced F (or only unchecked layouts were asked for)
+            chosen = reference
+            self._configure(False, None)
+        strategy, fmt, bs = chosen.split("|")
         pick = {"picked": strategy, "channels_last": fmt == "channels_last",
                 "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
                 "vmap_chunk": self._chunk, "compile_seconds": self.compile_seconds}
