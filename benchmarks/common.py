@@ -15,6 +15,7 @@ def machine() -> dict:
 
 
 def digits_inputs(n=1024):
+    """The first n rotated digits over all domains (at most the 1,797 the data set has: check len(y))."""
     from flatlens.data import rotated_digits
     d = rotated_digits()
     x = torch.cat([d.tensors[k][0] for k in d.domains])[:n]

@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(fn=cmd_import)
 
     r = sub.add_parser("reproduce", help="the paper's question end to end on rotated digits (the main job)")
-    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 2 min)")
+    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 40 s on 2 CPU cores)")
     r.add_argument("--out", default="results/reproduce", help="output folder (default %(default)s)")
     r.add_argument("--device", default="cpu", help="(default %(default)s)")
     r.add_argument("--jobs", type=int, default=2, help="worker processes on CPU (default %(default)s)")

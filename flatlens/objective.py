@@ -27,7 +27,7 @@ BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 @contextlib.contextmanager
 def flush_denormals(enabled: bool = True):
     """Flush subnormal floats to zero while computing HVPs on a CPU: the double-backward pass makes many,
-    and they are slow (measured: an HVP of the digits CNN took 0.28 s instead of 0.38 s). Their values are
+    and x86 CPUs handle them slowly (no stored benchmark shows the gain for flatlens's models). Their values are
     below 1.2e-38 (fp32), so results do not change beyond that. torch has no getter for this global flag;
     it is switched off again on exit, its default."""
     if not enabled or not torch.set_flush_denormal(True):
@@ -123,9 +123,8 @@ class Objective:
         "recompute" redoes forward and backward per HVP (memory of one batch); "auto" keeps the graph
         when its measured size fits `graph_budget_bytes`.
     hvp_batch_size: HVPs run over the data re-cut into batches of this many samples when that leaves F
-        unchanged (a mean-reduced loss, BN in eval mode; checked at the centre): on this CPU 256-sample
-        batches made an HVP of the digits CNN on 1024 inputs 1.5x faster than one 1024-sample batch
-        (caches). None keeps the caller's batches.
+        unchanged (a mean-reduced loss, BN in eval mode; checked at the centre): smaller batches keep the
+        retained graph cache-friendly on a CPU (the README's benchmarks). None keeps the caller's batches.
     data_parallel: with torch.distributed initialized (torchrun, or an explicit process group), every rank
         passes the same data and keeps a deterministic shard of it (contiguous samples; whole batches, round
         robin, for a custom loss or batch-statistics BN); F, its gradient, every HVP and every perturbed

@@ -31,7 +31,7 @@ def over_seeds(n: int) -> str:
 class Estimate:
     """A point estimate with its standard error, degrees of freedom and 95 % CI.
 
-    df = inf means a normal quantile is justified (n >= 200) or the value is exact (stderr 0)."""
+    df = inf means the value is exact (stderr 0); otherwise df is the estimator's own (n - 1, or Welch's)."""
     value: float
     stderr: float
     df: float
@@ -54,7 +54,7 @@ class TestResult:
     p: float
     n: list[int] = field(default_factory=list)
     source: str = MEASUREMENT
-    mde80: float | None = None            # smallest |difference| detected with 80 % power at alpha 0.05
+    mde80: float | None = None            # smallest |difference| detected with 80 % power, at alpha / family size
 
 
 @dataclass

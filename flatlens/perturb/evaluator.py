@@ -11,13 +11,13 @@ classification rule. Strategies:
         replays as CUDA graphs; the parameters are graph inputs, so writing a point into them needs no
         recompilation). Its first call pays the compilation (recorded as `compile_seconds`).
 `auto` calibrates per model shape and machine (remembered for the process and recorded on disk, below) on the
-centre itself, so no point
-is wasted: it times the loop with the contiguous and the channels_last memory format and with the resident
-batches re-cut to 128 and 64 samples, and on CUDA only vmap and compiled too (on a CPU, vmap ran the digits CNN
-slower than the loop, and compiled ran faster but only paid back its compilation after thousands of points:
-benchmarks/results/perturb_throughput_cpu.json; ask for it with strategy="compiled"). A candidate is picked only
-if it reproduces the centre loss to 1e-5 relative (re-cut batches need a mean-reduced loss with BatchNorm in
-eval mode). Points whose delta is exactly zero take the centre loss.
+centre itself, so no point is wasted: it times the loop with the contiguous and the channels_last memory
+format and with the resident batches re-cut to 128 and 64 samples, and on CUDA only vmap and compiled too (on
+a CPU, vmap ran the digits CNN slower than the loop, and compiled ran faster but only paid back its compilation
+after hundreds to thousands of points: benchmarks/results/perturb_throughput_cpu.json; ask for it with
+strategy="compiled"). Every layout but the objective's own (the contiguous loop over its resident batches) is
+picked only if it reproduces the centre loss to 1e-5 relative (re-cut batches need a mean-reduced loss with
+BatchNorm in eval mode). Points whose delta is exactly zero take the centre loss.
 """
 from __future__ import annotations
 
