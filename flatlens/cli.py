@@ -431,7 +431,9 @@ def _setting_flags(p, metric_names):
         kw = {"help": f"{meta['help']} (default {defaults})".replace("%", "%%"), "default": None}
         if "choices" in meta:
             kw["choices"] = meta["choices"]
-        if isinstance(f.default, tuple):
+        if isinstance(f.default, bool):
+            kw["action"] = "store_true"  # given: True; absent: None, the setting's default
+        elif isinstance(f.default, tuple):
             kw["type"] = float
             kw["nargs"] = meta.get("nargs", "+")
         elif f.default is not None and "choices" not in meta:

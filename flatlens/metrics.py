@@ -195,7 +195,7 @@ class EigSettings:
     which: str = setting("LA", "which end: LA largest, SA smallest (algebraic), LM largest magnitude", "--which",
                          choices=("LA", "SA", "LM"))
     bottom: bool = setting(False, "also the most negative eigenvalue (which=SA; slow to converge: about 10x the "
-                           "HVPs of the top one on the digits model)")
+                           "HVPs of the top one on the digits model)", "--bottom")
     method: str = setting("lanczos", "eigenvalue method", "--eig-method", choices=("lanczos", "power"))
     tol: float = setting(1e-3, "eigenvalue tolerance (relative)", "--tol", gt=0, max=1)
     max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)

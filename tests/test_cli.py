@@ -96,6 +96,19 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
     assert main(["flatness", ckpts["fp"], "--radii", "-1", "--quiet"]) == 2
 
 
+def test_bottom_flag_adds_the_most_negative_eigenvalue_to_the_top_one(tmp_path, ckpts):
+    from flatlens.cli import MeasurementRun
+    runs = {}
+    for extra in ([], ["--bottom"]):
+        j = tmp_path / f"eig{len(extra)}.json"
+        assert main(["hessian", ckpts["fp"], "--samples", "32", "--metric", "hessian-eig", "--split", "train",
+                     "--max-hvp", "60", "--json", str(j), "--quiet", *extra]) == 0
+        runs[len(extra)] = MeasurementRun.from_json(j).records[0].result
+    assert runs[0].bottom is None and runs[0].main.which == "LA"
+    assert runs[1].bottom is not None and runs[1].bottom.which == "SA"
+    assert runs[1].main.values == runs[0].main.values and runs[1].bottom.values[0] < runs[1].main.values[0]
+
+
 def test_ensemble_cli(ckpts, capsys):
     assert main(["ensemble", ckpts["fp"], ckpts["q4"], "--split", "both"]) == 0
     assert "ensemble" in capsys.readouterr().out
