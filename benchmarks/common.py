@@ -11,7 +11,7 @@ def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "nproc": os.cpu_count()}
+            "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
 
 
 def digits_inputs(n=1024):

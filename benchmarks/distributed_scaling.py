@@ -68,7 +68,7 @@ def main():
     os.unlink(tmp)
     n_inputs = len(digits_inputs(a.inputs)[1])  # the digits data set caps the request (1,797 samples)
     out = {"machine": machine(), "backend": backend, "inputs_requested": a.inputs, "inputs": n_inputs,
-           "date": time.strftime("%Y-%m-%d"), "one_process": one, "world": many,
+           "one_process": one, "world": many,
            "hvp_scaling": one["seconds_per_hvp"] / many["seconds_per_hvp"],
            "lanczos_scaling": one["lanczos_seconds"] / many["lanczos_seconds"],
            "top_eigenvalue_rel_diff": abs(many["top_eigenvalue"] / one["top_eigenvalue"] - 1)}
