@@ -202,14 +202,8 @@ class Evaluator:
         if compiled is None:
             compiled = self.strategy == "compiled"
         model = self._compiled_model() if compiled else self.model
-        if compiled and self.compile_seconds is None:  # the first call compiles: time it once
-            self.compile_seconds = 0.0
-            _sync(obj.device)
-            t0 = time.perf_counter()
-            out = self._forward_all(precision, compiled=True)
-            _sync(obj.device)
-            self.compile_seconds = time.perf_counter() - t0
-            return out
+        compiling = compiled and self.compile_seconds is None  # the first call compiles: time it once
+        t0 = time.perf_counter()
         with torch.inference_mode(), self._precision(precision):
             tot, cor = 0.0, 0.0
             for w, b in zip(self._weights, self._batches):
@@ -217,6 +211,8 @@ class Evaluator:
                 if self._accuracy:
                     cor += float(correct)
                 tot += w * float(loss)
+        if compiling:  # float() above synchronized the device
+            self.compile_seconds = time.perf_counter() - t0
         return tot, cor
 
     def _loop(self, deltas: torch.Tensor, precision=None):
@@ -272,24 +268,24 @@ class Evaluator:
                 tuple((tuple(b[0].shape) if isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor)
                        else type(b).__name__) for b in o.batches))
 
-    def _time_prefix(self, n_samples: int) -> float:
-        """Seconds per sample of the centre's forward over the first ~n_samples of the current layout
-        (one warm-up, then the faster of two timed runs)."""
+    def _time_prefix(self, n_samples: int | None = None, compiled: bool = False) -> float:
+        """Seconds per sample of the centre's forward over the first ~n_samples (None: all) of the current
+        layout, eager or compiled (one warm-up, which compiles, then the faster of two timed runs)."""
         keep, total = [], 0
         for w, b in zip(self._weights, self._batches):
-            if total and total + len(b[1]) > n_samples:
+            if n_samples is not None and total and total + len(b[1]) > n_samples:
                 break
             keep.append((w, b))
             total += len(b[1])
         full = self._batches, self._weights
         self._weights, self._batches = [w for w, _ in keep], [b for _, b in keep]
         try:
-            self._forward_all()
+            self._forward_all(compiled=compiled)
             best = math.inf
-            for _ in range(2):
+            for _ in range(2):  # under CUDA graphs the first of these records, the second replays
                 _sync(self.obj.device)
                 t0 = time.perf_counter()
-                self._forward_all()
+                self._forward_all(compiled=compiled)
                 _sync(self.obj.device)
                 best = min(best, time.perf_counter() - t0)
         finally:
@@ -338,17 +334,8 @@ class Evaluator:
             best_loop = min((k for k in timings if k.startswith("loop|")), key=timings.get)
             _, fmt, bs = best_loop.split("|")
             self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
-            try:
-                self._forward_all(compiled=True)  # compiles (timed in compile_seconds)
-                self._forward_all(compiled=True)  # CUDA graphs are recorded on the first calls after it
-                best = math.inf
-                for _ in range(2):
-                    _sync(obj.device)
-                    t0 = time.perf_counter()
-                    self._forward_all(compiled=True)
-                    _sync(obj.device)
-                    best = min(best, time.perf_counter() - t0)
-                timings[f"compiled|{fmt}|{bs}"] = best
+            try:  # over all the data, so every batch shape is compiled in the warm-up (compile_seconds)
+                timings[f"compiled|{fmt}|{bs}"] = self._time_prefix(None, compiled=True) * obj.n_samples
             except Exception as e:  # no compiler for this model or device: the loop stays
                 self.calibration["compile_error"] = f"{type(e).__name__}: {str(e)[:100]}"
         f0 = obj.loss()
