@@ -189,11 +189,15 @@ def _settings(args, metric_names) -> Settings:
         if flag and getattr(args, _dest(flag), None) is not None:
             setattr(common, f.name, getattr(args, _dest(flag)))
     per = {}
-    for name in M.REGISTRY:  # every flag given is checked, even for a metric not asked for this time
+    # every flag given is checked: by the asked metrics that use it, or, when none does, by the others
+    asked_flags = {f.metadata.get("flag") for n in metric_names for f in dataclasses.fields(M.get(n).settings)}
+    for name in M.REGISTRY:
         s = M.get(name).settings()
         given = False
         for f in dataclasses.fields(s):
             flag = f.metadata.get("flag")
+            if name not in metric_names and flag in asked_flags:
+                continue  # an asked metric uses this flag and checks it against its own range
             if flag and getattr(args, _dest(flag), None) is not None:
                 v = getattr(args, _dest(flag))
                 setattr(s, f.name, tuple(v) if isinstance(v, list) else v)
@@ -656,7 +660,7 @@ def _preflight(args) -> None:
     """Everything that can be checked before any work: the device, and every output path (writable, of the
     right kind, never one of the inputs, never two outputs on one file)."""
     if hasattr(args, "device"):
-        _device(args)
+        args.device = _device(args)  # resolved once ("auto" -> what is here): every later use sees a real device
     inputs = [p for p in ([getattr(args, "checkpoint", None)] + list(getattr(args, "checkpoints", None) or [])
                           + [q for g in (getattr(args, "group", None) or []) for q in g[1:]]
                           + [getattr(args, "data", None), getattr(args, "config", None)]) if p]

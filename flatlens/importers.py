@@ -148,6 +148,9 @@ def _convert_domainbed(raw, opts: ImportOptions) -> dict:
             dropped.append(name)
         else:
             sd[name] = v.detach().clone()
+    if cls + "bias" not in md:  # torchvision's fc (what the model is rebuilt as) has a bias
+        raise FlatlensError(f"the classifier {cls}weight has no {cls}bias in the file; flatlens rebuilds a "
+                            "torchvision ResNet, whose classifier has one")
     sd["fc.weight"], sd["fc.bias"] = md[cls + "weight"].detach().clone(), md[cls + "bias"].detach().clone()
     arch = opts.arch or ("resnet18" if hp.get("resnet18") else _resnet_name(sd))
     classes = int(sd["fc.weight"].shape[0])

@@ -18,7 +18,7 @@ from ._util import FlatlensError
 from .checkpoint import build_model, weights_label
 from .data import for_protocol, protocol_split
 from .data.domains import gather
-from .objective import Objective
+from .objective import Objective, tensor_bytes
 from .parallel import all_min_int, group_info
 from .progress import measurement as progress_line
 from .results import Result, register, to_plain
@@ -85,7 +85,7 @@ def load_data_file(path: str):
                             f"shape {tuple(y.shape)}")
     if len(y) != len(x) or len(y) == 0:
         raise FlatlensError(f"{path}: x has {len(x)} samples and y {len(y)} labels; they must match and be > 0")
-    digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(tensor_bytes(x) + tensor_bytes(y)).hexdigest()[:16]  # any dtype, bfloat16 too
     return x, y.long(), {"dataset": "file", "path": path, "split": "custom", "n": len(y), "indices_sha256": digest}
 
 

@@ -75,7 +75,7 @@ def _to_device(batch, device):
     return batch
 
 
-def _bytes(t: torch.Tensor) -> bytes:
+def tensor_bytes(t: torch.Tensor) -> bytes:
     """The raw bytes of a tensor of any dtype (bfloat16 included, which numpy lacks)."""
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -178,6 +178,7 @@ class Objective:
         self.batches = self._shard(self._load(data))
         self.n_hvp = 0
         self._hvp_batched = None  # measured on first need (batched_hvps_pay)
+        self._hvp_block = None  # rows per vmapped backward, agreed over ranks on first need (hvp_block)
         self.on_progress: Callable[[str, int], None] | None = None  # called as ("hvp" | "eval", count)
         self._graph = None
         self._loss0 = None
@@ -530,9 +531,12 @@ class Objective:
 
     @property
     def hvp_block(self) -> int:
-        """Rows per vmapped backward: 8, fewer where the graph's activations times the rows would pass 2 GiB."""
-        per = max(1, getattr(self, "graph_bytes_estimate", 0))
-        return int(max(1, min(8, (2 << 30) // per)))
+        """Rows per vmapped backward: 8, fewer where the graph's activations times the rows would pass 2 GiB;
+        the smallest over ranks (shards differ in size, and every rank must run the same blocks)."""
+        if self._hvp_block is None:
+            per = max(1, getattr(self, "graph_bytes_estimate", 0))
+            self._hvp_block = self._min_int(int(max(1, min(8, (2 << 30) // per))))
+        return self._hvp_block
 
     def batched_hvps_pay(self) -> bool:
         """Whether blocks of HVPs through one vmapped backward beat a loop here (measured once per objective on
@@ -541,10 +545,12 @@ class Objective:
             if self.device.type == "cpu":
                 self._hvp_batched = False
             else:
-                n0 = self.n_hvp
+                n0, ticks, self.on_progress = self.n_hvp, self.on_progress, None  # not the estimator's HVPs
                 V = torch.randn(2, self.num_params, device=self.device, dtype=self.dtype)
                 self.hvp_many(V, batched=False)
                 self.hvp_many(V, batched=True)  # warm both
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 self.hvp_many(V, batched=False)
                 if self.device.type == "cuda":
@@ -555,7 +561,7 @@ class Objective:
                     torch.cuda.synchronize()
                 pays = (time.perf_counter() - t1) < (t1 - t0)
                 self._hvp_batched = bool(self._min_int(int(pays)))  # every rank takes the same blocks
-                self.n_hvp = n0  # the timing's HVPs are not the estimator's
+                self.n_hvp, self.on_progress = n0, ticks
         return self._hvp_batched
 
     def tick(self, kind: str, n: int = 1) -> None:
@@ -576,14 +582,14 @@ class Objective:
             h = hashlib.sha256()
             for n in self.names:
                 h.update(n.encode())
-                h.update(_bytes(self.center[n]))
+                h.update(tensor_bytes(self.center[n]))
             for n, b in self.model.named_buffers():
                 h.update(n.encode())
-                h.update(_bytes(b))
+                h.update(tensor_bytes(b))
             for batch in self.batches:
                 for t in _tensors(batch):
                     h.update(str(tuple(t.shape)).encode())
-                    h.update(_bytes(t))
+                    h.update(tensor_bytes(t))
             h.update(f"{self.bn}|{type(self.loss_fn).__name__}".encode())
             # data-parallel: one fingerprint for the whole data set, the same on every rank
             self._fingerprint = hashlib.sha256("|".join(self._gather(h.hexdigest())).encode()).hexdigest()[:24] \

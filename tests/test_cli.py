@@ -109,6 +109,18 @@ def test_bottom_flag_adds_the_most_negative_eigenvalue_to_the_top_one(tmp_path, 
     assert runs[1].main.values == runs[0].main.values and runs[1].bottom.values[0] < runs[1].main.values[0]
 
 
+def test_device_auto_and_a_shared_flag_are_judged_by_the_metrics_asked_for(ckpts, capsys):
+    # "auto" is resolved once before any work (it once reached torch.device("auto") deep in measure/ensemble)
+    assert main(["ensemble", ckpts["fp"], ckpts["q4"], "--device", "auto", "--quiet"]) == 0
+    assert main(["hessian", ckpts["fp"], "--metric", "hessian-trace", "--device", "auto", "--samples", "16",
+                 "--split", "train", "--quiet"]) == 0
+    # --max-hvp is shared: 1 is valid for the eigenvalue (min 1), not for the trace (min 2)
+    base = ["hessian", ckpts["fp"], "--samples", "16", "--split", "train", "--max-hvp", "1", "--quiet"]
+    assert main(base + ["--metric", "hessian-eig"]) == 0
+    assert main(base + ["--metric", "hessian-trace"]) == 2
+    assert "hessian-trace: --max-hvp must be >= 2" in capsys.readouterr().err
+
+
 def test_ensemble_cli(ckpts, capsys):
     assert main(["ensemble", ckpts["fp"], ckpts["q4"], "--split", "both"]) == 0
     assert "ensemble" in capsys.readouterr().out

@@ -17,6 +17,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from flatlens.checkpoint import build_model, load_checkpoint  # noqa: E402
 from flatlens.cli import main  # noqa: E402
+from flatlens import FlatlensError  # noqa: E402
 from flatlens.importers import ImportOptions, load_any  # noqa: E402
 
 PACS = ["art_painting", "cartoon", "photo", "sketch"]
@@ -245,3 +246,13 @@ def test_a_users_own_model_round_trips_with_model_factory(tmp_path, monkeypatch,
                  "--metric", "hessian-trace"]) == 0
     assert "Hessian trace" in capsys.readouterr().out
     assert main(["import", str(tmp_path / "sd.pt"), "--model", "mypkg.mod:make", "--out", str(tmp_path / "o.pt")]) == 2
+
+
+def test_a_classifier_without_bias_is_refused_in_one_line(files, tmp_path):
+    raw = torch.load(files["dir"] / "TE3_erm.pth", weights_only=False)  # our own fixture file
+    md = raw["model_dict"]
+    for k in [k for k in md if k.endswith("bias") and k[:-4] + "weight" in md and md[k[:-4] + "weight"].dim() == 2]:
+        del md[k]
+    torch.save(raw, tmp_path / "nobias.pth")
+    with pytest.raises(FlatlensError, match="has no .*bias"):
+        load_any(tmp_path / "nobias.pth", ImportOptions(image_size=SIZE))

@@ -243,6 +243,25 @@ def test_compiled_loop_matches_the_eager_loop_at_every_point_and_records_its_com
     assert not hasattr(obj.model, "_orig_mod") and Evaluator(obj, strategy="loop")(D[:1])[0][0] == ref[0]
 
 
+def test_a_recorded_pick_is_not_reused_where_it_changes_the_loss(monkeypatch):
+    # picks are keyed by model and batch shapes, not by the loss: re-cut batches recorded for a mean loss
+    # would change a sum-reduced loss, so they are checked at the centre and recalibrated
+    from flatlens.perturb import evaluator as evmod
+    from nets import tiny_cnn
+    x, y = image_data(200, 0, torch.float32)
+    obj = Objective(tiny_cnn(dtype=torch.float32), nn.CrossEntropyLoss(reduction="sum"), (x, y))
+    monkeypatch.setattr(evmod, "_store_pick", lambda *a: None)
+    monkeypatch.setattr(evmod, "_stored_picks", lambda: {})
+    ev = Evaluator(obj)
+    sig = ev._signature()
+    monkeypatch.setattr(evmod, "_PICKS", {sig: {"picked": "loop", "channels_last": False, "batch_size": 64,
+                                                "seconds_per_point": {}, "vmap_chunk": None}})
+    D = DirectionSpace(obj, "filter").make(0, range(2)) * 0.3
+    lo, _ = ev(D)
+    assert "reused" not in ev.calibration and ev.batch_size is None
+    np.testing.assert_allclose(lo.numpy(), Evaluator(obj, strategy="loop")(D)[0].numpy(), rtol=1e-6)
+
+
 class PublicOnly:
     """An Objective seen through its public interface only: any private attribute read fails the test."""
 

@@ -141,3 +141,17 @@ def test_sharpness_metric_measures_the_objectives_own_loss_and_batchnorm_mode(mo
     res = metrics.REGISTRY["sharpness"].compute(obj, metrics.SharpnessSettings(steps=1, batches=2), metrics.Context())
     assert len(res.worst_case) == 2 and len(seen) == 4
     assert all(lf is loss and bn == "train" and names == obj.names for lf, bn, names in seen)
+
+
+def test_resumable_chunks_of_another_precision_are_never_reused(tmp_path):
+    from torch import nn
+    from flatlens import Objective
+    from nets import image_data, tiny_cnn
+    obj = Objective(tiny_cnn(dtype=torch.float32), nn.CrossEntropyLoss(), image_data(40, 0, torch.float32))
+    kw = dict(n_directions=3, seed=0, strategy="loop", store=str(tmp_path), progress=False)
+    fp32 = sharpness.local_flatness(obj, [0.0, 1.0], precision="fp32", **kw)
+    bf16 = sharpness.local_flatness(obj, [0.0, 1.0], precision="bf16", **kw)
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2  # one keyed folder per precision
+    assert bf16.increases != fp32.increases  # computed in bf16, not read back from the fp32 chunks
+    again = sharpness.local_flatness(obj, [0.0, 1.0], precision="fp32", **kw)
+    assert again.increases == fp32.increases

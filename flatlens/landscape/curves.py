@@ -52,7 +52,7 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       shard=not obj.data_parallel, desc="curve",
+                       evaluator=ev, desc="curve",
                        args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
                              "obj": obj.identity(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
@@ -86,7 +86,7 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
         return {"loss": lo, "acc": acc}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       shard=not obj.data_parallel, desc=f"{kind} curves",
+                       evaluator=ev, desc=f"{kind} curves",
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
                              "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k})
     L = torch.cat([p["loss"] for p in parts]).numpy()
@@ -120,7 +120,7 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       shard=not obj.data_parallel, desc="surface",
+                       evaluator=ev, desc="surface",
                        args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
                              "dx": tensor_digest(fx), "dy": tensor_digest(fy),
                              "obj": obj.identity(), "chunk": chunk})

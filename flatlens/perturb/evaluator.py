@@ -231,8 +231,10 @@ class Evaluator:
             with torch.no_grad():
                 for n in obj.names:
                     self._params[n].data.copy_(obj.center[n])
-        if obj.data_parallel:  # each rank's share of F (and of the correct count): summed over ranks
-            losses, correct = all_sum(losses), all_sum(correct)
+        if obj.data_parallel:  # each rank's share of F (and of the correct count): summed over ranks, on the
+            # objective's device (NCCL reduces device tensors only)
+            both = all_sum(torch.stack([losses, correct]).to(obj.device)).cpu()
+            losses, correct = both[0], both[1]
         return losses, correct
 
     def _vmap(self, deltas: torch.Tensor, precision=None):
@@ -292,6 +294,15 @@ class Evaluator:
             self._batches, self._weights = full
         return best / total
 
+    def _reproduces_centre_loss(self, strategy: str) -> bool:
+        """Whether `strategy` in the current layout gives F at the centre to 1e-5 relative (one evaluation)."""
+        obj = self.obj
+        if strategy == "vmap":
+            f = float(self._vmap(torch.zeros(1, obj.num_params, device=obj.device, dtype=obj.dtype))[0][0])
+        else:
+            f, _ = self._forward_all(compiled=strategy == "compiled")
+        return abs(f - obj.loss()) <= 1e-5 * max(1.0, abs(obj.loss()))
+
     def _calibrate(self) -> None:
         obj = self.obj
         sig = self._signature()
@@ -301,10 +312,14 @@ class Evaluator:
                 _PICKS[sig] = stored
         if sig in _PICKS:
             pick = _PICKS[sig]
-            self.calibration = {**pick, "reused": True}
-            self.strategy = pick["picked"]
             self._configure(pick["channels_last"], pick["batch_size"])
-            return
+            # the key names shapes, not the loss: a recorded layout is used only if it reproduces this F too
+            own = pick["picked"] == "loop" and not pick["channels_last"] and pick["batch_size"] is None
+            if own or self._reproduces_centre_loss(pick["picked"]):
+                self.calibration = {**pick, "reused": True}
+                self.strategy = pick["picked"]
+                return
+            self._configure(False, None)
         timings = {}
         if obj.custom_loss:
             timings["loop|contiguous|resident"] = 0.0
@@ -338,7 +353,6 @@ class Evaluator:
                 timings[f"compiled|{fmt}|{bs}"] = self._time_prefix(None, compiled=True) * obj.n_samples
             except Exception as e:  # no compiler for this model or device: the loop stays
                 self.calibration["compile_error"] = f"{type(e).__name__}: {str(e)[:100]}"
-        f0 = obj.loss()
         reference = "loop|contiguous|resident"  # the objective's own layout: F itself
         chosen = None
         for best in sorted(timings, key=timings.get):
@@ -351,11 +365,7 @@ class Evaluator:
                 break
             # every other layout (re-cut batches: mean loss, BN in eval mode; channels_last; vmap; compiled code)
             # must reproduce F
-            if strategy == "vmap":
-                f = float(self._vmap(torch.zeros(1, obj.num_params, device=obj.device, dtype=obj.dtype))[0][0])
-            else:
-                f, _ = self._forward_all(compiled=strategy == "compiled")
-            if abs(f - f0) <= 1e-5 * max(1.0, abs(f0)):
+            if self._reproduces_centre_loss(strategy):
                 chosen = best
                 break
             timings[best] = math.inf

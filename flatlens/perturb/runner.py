@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 
 from .._util import FlatlensError, atomic_torch_save, atomic_write_text
+from ..objective import tensor_bytes
+from ..parallel import all_min_int
 
 
 def max_points(obj, budget: int = 512 << 20) -> int:
@@ -67,8 +69,7 @@ def _digest(chunk: dict) -> str:
     for k in sorted(chunk):
         h.update(k.encode())
         v = chunk[k]
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                 if isinstance(v, torch.Tensor) else repr(v).encode())
+        h.update(tensor_bytes(v) if isinstance(v, torch.Tensor) else repr(v).encode())
     return h.hexdigest()
 
 
@@ -82,9 +83,9 @@ def _load_chunk(path):
         return None
 
 
-def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, store: str | None = None,
-               progress: bool = True, desc: str = "points", counts: dict | None = None,
-               shard: bool = True) -> list[dict]:
+def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, evaluator=None,
+               store: str | None = None, progress: bool = True, desc: str = "points", counts: dict | None = None,
+               shard: bool | None = None) -> list[dict]:
     """compute(i) -> dict of tensors for chunk i; returns the list for all chunks, in order, on every rank.
 
     With `store`, chunks live in store/<key>/, the key a hash of `args` (which every caller builds from what
@@ -92,8 +93,15 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, sto
     settings) and the flatlens version, so a folder reused for another checkpoint or other settings
     recomputes instead of mixing runs. `counts` (optional) receives loaded / computed / rejected chunk counts.
     shard=False: every rank computes every chunk (the data axis: a data-parallel objective's ranks evaluate
-    each point together); rank 0 alone writes the store."""
+    each point together); rank 0 alone writes the store. `evaluator` (the Evaluator that compute uses): its
+    precision joins the key, and shard defaults to whether its objective is data-parallel (else True)."""
     from tqdm.auto import tqdm
+
+    if evaluator is not None:
+        args = {**args, "precision": evaluator.precision}  # bf16 and fp32 chunks never mix
+        if shard is None:
+            shard = not evaluator.obj.data_parallel
+    shard = True if shard is None else shard
 
     true_rank = dist_info()[0]
     rank, world = dist_info() if shard else (0, 1)
@@ -112,15 +120,22 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, sto
     mine = list(range(rank, n_chunks, world))
     out: dict[int, dict] = {}
     bar = tqdm(total=len(mine), disable=not progress or true_rank != 0, desc=desc, leave=False)
+    # shard=False under torch.distributed: every rank computes every chunk in collectives, so all ranks must
+    # load alike (a chunk one rank cannot read, say on a node-local store, is recomputed by all)
+    agree = not shard and dist_info()[1] > 1
+    device = evaluator.obj.device if evaluator is not None else torch.device("cpu")
     for i in mine:
         path = _chunk_path(folder, i) if folder else None
-        if path and os.path.exists(path):
-            chunk = _load_chunk(path)
-            if chunk is not None:
-                out[i] = chunk
-                tally["loaded"] += 1
-                bar.update(1)
-                continue
+        exists = bool(path and os.path.exists(path))
+        chunk = _load_chunk(path) if exists else None
+        if agree:
+            chunk = chunk if all_min_int(int(chunk is not None), device) else None
+        if chunk is not None:
+            out[i] = chunk
+            tally["loaded"] += 1
+            bar.update(1)
+            continue
+        if exists:
             tally["rejected"] += 1
         out[i] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in compute(i).items()}
         tally["computed"] += 1

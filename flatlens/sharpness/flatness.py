@@ -45,7 +45,7 @@ def local_flatness(obj: Objective, radii, *, n_directions: int = 100, seed: int 
         return {"inc": lo - f0}
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       shard=not obj.data_parallel, desc="flatness",
+                       evaluator=ev, desc="flatness",
                        args={"m": "flatness", "radii": r.tolist(), "n": n_directions, "seed": seed, "kind": kind,
                              "ignore": space.ignore, "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()

@@ -90,7 +90,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 100, see
         return {"inc": 0.5 * (lo[:len(idx)] + lo[len(idx):]) - f0}  # (F(w+D) + F(w-D)) / 2 - F(w)
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       shard=not obj.data_parallel, desc="qnoise",
+                       evaluator=ev, desc="qnoise",
                        args={"m": "qnoise", "n": n_draws, "estimator": estimator, "seed": seed,
                              "S": tensor_digest(S), "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()
