@@ -198,6 +198,9 @@ class EigSettings:
                            "HVPs of the top one on the digits model)", "--bottom")
     method: str = setting("lanczos", "eigenvalue method", "--eig-method", choices=("lanczos", "power"))
     tol: float = setting(1e-3, "eigenvalue tolerance (relative)", "--tol", gt=0, max=1)
+    bound: str = setting("residual", "what Lanczos stops on and reports: residual (always a bound) or gap "
+                         "(residual^2 / the Ritz values' gap: fewer HVPs, a bound when that gap estimate holds)",
+                         "--eig-bound", choices=("residual", "gap"))
     max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)
     backend: str = setting("flatlens", "flatlens, or pyhessian as a cross-check", "--backend",
                            choices=("flatlens", "pyhessian"))
@@ -213,7 +216,7 @@ class ExtremeEigenvalues(Result):
 
 def _eig_compute(obj, s: EigSettings, ctx):
     from . import hessian
-    kw = dict(method=s.method, tol=s.tol, max_hvp=s.max_hvp, seed=ctx.seed, backend=s.backend)
+    kw = dict(method=s.method, tol=s.tol, max_hvp=s.max_hvp, seed=ctx.seed, backend=s.backend, bound=s.bound)
     main = hessian.top_eigenvalues(obj, s.k, which=s.which, **kw)
     bottom = hessian.top_eigenvalues(obj, 1, which="SA", **kw) if s.bottom and s.which != "SA" else None
     return ExtremeEigenvalues(main=main, bottom=bottom)

@@ -35,4 +35,5 @@ def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
     assert h["hvp_over_grad"] > 0 and h["batched_speedup"] > 0 and h["max_abs_difference"] < 1e-3
     assert h["slq"]["lockstep_speedup"] > 0 and h["slq"]["max_abs_node_difference"] < 1e-3
     assert {"a_top_eigenvalue", "e_trace_to_2pct_ci", "f_hvp_vs_gradient"} <= set(d["hessian"])
+    assert d["hessian"]["a_top_eigenvalue"]["flatlens_gap_bound"]["n_hvp"] > 0
     assert d["sharding"]["run"] is False and "GPU" in d["sharding"]["reason"]

@@ -20,8 +20,11 @@ class EigenResult(Result):
     tol: float
     backend: str = "flatlens"
     residuals: list[float] = field(default_factory=list)  # ||H v - theta v|| / |theta| per value
-    bounds: list[float] = field(default_factory=list)     # ||H v - theta v||: an eigenvalue lies within (a bound)
-    stopped_on: str = ""         # "ritz residual" (<= tol |theta|), "invariant subspace", "budget", "dense", ...
+    bounds: list[float] = field(default_factory=list)     # per value, the bound of kind `bound`: an eigenvalue lies within
+    bound: str = "residual"      # "residual" (||H v - theta v||, always a bound) or "gap" (min(that, that^2 / gap))
+    residual_bounds: list[float] = field(default_factory=list)  # ||H v - theta v|| per value, whatever `bound` is
+    gaps: list = field(default_factory=list)  # per value, the gap estimated from the other Ritz values (None: none)
+    stopped_on: str = ""         # "ritz residual" / "ritz residual^2/gap" (<= tol |theta|), "invariant subspace", ...
     objective: dict = field(default_factory=dict)
 
 
