@@ -65,6 +65,21 @@ def test_trace_stops_on_ci_width_not_running_mean():
     assert half <= 0.02 * abs(t.value) + 1e-12 and t.n_probes >= 10
 
 
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_stops_at_the_same_probe_whatever_the_hvp_blocks(method, monkeypatch):
+    # on an accelerator probes go through hvp_many 8 at a time; the rule is still read after every probe, so a
+    # GPU run and a CPU run of one seed stop at the same probe with the same estimate (blocks only pay for more)
+    obj = toys.quadratic(np.linspace(-1, 5, 100), seed=4)
+    one = hessian.trace(obj, method=method, rtol=0.03, seed=1)
+    monkeypatch.setattr(type(obj), "batched_hvps_pay", lambda self: True)
+    monkeypatch.setattr(type(obj), "hvp_block", property(lambda self: 8))
+    blocks = hessian.trace(obj, method=method, rtol=0.03, seed=1)
+    assert one.converged and blocks.converged and one.n_probes % 8 != 0  # the stop falls inside a block
+    assert blocks.n_probes == one.n_probes and blocks.value == pytest.approx(one.value, rel=1e-12)
+    assert blocks.ci95 == pytest.approx(one.ci95, rel=1e-12)
+    assert one.n_hvp <= blocks.n_hvp < one.n_hvp + 8
+
+
 def test_density_integrates_to_one_and_its_mean_is_trace_over_d():
     lam = np.linspace(0.0, 10.0, 200)
     obj = toys.quadratic(lam, seed=5)

@@ -83,7 +83,8 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
     converged = False
     i = 0
     # probes go through hvp_many in blocks where batched HVPs pay (accelerators), one at a time otherwise;
-    # probe i is drawn from its own generator, so the blocks change no probe, only how often the rule is read
+    # probe i is drawn from its own generator and the rule is read after every probe (a block's probes past the
+    # stopping one are paid for but not used), so the blocking changes neither the probes nor where the run stops
     block = obj.hvp_block if obj.batched_hvps_pay() else 1
     while True:
         used = obj.n_hvp - start
@@ -102,13 +103,14 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
             samples.append(float(v.double() @ hv.double()))
             if per_layer:
                 layer_samples.append(_block_dots(obj, v, hv))
-        i += b
-        if n_probes is None and i >= min_probes:
-            m, se, _, _ = mean_ci(samples)
-            est = exact_total + float(m)
-            if t_quantile(i) * float(se) <= rtol * abs(est):
-                converged = True
-                break
+            i += 1
+            if n_probes is None and i >= min_probes:
+                m, se, _, _ = mean_ci(samples)
+                if t_quantile(i) * float(se) <= rtol * abs(exact_total + float(m)):
+                    converged = True
+                    break
+        if converged:
+            break
 
     if samples:
         m, se, lo, hi = mean_ci(samples)
