@@ -30,10 +30,10 @@ import os
 import time
 
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .._util import FlatlensError, atomic_write_text
-from ..objective import Objective, widen
+from ..objective import Objective
 from ..parallel import all_sum
 
 STRATEGIES = ("auto", "loop", "vmap", "compiled")
@@ -196,8 +196,10 @@ class Evaluator:
         return self._compiled
 
     def _forward_all(self, precision=None, compiled=None):
-        """(F, correct count) of the evaluator's model as it stands, over the evaluator's batches; through
-        the compiled copy when `compiled` (default: when the strategy is "compiled")."""
+        """(F, correct count) of the evaluator's model as it stands, over the evaluator's batches, as float64
+        tensors on the objective's device: summed there, so a point costs no host synchronization (the caller
+        reads a whole chunk at once); through the compiled copy when `compiled` (default: when the strategy is
+        "compiled")."""
         obj = self.obj
         if compiled is None:
             compiled = self.strategy == "compiled"
@@ -205,21 +207,23 @@ class Evaluator:
         compiling = compiled and self.compile_seconds is None  # the first call compiles: time it once
         t0 = time.perf_counter()
         with torch.inference_mode(), self._precision(precision):
-            tot, cor = 0.0, 0.0
+            tot = torch.zeros((), dtype=torch.float64, device=obj.device)
+            cor = torch.zeros((), dtype=torch.float64, device=obj.device)
             for w, b in zip(self._weights, self._batches):
                 loss, _, correct = obj.module_loss(model, b)
                 if self._accuracy:
-                    cor += float(correct)
-                tot += w * float(loss)
-        if compiling:  # float() above synchronized the device
+                    cor += correct
+                tot += w * torch.as_tensor(loss).double()  # F = sum_b w_b loss_b, in float64
+        if compiling:
+            _sync(obj.device)
             self.compile_seconds = time.perf_counter() - t0
         return tot, cor
 
     def _loop(self, deltas: torch.Tensor, precision=None):
         obj = self.obj
         m = deltas.shape[0]
-        losses = torch.empty(m, dtype=torch.float64)
-        correct = torch.zeros(m, dtype=torch.float64)
+        losses = torch.empty(m, dtype=torch.float64, device=obj.device)
+        correct = torch.zeros(m, dtype=torch.float64, device=obj.device)
         views = obj.unflatten(deltas)
         try:
             for i in range(m):
@@ -231,28 +235,28 @@ class Evaluator:
             with torch.no_grad():
                 for n in obj.names:
                     self._params[n].data.copy_(obj.center[n])
+        both = torch.stack([losses, correct])
         if obj.data_parallel:  # each rank's share of F (and of the correct count): summed over ranks, on the
             # objective's device (NCCL reduces device tensors only)
-            both = all_sum(torch.stack([losses, correct]).to(obj.device)).cpu()
-            losses, correct = both[0], both[1]
-        return losses, correct
+            both = all_sum(both)
+        both = both.cpu()  # the one host synchronization of the chunk
+        return both[0], both[1]
 
     def _vmap(self, deltas: torch.Tensor, precision=None):
         obj = self.obj
-        model = self.model
         if obj.custom_loss:
             raise FlatlensError("the vmap strategy needs loss_fn(output, target); use strategy='loop'")
 
-        def point(delta_flat):
+        def point(delta_flat):  # F and the correct count at w + delta, through the Objective's functional loss
             d = obj.unflatten(delta_flat)
             tensors = {n: obj.center[n] + d[n] for n in obj.names}
             tot = 0.0
             cor = torch.zeros((), dtype=torch.float64, device=obj.device)
             for w, b in zip(self._weights, self._batches):
-                out = functional_call(model, tensors, (b[0],))
-                tot = tot + w * obj.loss_fn(widen(out), b[1]).double()
+                loss, _, correct = obj.batch_loss(tensors, b)
+                tot = tot + w * loss.double()
                 if self._accuracy:
-                    cor = cor + obj.count_correct(out, b[1]).double()
+                    cor = cor + correct.double()
             return tot, cor
 
         losses, correct = [], []
@@ -300,7 +304,7 @@ class Evaluator:
         if strategy == "vmap":
             f = float(self._vmap(torch.zeros(1, obj.num_params, device=obj.device, dtype=obj.dtype))[0][0])
         else:
-            f, _ = self._forward_all(compiled=strategy == "compiled")
+            f = float(self._forward_all(compiled=strategy == "compiled")[0])
         return abs(f - obj.loss()) <= 1e-5 * max(1.0, abs(obj.loss()))
 
     def _calibrate(self) -> None:
