@@ -167,8 +167,8 @@ def _lanczos(obj, k, which, tol, max_hvp, seed, bound="residual", memory_budget:
             converged, stop = len(idx) == k, "invariant subspace"
             break
     n_used = len(V)
-    Vm = torch.stack(V).double()
-    Y = (torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(Vm.device) .T @ Vm)  # Ritz vectors (k, d)
+    # Ritz vectors y_i = V' s_i (k, d), in the basis's own dtype: no float64 copy of the basis
+    Y = torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(V.device, V.dtype).T @ V
     vals = [float(t) for t in theta[idx]]
     vecs = [y.to(obj.dtype) / y.norm().to(obj.dtype) for y in Y]
     left = budget - (obj.n_hvp - start)
