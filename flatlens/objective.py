@@ -121,7 +121,8 @@ class Objective:
     bn: "eval" (running statistics, default) or "train" (batch statistics, running stats untouched).
     hvp_mode: "graph" keeps one double-backward graph over all the data and reuses it for every HVP;
         "recompute" redoes forward and backward per HVP (memory of one batch); "auto" keeps the graph
-        when its measured size fits `graph_budget_bytes`.
+        when its measured size fits `graph_budget_bytes`, which also caps the rows of a batched HVP
+        (`hvp_block`) in every mode.
     hvp_batch_size: HVPs run over the data re-cut into batches of this many samples when that leaves F
         unchanged (a mean-reduced loss, BN in eval mode; checked at the centre): smaller batches keep the
         retained graph cache-friendly on a CPU (the README's benchmarks). None keeps the caller's batches.
@@ -179,6 +180,7 @@ class Objective:
         self.n_hvp = 0
         self._hvp_batched = None  # measured on first need (batched_hvps_pay)
         self._hvp_block = None  # rows per vmapped backward, agreed over ranks on first need (hvp_block)
+        self._graph_bytes_per_sample = None  # measured on first need (graph_bytes_per_sample)
         self.on_progress: Callable[[str, int], None] | None = None  # called as ("hvp" | "eval", count)
         self._graph = None
         self._loss0 = None
@@ -440,27 +442,38 @@ class Objective:
         return leaves, grads
 
     def _pick_hvp_mode(self, mode: str, budget: int) -> str:
+        """The retained graph when its measured size fits `budget` ("auto"), else recompute per batch."""
+        self.graph_budget_bytes = int(budget)
         if mode != "auto":
             return mode
-        # measure the bytes the double-backward graph saves for the first batch, extrapolate to all data
-        saved = [0]
-
-        def pack(t):
-            # count, and keep a detached alias: returning `t` itself would make a saved output hold its
-            # own grad_fn, a reference cycle through C++ that the garbage collector cannot free (it kept
-            # this first batch's double-backward graph alive for the objective's lifetime). The graph built
-            # here is measured, never differentiated, so the alias is never unpacked for a backward pass.
-            saved[0] += t.numel() * t.element_size()
-            return t.detach()
-
-        first = self._hvp_batches[0]
-        leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), first)
-            torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
-        per_sample = saved[0] / max(1, self._hvp_weights[0] * self.n_samples)  # weight = batch share of F
-        self.graph_bytes_estimate = int(per_sample * sum(self.sample_counts))  # this rank's samples only
         return "graph" if self.graph_bytes_estimate <= budget else "recompute"
+
+    @property
+    def graph_bytes_per_sample(self) -> float:
+        """Bytes the double-backward graph saves per sample, measured once on the first HVP batch."""
+        if self._graph_bytes_per_sample is None:
+            saved = [0]
+
+            def pack(t):
+                # count, and keep a detached alias: returning `t` itself would make a saved output hold its
+                # own grad_fn, a reference cycle through C++ that the garbage collector cannot free (it kept
+                # this first batch's double-backward graph alive for the objective's lifetime). The graph
+                # built here is measured, never differentiated, so the alias is never unpacked for a backward.
+                saved[0] += t.numel() * t.element_size()
+                return t.detach()
+
+            first = self._hvp_batches[0]
+            leaves = [self.center[n].detach().clone().requires_grad_(True) for n in self.names]
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss, _, _ = self._batch_loss(self.full_params(dict(zip(self.names, leaves))), first)
+                torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+            self._graph_bytes_per_sample = saved[0] / max(1, self._hvp_weights[0] * self.n_samples)  # w = share
+        return self._graph_bytes_per_sample
+
+    @property
+    def graph_bytes_estimate(self) -> int:
+        """Bytes of the retained double-backward graph over this rank's samples (extrapolated per sample)."""
+        return int(self.graph_bytes_per_sample * sum(self.sample_counts))
 
     def _second_backward(self, grads, leaves, vd, *, retain_graph: bool, batched: bool = False):
         """Hv per parameter (None where zero) from a gradient graph: backward through the gradient entries that
@@ -531,11 +544,16 @@ class Objective:
 
     @property
     def hvp_block(self) -> int:
-        """Rows per vmapped backward: 8, fewer where the graph's activations times the rows would pass 2 GiB;
-        the smallest over ranks (shards differ in size, and every rank must run the same blocks)."""
+        """Rows per vmapped backward: 8, fewer where the rows times the graph one backward runs through (all of
+        this rank's samples with the retained graph, the largest batch when recomputing) would pass
+        `graph_budget_bytes`; the smallest over ranks (shards differ in size, and every rank must run the same
+        blocks)."""
         if self._hvp_block is None:
-            per = max(1, getattr(self, "graph_bytes_estimate", 0))
-            self._hvp_block = self._min_int(int(max(1, min(8, (2 << 30) // per))))
+            if self.hvp_mode == "graph":
+                per = self.graph_bytes_estimate
+            else:
+                per = self.graph_bytes_per_sample * max(self._hvp_weights) * self.n_samples
+            self._hvp_block = self._min_int(int(max(1, min(8, self.graph_budget_bytes // max(1, int(per))))))
         return self._hvp_block
 
     def batched_hvps_pay(self) -> bool:
