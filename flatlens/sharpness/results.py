@@ -3,25 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..perturb.results import DirectionMeansResult, PerturbedResult
 from ..results import Result, register
 
 
 @register
 @dataclass
-class FlatnessResult(Result):
+class FlatnessResult(DirectionMeansResult):
     """SWAD-style local flatness: mean over unit directions u of F(w + r u) - F(w), per radius r."""
     radii: list[float]
-    mean: list[float]
-    stderr: list[float]
-    ci95: list[tuple[float, float]]
     increases: list[list[float]]    # (n_directions, n_radii)
-    center_loss: float
-    n_directions: int
-    seed: int
-    direction: dict
-    evaluator: dict
-    seconds: float
-    objective: dict = field(default_factory=dict)
 
 
 @register
@@ -46,7 +37,7 @@ class WorstCaseResult(Result):
 
 @register
 @dataclass
-class QuantNoiseResult(Result):
+class QuantNoiseResult(PerturbedResult):
     """E_D[F(w + D)] - F(w) for D_i ~ U(-s_i/2, s_i/2) against its prediction (1/24) sum_i s_i^2 H_ii."""
     measured: float
     measured_stderr: float
@@ -68,7 +59,3 @@ class QuantNoiseResult(Result):
     steps_rule: str                            # how the steps s_i were chosen
     steps_sha256: str
     samples: list[float]                       # per-draw increases (paired across models with the same seed)
-    center_loss: float
-    evaluator: dict
-    seconds: float
-    objective: dict = field(default_factory=dict)
