@@ -128,11 +128,11 @@ def validate(ckpt: dict) -> None:
 
 
 def _validate_data(data) -> None:
-    from .data import ANGLES, DATASETS, DOMAINBED, SPLIT_RULES
+    from .data import DATASETS, SPLIT_RULES, domain_names
     _need(isinstance(data, dict), "data is not a mapping")
     ds = data.get("dataset")
     _need(ds in DATASETS, f"unknown dataset {ds!r} ({', '.join(DATASETS)})")
-    known = [str(a) for a in ANGLES] if ds == "rotated-digits" else DOMAINBED[ds][1]
+    known = domain_names(ds)
     for key in ("train_domains", "test_domains"):
         doms = data.get(key)
         _need(isinstance(doms, list) and doms and all(isinstance(d, str) for d in doms),

@@ -62,6 +62,7 @@ def _splits(split):
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args):
+    from .data import DEFAULT
     from .train import TrainConfig, train
     full_precision = args.bits == 32  # --bits 32: full precision, also over a config file's bits
     if full_precision:
@@ -80,7 +81,7 @@ def cmd_train(args):
             cfg.bits = args.bits
         if args.seed is not None and "--seed" in sys.argv:
             cfg.seed = args.seed
-    elif args.dataset == "rotated-digits":
+    elif args.dataset == DEFAULT:
         cfg = TrainConfig(**{k: v for k, v in kw.items() if v is not None})
     else:
         if args.arch == "small_cnn":
@@ -104,6 +105,7 @@ def cmd_train(args):
 
 def _config_from_file(path):
     import dataclasses
+    from .data import DEFAULT
     from .train import TrainConfig
     try:
         with open(path) as fh:
@@ -117,7 +119,7 @@ def _config_from_file(path):
     unknown = set(train_cfg) - names
     if unknown:
         raise FlatlensError(f"{path}: unknown training setting(s) {', '.join(sorted(unknown))}")
-    base = TrainConfig.paper_domainbed() if train_cfg.get("dataset", "rotated-digits") != "rotated-digits" else TrainConfig()
+    base = TrainConfig.paper_domainbed() if train_cfg.get("dataset", DEFAULT) != DEFAULT else TrainConfig()
     for k, v in train_cfg.items():
         setattr(base, k, v)
     return base
@@ -456,7 +458,8 @@ def _import_flags(p, *, arch=True, data=True):
     g.add_argument("--bits", type=int, help="QT-DoG files: the weight bits (not in the file; default 7)")
     g.add_argument("--state", help="which model of a file holding several (network, network_sma, ...)")
     if arch:
-        g.add_argument("--arch", choices=["resnet18", "resnet50"], help="a torchvision state dict's ResNet")
+        from .models import RESNETS
+        g.add_argument("--arch", choices=RESNETS, help="a torchvision state dict's ResNet")
     g.add_argument("--num-classes", type=int, help="a torchvision state dict's classes (checked)")
     g.add_argument("--model", help="package.module:factory building your own model (its code runs)")
     if data:
@@ -506,11 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train an ERM or QAT model on a leave-one-domain-out protocol")
     t.add_argument("--config", help="a JSON file of training settings (experiments/*.json); flags override it")
-    t.add_argument("--dataset", default="rotated-digits",
-                   help="rotated-digits (default) or pacs, vlcs, officehome, terraincognita, domainnet")
+    from .data import DATASETS, DEFAULT
+    from .models import RESNETS
+    t.add_argument("--dataset", default=DEFAULT,
+                   help=f"{DEFAULT} (default) or {', '.join(d for d in DATASETS if d != DEFAULT)}")
     t.add_argument("--data-root", help="folder holding the DomainBed data set")
     t.add_argument("--test-domain", action="append", help="held-out domain (repeatable); default 75")
-    t.add_argument("--arch", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50"],
+    t.add_argument("--arch", default="small_cnn", choices=("small_cnn",) + RESNETS,
                    help="(default %(default)s; resnet50 for DomainBed sets)")
     t.add_argument("--width", type=int, help="small_cnn width (default 32)")
     t.add_argument("--pretrained", action="store_true", default=None, help="ImageNet weights (ResNets)")

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from ._util import FlatlensError, sha256_file
+from .models import RESNETS
 
 # the harmless types a foreign checkpoint may hold besides tensors and containers
 SAFE_TYPES = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath,
@@ -75,17 +76,13 @@ def _plain_dict(x):
 def _protocol(dataset: str | None, test_domains: list[str], opts: ImportOptions, *, split_rule: str,
               split_seed: int = 0, holdout: float = 0.2) -> dict | None:
     """The checkpoint's `data` entry, or None when nothing names a dataset (then --data is needed)."""
-    from .data import ANGLES, DOMAINBED
+    from .data import DATASETS, dataset_key, domain_names
     if dataset is None:
         return None
-    key = dataset.lower().replace("_", "").replace("-", "")
-    if dataset == "rotated-digits":
-        domains = [str(a) for a in ANGLES]
-    elif key in DOMAINBED:
-        domains = list(DOMAINBED[key][1])
-        dataset = key
-    else:
-        raise FlatlensError(f"unknown dataset {dataset!r}")
+    key = dataset_key(dataset)
+    if key is None:
+        raise FlatlensError(f"unknown dataset {dataset!r} ({', '.join(DATASETS)})")
+    dataset, domains = key, domain_names(key)
     if not test_domains:
         raise FlatlensError("name the held-out domain(s): --test-domain D")
     return {"dataset": dataset, "root": opts.data_root, "domains": domains,
@@ -162,10 +159,10 @@ def _convert_domainbed(raw, opts: ImportOptions) -> dict:
                  "start_step": hp.get("quant_start", args.get("quant_start")), "layers": [k[:-7] for k in steps],
                  "steps": steps}
     test_envs = raw.get("test_envs", args.get("test_envs")) or []
-    from .data import DOMAINBED
+    from .data import dataset_key, domain_names
     dataset = opts.dataset or args.get("dataset")
-    key = str(dataset).lower().replace("_", "").replace("-", "") if dataset else None
-    names = DOMAINBED[key][1] if key in DOMAINBED else None
+    key = dataset_key(dataset) if dataset else None
+    names = domain_names(key) if key is not None else None
     if opts.test_domains:
         tests = list(opts.test_domains)
     elif names is not None:
@@ -209,9 +206,9 @@ def _detect_torchvision(raw, opts) -> bool:
 def _convert_torchvision(raw, opts: ImportOptions) -> dict:
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in _state_dict_of(raw).items()}
     if opts.arch is None:
-        raise FlatlensError("a torchvision state dict: give --arch resnet18|resnet50 (and --num-classes N)")
-    if opts.arch not in ("resnet18", "resnet50"):
-        raise FlatlensError(f"--arch {opts.arch}: a torchvision state dict is resnet18 or resnet50")
+        raise FlatlensError(f"a torchvision state dict: give --arch {'|'.join(RESNETS)} (and --num-classes N)")
+    if opts.arch not in RESNETS:
+        raise FlatlensError(f"--arch {opts.arch}: a torchvision state dict is one of {', '.join(RESNETS)}")
     classes = int(sd["fc.weight"].shape[0])
     if opts.num_classes is not None and opts.num_classes != classes:
         raise FlatlensError(f"fc.weight has {classes} classes; --num-classes says {opts.num_classes}")

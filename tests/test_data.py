@@ -67,3 +67,11 @@ def test_missing_data_names_expected_layout(tmp_path):
         load("pacs", str(tmp_path / "nowhere"))
     with pytest.raises(FlatlensError, match="unknown dataset"):
         load("mnist-c")
+
+
+def test_dataset_names_are_read_one_way_from_the_registry():
+    from flatlens.data import DATASETS, DOMAINBED, dataset_key, domain_names
+    assert [dataset_key(s) for s in ("PACS", "office_home", "Terra-Incognita", "rotated-digits", "mnist")] == \
+        ["pacs", "officehome", "terraincognita", "rotated-digits", None]
+    assert all(dataset_key(d) == d for d in DATASETS)
+    assert domain_names("vlcs") == DOMAINBED["vlcs"][1] and domain_names("rotated-digits")[0] == "0"

@@ -12,15 +12,29 @@ DOMAINBED = {
     "terraincognita": ("terra_incognita", ["location_100", "location_38", "location_43", "location_46"]),
     "domainnet": ("domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]),
 }
-DATASETS = ("rotated-digits",) + tuple(DOMAINBED)
+DEFAULT = "rotated-digits"  # embedded: needs no files
+DATASETS = (DEFAULT,) + tuple(DOMAINBED)
+
+
+def dataset_key(name) -> str | None:
+    """The registry name of a dataset as users spell it ('PACS', 'office_home', 'Terra-Incognita'), or None."""
+    if name == DEFAULT:
+        return DEFAULT
+    key = str(name).lower().replace("_", "").replace("-", "")
+    return key if key in DOMAINBED else None
+
+
+def domain_names(key: str) -> list[str]:
+    """The domains of a dataset by registry name, in its canonical order (DomainBed's test_envs index it)."""
+    return [str(a) for a in ANGLES] if key == DEFAULT else list(DOMAINBED[key][1])
 
 
 def load(name: str, root: str | None = None, *, seed: int = 0, image_size: int | None = None) -> DomainData:
     """Load a dataset by name: 'rotated-digits' (no root) or a DomainBed set under `root`."""
-    key = name.lower().replace("_", "").replace("-", "") if name != "rotated-digits" else name
-    if name == "rotated-digits":
+    key = dataset_key(name)
+    if key == DEFAULT:
         return rotated_digits(seed=seed)
-    if key in DOMAINBED:
+    if key is not None:
         if not root:
             raise FlatlensError(f"--data-root is required for {name}")
         from .domainbed import image_folders
@@ -40,4 +54,5 @@ def protocol_split(meta: dict, data: DomainData, domain: str):
                          meta.get("split_rule", "flatlens"))
 
 
-__all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES"]
+__all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES",
+           "DEFAULT", "dataset_key", "domain_names"]

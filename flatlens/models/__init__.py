@@ -35,6 +35,8 @@ def _from_factory(factory: str, **_) -> nn.Module:
     return model
 
 
+RESNETS = ("resnet18", "resnet50")  # torchvision's, built lazily (torchvision is an optional extra)
+
 # name -> (builder, {kwarg: (type, lowest, highest)}): the one list of architectures a checkpoint may name, with
 # the sane range of every constructor argument (a tampered width of 10^6 is refused, not allocated)
 ARCHS = {
@@ -42,8 +44,7 @@ ARCHS = {
                                             "width": (int, 1, 1024)}),
     "tiny_mlp": (lambda **k: TinyMLP(**k), {"in_features": (int, 1, 100_000), "hidden": (int, 1, 10_000),
                                           "num_classes": (int, 2, 100_000)}),
-    "resnet18": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
-    "resnet50": (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}),
+    **{n: (None, {"num_classes": (int, 2, 100_000), "pretrained": (bool, False, True)}) for n in RESNETS},
     "module": (_from_factory, {"factory": (str, None, None)}),   # a user's own model (--model pkg.mod:make)
 }
 
@@ -70,7 +71,7 @@ def check_arch(name, kwargs) -> None:
 def build(name: str, **kwargs) -> nn.Module:
     """Build an architecture by name with its kwargs (what a checkpoint's `arch` records)."""
     check_arch(name, kwargs)
-    if name in ("resnet18", "resnet50"):
+    if name in RESNETS:
         from .resnet import resnet
         return resnet(name, **kwargs)
     return ARCHS[name][0](**kwargs)
@@ -86,4 +87,4 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["SmallCNN", "TinyMLP", "ARCHS", "allow_factory", "build", "check_arch", "freeze_batchnorm"]
+__all__ = ["SmallCNN", "TinyMLP", "ARCHS", "RESNETS", "allow_factory", "build", "check_arch", "freeze_batchnorm"]
