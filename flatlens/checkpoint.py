@@ -30,20 +30,21 @@ def save_checkpoint(path, ckpt: dict) -> None:
     atomic_torch_save(ckpt, path)
 
 
-def safe_load(path, allow: tuple = ()):
+def safe_load(path, allow: tuple = (), what: str = "checkpoint"):
     """torch.load(weights_only=True) with every failure turned into one clear line. `allow`: further harmless
-    types the file may hold (the import layer's paths and namespaces); anything else is refused unrun."""
+    types the file may hold (the import layer's paths and namespaces); anything else is refused unrun. `what` names
+    the kind of file in the messages."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FlatlensError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise FlatlensError(f"{path}: is a directory, not a checkpoint")
+        raise FlatlensError(f"{path}: is a directory, not a {what}")
     if os.path.getsize(path) == 0:
-        raise FlatlensError(f"{path}: empty file, not a checkpoint")
+        raise FlatlensError(f"{path}: empty file, not a {what}")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head[:2] != b"PK" and head[:1] != b"\x80":
-        raise FlatlensError(f"{path}: not a checkpoint (neither a torch zip archive nor a pickle)")
+        raise FlatlensError(f"{path}: not a {what} (neither a torch zip archive nor a pickle)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -53,14 +54,14 @@ def safe_load(path, allow: tuple = ()):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
             raise FlatlensError(f"{path}: refused, it holds Python objects that a safe load does not run "
-                                "(not a flatlens checkpoint)") from None
-        raise FlatlensError(f"{path}: not a checkpoint ({first[:120]})") from None
+                                f"(not a flatlens {what})") from None
+        raise FlatlensError(f"{path}: not a {what} ({first[:120]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError,
             UnicodeDecodeError, AttributeError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "zip" in msg.lower() or "archive" in msg.lower() or isinstance(e, EOFError):
-            raise FlatlensError(f"{path}: truncated or corrupt checkpoint (incomplete archive)") from None
-        raise FlatlensError(f"{path}: not a checkpoint ({msg[:120]})") from None
+            raise FlatlensError(f"{path}: truncated or corrupt {what} (incomplete archive)") from None
+        raise FlatlensError(f"{path}: not a {what} ({msg[:120]})") from None
 
 
 def load_checkpoint(path) -> dict:

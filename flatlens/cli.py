@@ -351,10 +351,7 @@ def cmd_import(args):
     if args.model:
         raise FlatlensError("--model checkpoints are rebuilt by running your code: measure them directly with "
                             "--model (a flatlens checkpoint must load without running code)")
-    ck = _load(args, args.checkpoint)
-    if not ck.get("provenance"):
-        raise FlatlensError(f"{args.checkpoint} is a flatlens checkpoint already")
-    import_to_file(args.checkpoint, args.out, _import_opts_from(args), args.format or "auto")
+    ck = import_to_file(args.checkpoint, args.out, _import_opts_from(args), args.format or "auto")  # read once
     p, q, d = ck["provenance"], ck["quant"], ck["data"]
     _out(args, f"wrote {args.out}: {p['source_format']} -> {ck['arch']['name']} ({ck['arch']['kwargs']}), "
                + (f"{q['bits']}-bit QAT steps on {len(q['steps'])} layers" if q else "full precision")

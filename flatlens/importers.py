@@ -226,9 +226,7 @@ def _detect_module(raw, opts) -> bool:
     return opts.model is not None and _state_dict_of(raw) is not None
 
 
-def _convert_module(raw, opts: ImportOptions) -> dict:
-    from .models import allow_factory
-    allow_factory(opts.model)
+def _convert_module(raw, opts: ImportOptions) -> dict:  # load_any has checked the factory (allow_factory)
     data = _protocol(opts.dataset, opts.test_domains, opts, split_rule="domainbed") if opts.dataset else None
     return _skeleton("module", {"factory": opts.model}, _state_dict_of(raw), None, data,
                      {"source_format": "module", "mapping": {"to": f"{opts.model}() with the file's state dict"}})

@@ -64,15 +64,8 @@ def select_data(meta: dict, split: str, samples: int, seed: int):
 def load_data_file(path: str):
     """--data override: a torch file holding {"x": tensor, "y": tensor} (loaded with weights_only), checked:
     floating inputs with a batch dimension, integer class labels (n,), as many labels as inputs."""
-    import os
-    if os.path.isdir(path):
-        raise FlatlensError(f"{path}: is a directory, not a data file")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FlatlensError(f"{path}: no such file") from None
-    except Exception as e:
-        raise FlatlensError(f"{path}: not a data file ({type(e).__name__})") from None
+    from .checkpoint import safe_load
+    d = safe_load(path, what="data file")
     if not isinstance(d, dict) or not isinstance(d.get("x"), torch.Tensor) or not isinstance(d.get("y"), torch.Tensor):
         raise FlatlensError(f"{path}: a data file is a dict with tensors 'x' and 'y'")
     x, y = d["x"], d["y"]
