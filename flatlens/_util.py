@@ -20,7 +20,8 @@ class FlatlensError(ValueError):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
 
 
-def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, integer: bool = False):
+def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+                 integer: bool = False):
     """`v` as a finite number in range (an integer when `integer`), or one FlatlensError: 0 and NaN never
     silently mean "default"."""
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -29,9 +30,10 @@ def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, integ
     if ok and lo is not None:
         ok = v > lo if lo_open else v >= lo
     if ok and hi is not None:
-        ok = v <= hi
+        ok = v < hi if hi_open else v <= hi
     if not ok:
-        rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+               f"{')' if hi_open or hi is None else ']'}")
         raise FlatlensError(f"{name} must be a finite {'integer' if integer else 'number'} in {rng}; got {v!r}")
     return int(v) if integer else v
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import stats
-from ._util import FlatlensError
+from ._util import FlatlensError, check_number
 from .hessian.results import DensityResult, DiagonalResult, EigenResult, TraceResult
 from .landscape.results import CurvesResult, SurfaceResult
 from .objective import Objective
@@ -51,17 +51,11 @@ def check_settings(s, where: str = "") -> None:
             raise FlatlensError(f"{where}{name} takes {m['nargs']} values; got {len(values)}")
         if isinstance(v, (tuple, list)) and not values and m.get("nargs") == "+":
             raise FlatlensError(f"{where}{name} needs at least one value")
+        lo, lo_open = (m["gt"], True) if "gt" in m else (m.get("min"), False)
+        integer = f.type in ("int", int)  # an int setting stays whole
         for x in values:
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                continue
-            if not math.isfinite(x):
-                raise FlatlensError(f"{where}{name} must be finite; got {x!r}")
-            if "min" in m and x < m["min"]:
-                raise FlatlensError(f"{where}{name} must be >= {m['min']}; got {x!r}")
-            if "gt" in m and not x > m["gt"]:
-                raise FlatlensError(f"{where}{name} must be > {m['gt']}; got {x!r}")
-            if "max" in m and x > m["max"]:
-                raise FlatlensError(f"{where}{name} must be <= {m['max']}; got {x!r}")
+            if not isinstance(x, bool) and isinstance(x, (int, float)):
+                check_number(f"{where}{name}", x, lo=lo, hi=m.get("max"), lo_open=lo_open, integer=integer)
         if m.get("increasing") and len(values) == 2 and not values[0] < values[1]:
             raise FlatlensError(f"{where}{name} needs LO < HI; got {values[0]!r} {values[1]!r}")
 

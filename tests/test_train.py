@@ -141,3 +141,17 @@ def test_pretrained_weights_fail_clearly_when_unavailable(tmp_path, monkeypatch)
     with pytest.raises(FlatlensError, match="not available offline"):
         build("resnet18", num_classes=3, pretrained=True)
     assert build("resnet18", num_classes=3).fc.out_features == 3
+
+
+def test_settings_are_checked_by_the_one_range_rule_before_any_work():
+    from flatlens import FlatlensError
+    data = rotated_digits()
+    for bad, match in (({"holdout": 1.0}, r"holdout must be a finite number in \(0, 1\)"),
+                       ({"holdout": 0}, "holdout"), ({"steps": True}, "steps"), ({"steps": 2.5}, "steps"),
+                       ({"lr": float("nan")}, "lr"), ({"weight_decay": -1e-4}, "weight_decay"),
+                       ({"seed": -1}, r"seed must be a finite integer in \[0, ")):
+        with pytest.raises(FlatlensError, match=match):
+            TrainConfig(**bad).validate(data)
+    cfg = TrainConfig(steps=40.0, batch_size=16)  # a JSON config's 40.0 is the integer 40
+    cfg.validate(data)
+    assert cfg.steps == 40 and isinstance(cfg.steps, int)

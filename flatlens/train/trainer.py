@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .._util import FlatlensError, atomic_torch_save, resolve_device
+from .._util import FlatlensError, atomic_torch_save, check_number, resolve_device
 from ..checkpoint import save_checkpoint
 from ..data import DomainData, load, split_indices
 from ..data.domains import gather
@@ -60,27 +60,18 @@ class TrainConfig:
 
     def validate(self, data: DomainData) -> None:
         """Every setting in range before any work (0 and NaN never mean "default")."""
-        import math
         for name, lo, hi in (("steps", 1, 10 ** 8), ("batch_size", 1, 100_000), ("eval_every", 1, 10 ** 8),
                              ("seed", 0, 2 ** 63 - 1), ("split_seed", 0, 2 ** 63 - 1), ("quant_start", 0, 10 ** 8)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise FlatlensError(f"{name} must be an integer in [{lo}, {hi}]; got {v!r}")
-        for name, lo in (("lr", 0.0), ("weight_decay", None)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (lo is not None and v <= lo):
-                raise FlatlensError(f"{name} must be a finite number {'> 0' if lo is not None else '>= 0'}; "
-                                    f"got {v!r}")
-        if not (isinstance(self.holdout, float) and 0 < self.holdout < 1):
-            raise FlatlensError(f"holdout must lie in (0, 1); got {self.holdout!r}")
+            setattr(self, name, check_number(name, getattr(self, name), lo=lo, hi=hi, integer=True))
+        check_number("lr", self.lr, lo=0, lo_open=True)
+        check_number("weight_decay", self.weight_decay, lo=0)
+        check_number("holdout", self.holdout, lo=0, hi=1, lo_open=True, hi_open=True)
         if not self.test_domains:
             raise FlatlensError("give at least one test domain")
         for d in self.test_domains:
             data.index(d)
         if len(self.test_domains) >= len(data.domains):
             raise FlatlensError("at least one domain must remain for training")
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise FlatlensError("steps, batch size and eval_every must be positive")
         if self.bits is not None and not 0 <= self.quant_start < self.steps:
             raise FlatlensError(f"quant_start must lie in [0, steps); got {self.quant_start} of {self.steps}")
         if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
