@@ -27,7 +27,8 @@ BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 @contextlib.contextmanager
 def flush_denormals(enabled: bool = True):
     """Flush subnormal floats to zero while computing HVPs on a CPU: the double-backward pass makes many,
-    and x86 CPUs handle them slowly (no stored benchmark shows the gain for flatlens's models). Their values are
+    and x86 CPUs handle them slowly (on the digits CNN none arise and it buys nothing:
+    benchmarks/results/flush_denormal_cpu.json). Their values are
     below 1.2e-38 (fp32), so results do not change beyond that. torch has no getter for this global flag;
     it is switched off again on exit, its default."""
     if not enabled or not torch.set_flush_denormal(True):
