@@ -26,7 +26,7 @@ BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 @contextlib.contextmanager
 def flush_denormals(enabled: bool = True):
-    """Flush subnormal floats to zero while computing HVPs on a CPU: the double-backward pass makes many,
+    """Flush subnormal floats to zero while computing HVPs on a CPU: a double-backward pass can make many,
     and x86 CPUs handle them slowly (on the digits CNN none arise and it buys nothing:
     benchmarks/results/flush_denormal_cpu.json). Their values are
     below 1.2e-38 (fp32), so results do not change beyond that. torch has no getter for this global flag;
