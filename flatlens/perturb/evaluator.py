@@ -213,7 +213,7 @@ class Evaluator:
                 loss, _, correct = obj.module_loss(model, b)
                 if self._accuracy:
                     cor += correct
-                tot += w * torch.as_tensor(loss).double()  # F = sum_b w_b loss_b, in float64
+                tot += w * torch.as_tensor(loss).reshape(()).double()  # F = sum_b w_b loss_b, in float64
         if compiling:
             _sync(obj.device)
             self.compile_seconds = time.perf_counter() - t0
