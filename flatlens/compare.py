@@ -50,7 +50,7 @@ class ComparisonRow:
     subject: str                              # checkpoint path, or group name
     value: float
     interval: tuple[float, float] | None
-    interval_kind: str | None                 # "ci95" or "bound" (a bound is not a probability statement)
+    interval_kind: str | None                 # "ci95", "bound" or "gap-bound" (a bound is not a probability statement)
     source: str                               # "measurement" or "over S seeds"
     n: int | None
     df: float | None
@@ -119,10 +119,11 @@ def _pair_test(a: M.Row, b: M.Row):
     if ea is not None and eb is not None:
         t = stats.welch(ea, eb)
         return t, t.ci95, "ci95", None
-    if a.interval_kind == "bound" and b.interval_kind == "bound":
+    if a.interval_kind in M.BOUND_KINDS and b.interval_kind in M.BOUND_KINDS:
         half = (a.interval[1] - a.interval[0]) / 2 + (b.interval[1] - b.interval[0]) / 2
         side = "higher" if diff - half > 0 else "lower" if diff + half < 0 else "within the bounds"
-        return None, (diff - half, diff + half), "bound", f"not tested (deterministic on these samples; {side})"
+        kind = "bound" if a.interval_kind == b.interval_kind == "bound" else "gap-bound"
+        return None, (diff - half, diff + half), kind, f"not tested (deterministic on these samples; {side})"
     return None, None, None, "not tested (no CI)"
 
 
@@ -296,7 +297,7 @@ def format_table(rep: Comparison) -> str:
     L += [head, "-" * len(head)]
     for r in rep.rows:
         val = _fmt(r.value) + (f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]" if r.interval else "")
-        val += " bound" if r.interval_kind == "bound" else ""
+        val += f" {r.interval_kind.replace('-', ' ')}" if r.interval_kind in M.BOUND_KINDS else ""
         if groups and r.within_stderr is not None:
             val += f" (meas. se {_fmt(r.within_stderr)})"
         diff = ""
@@ -304,7 +305,7 @@ def format_table(rep: Comparison) -> str:
             diff = _fmt(r.diff)
             if r.diff_interval:
                 diff += f" [{_fmt(r.diff_interval[0])}, {_fmt(r.diff_interval[1])}]"
-                diff += " bound" if r.diff_interval_kind == "bound" else ""
+                diff += f" {r.diff_interval_kind.replace('-', ' ')}" if r.diff_interval_kind in M.BOUND_KINDS else ""
         test = f"{r.test}, p {_p(r.p)}, Holm {_p(r.p_holm)}" if r.test else "-"
         L.append(f"{r.split:6} {r.label[:40]:40} {os.path.basename(r.subject)[:20]:20} {val:34} "
                  f"{str(r.n or '-'):>4}  {diff:38} {test:36} {_fmt(r.mde80):>9}  {r.verdict}")

@@ -88,12 +88,16 @@ class RowSpec:
         return self.label.replace("{rest}", key[len(self.key):]) if self.prefix else self.label
 
 
+BOUND_KINDS = ("bound", "gap-bound")  # interval kinds that are bounds, not confidence intervals
+
+
 @dataclass
 class Row:
     """One number of a metric record, found by its stable `key`.
 
-    interval_kind: "ci95" (a 95 % t-interval, `df` degrees of freedom) or "bound" (a deterministic residual
-    bound, not a probability statement) or None. `samples`: the per-draw values behind a CI (directions,
+    interval_kind: "ci95" (a 95 % t-interval, `df` degrees of freedom), "bound" (a deterministic residual
+    bound, not a probability statement), "gap-bound" (residual^2 / an estimated gap: a bound when that estimate
+    holds) or None. `samples`: the per-draw values behind a CI (directions,
     probes, data batches); rows of two checkpoints with equal `pairing` strings were drawn identically, so
     their difference is tested paired."""
     key: str
@@ -221,8 +225,9 @@ def _eig_rows(r: ExtremeEigenvalues, s) -> list[Row]:
     for res in ([r.main] + ([r.bottom] if r.bottom is not None else [])):
         for i, v in enumerate(res.values):
             b = res.bounds[i] if i < len(res.bounds) else None
+            kind = "gap-bound" if res.bound == "gap" else "bound"
             out.append(Row(f"{res.which}{i + 1}", float(v), interval=None if b is None else (v - b, v + b),
-                           interval_kind=None if b is None else "bound"))
+                           interval_kind=None if b is None else kind))
     return out
 
 

@@ -144,3 +144,17 @@ def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsy
     assert main(args + ["--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_gap_bounds_are_named_as_such_in_a_comparison(tmp_path, ckpts, capsys):  # noqa: F811
+    j = tmp_path / "gap.json"
+    code = main(["compare", ckpts["fp"], ckpts["q4"], "--metric", "hessian-eig", "--eig-bound", "gap", "--tol",
+                 "1e-6", "--split", "train", "--samples", "32", "--json", str(j), "--results", str(tmp_path / "r")])
+    assert code == 0
+    rep = Comparison.from_json(j)
+    rows = [r for r in rep.rows if r.metric == "hessian-eig"]
+    assert rows and all(r.interval_kind == "gap-bound" for r in rows)
+    assert all(rec.result.main.bound == "gap" and rec.result.main.residual_bounds for rec in rep.records)
+    second = next(r for r in rows if r.reference)
+    assert second.diff_interval_kind == "gap-bound" and second.p is None  # a bound: not tested
+    assert "gap bound" in capsys.readouterr().out
