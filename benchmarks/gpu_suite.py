@@ -13,7 +13,10 @@ on one H100 at full size). `--tiny --device cpu` runs the same code paths in sec
   hessian       ResNet-18: top eigenvalue to 1e-3 against PyHessian at equal accuracy, trace to a 2 % CI
                 (Hutch++ against Hutchinson) (benchmarks/hessian_vs_pyhessian.py)
   sharding      flatness points sharded over NCCL ranks (two or more GPUs): equal to one process, and the time
-Usage: python benchmarks/gpu_suite.py [--tiny] [--device cuda] [--out $OUT/gpu_suite.json]
+Each section runs on its own: one that fails records its error and the rest still run (exit status 1); the
+JSON is rewritten after every section, so a run cut short keeps what it measured; sections not started by
+--budget seconds (default 450) are skipped and say so.
+Usage: python benchmarks/gpu_suite.py [--tiny] [--device cuda] [--out $OUT/gpu_suite.json] [--budget 450]
 """
 import argparse
 import json
@@ -148,6 +151,33 @@ def _shard_rank(rank, world, port, out, tiny):
     dist.destroy_process_group()
 
 
+def _write(res, path):
+    """The JSON as it stands, replaced atomically: a run cut short (a device lease ends) keeps what it measured."""
+    res["seconds"] = time.perf_counter() - res["_t0"]
+    tmp = path + ".partial"
+    with open(tmp, "w") as fh:
+        json.dump({k: v for k, v in res.items() if k != "_t0"}, fh, indent=1,
+                  default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+    os.replace(tmp, path)
+
+
+def _section(res, path, budget, keys, fn):
+    """Run one section into res[keys...]: skipped past the time budget, its error recorded (not raised) so the
+    sections after it still run, the JSON rewritten after it."""
+    *parents, key = keys
+    where = res
+    for k in parents:
+        where = where.setdefault(k, {})
+    if time.perf_counter() - res["_t0"] > budget:
+        where[key] = {"run": False, "reason": f"skipped: past the {budget:.0f} s budget"}
+    else:
+        try:
+            where[key] = fn()
+        except Exception as e:  # a benchmark measures; one failing section must not lose the others
+            where[key] = {"run": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    _write(res, path)
+
+
 def main():
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,40 +185,47 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", os.path.join(os.path.dirname(__file__),
                                                                                         "results")), "gpu_suite.json"))
+    ap.add_argument("--budget", type=float, default=450.0,
+                    help="seconds after which the sections not yet started are skipped (default 450)")
     a = ap.parse_args()
-    dev, tiny = a.device, a.tiny
-    t_start = time.perf_counter()
-    res = {"machine": machine(), "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
-           "tiny": tiny, "date": time.strftime("%Y-%m-%d")}
-    res["device"] = {"matmul_flops_per_second": matmul_rates(dev, 256 if tiny else 8192)}
+    dev, tiny, path = a.device, a.tiny, a.out
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    res = {"_t0": time.perf_counter(), "machine": machine(),
+           "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "tiny": tiny,
+           "date": time.strftime("%Y-%m-%d"), "budget_seconds": a.budget}
+
+    def run(keys, fn):
+        _section(res, path, a.budget, keys, fn)
+
+    run(["device"], lambda: {"matmul_flops_per_second": matmul_rates(dev, 256 if tiny else 8192)})
     x, y = digits_inputs(128 if tiny else 2048)
     raw = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
     xq = (torch.from_numpy(raw).float()[:, None] / 255.0 - 0.5) / 0.5
     cnn = trained_cnn(steps=20 if tiny else 150)
-    res["perturbation"] = {"digits_cnn": PT.run(cnn, xq, y, raw, 0.5, 0.5, dev, 8 if tiny else 256,
-                                                f"digits CNN, {dev}", batch=64 if tiny else 256)}
+    run(["perturbation", "digits_cnn"], lambda: PT.run(cnn, xq, y, raw, 0.5, 0.5, dev, 8 if tiny else 256,
+                                                       f"digits CNN, {dev}", batch=64 if tiny else 256))
     try:
         rn, xr, yr, rawr = resnet18_data(16 if tiny else 512, 16 if tiny else 32, dev)
-        res["perturbation"]["resnet18"] = PT.run(rn, xr, yr, rawr, 0.5, 0.25, dev, 4 if tiny else 32,
-                                                 f"ResNet-18, {dev}", batch=16 if tiny else 128,
-                                                 compiled=not tiny)  # tiny: the digits CNN covers the path
-        res["precision"] = precision_modes(rn, xr, yr, dev, 4 if tiny else 32)
-        res["hvp"] = hvp_section(rn, xr[: 8 if tiny else 256], yr[: 8 if tiny else 256], dev, 2 if tiny else 8)
-        hx, hy = xr[: 8 if tiny else 256], yr[: 8 if tiny else 256]
-        res["hessian"] = HVP.run(rn, hx, hy, dev, 1, 12 if tiny else 64, f"ResNet-18, {dev}", parts="aef",
-                                 repeats=1 if tiny else 3, trace_rtol=0.5 if tiny else 0.02,
-                                 max_hvp=30 if tiny else 5000)
     except ImportError:
-        for k in ("precision", "hvp", "hessian"):
-            res[k] = {"run": False, "reason": "torchvision is not installed"}
-        res["perturbation"]["resnet18"] = {"run": False, "reason": "torchvision is not installed"}
-    res["sharding"] = sharding_section(dev, tiny)
-    res["seconds"] = time.perf_counter() - t_start
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(res, fh, indent=1, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
-    print(f"wrote {a.out} ({res['seconds']:.0f} s)")
+        for keys in (["perturbation", "resnet18"], ["precision"], ["hvp"], ["hessian"]):
+            run(keys, lambda: {"run": False, "reason": "torchvision is not installed"})
+    else:
+        hx, hy = xr[: 8 if tiny else 256], yr[: 8 if tiny else 256]
+        run(["perturbation", "resnet18"], lambda: PT.run(
+            rn, xr, yr, rawr, 0.5, 0.25, dev, 4 if tiny else 32, f"ResNet-18, {dev}", batch=16 if tiny else 128,
+            compiled=not tiny))  # tiny: the digits CNN covers the compiled path
+        run(["precision"], lambda: precision_modes(rn, xr, yr, dev, 4 if tiny else 32))
+        run(["hvp"], lambda: hvp_section(rn, hx, hy, dev, 2 if tiny else 8))
+        run(["hessian"], lambda: HVP.run(rn, hx, hy, dev, 1, 12 if tiny else 64, f"ResNet-18, {dev}", parts="aef",
+                                         repeats=1 if tiny else 3, trace_rtol=0.5 if tiny else 0.02,
+                                         max_hvp=30 if tiny else 5000))
+    run(["sharding"], lambda: sharding_section(dev, tiny))
+    _write(res, path)
+    failed = [k for k, v in res.items() if isinstance(v, dict) and ("error" in v or any(
+        isinstance(w, dict) and "error" in w for w in v.values()))]
+    print(f"wrote {path} ({res['seconds']:.0f} s)" + (f"; sections with errors: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,3 +37,24 @@ def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
     assert {"a_top_eigenvalue", "e_trace_to_2pct_ci", "f_hvp_vs_gradient"} <= set(d["hessian"])
     assert d["hessian"]["a_top_eigenvalue"]["flatlens_gap_bound"]["n_hvp"] > 0
     assert d["sharding"]["run"] is False and "GPU" in d["sharding"]["reason"]
+    assert "seconds" in d and "_t0" not in d and not (tmp_path / "gpu_suite.json.partial").exists()
+
+
+def test_gpu_suite_keeps_every_section_when_one_fails_or_the_budget_runs_out(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_suite
+    import time
+    out = str(tmp_path / "s.json")
+    res = {"_t0": time.perf_counter()}
+
+    def boom():
+        raise RuntimeError("CUDA out of memory")
+
+    gpu_suite._section(res, out, 100.0, ["perturbation", "resnet18"], boom)
+    gpu_suite._section(res, out, 100.0, ["hvp"], lambda: {"hvp_over_grad": 1.5})
+    res["_t0"] -= 200  # as if 200 s had passed
+    gpu_suite._section(res, out, 100.0, ["sharding"], lambda: {"run": True})
+    d = json.loads(open(out).read())
+    assert d["perturbation"]["resnet18"] == {"run": False, "error": "RuntimeError: CUDA out of memory"}
+    assert d["hvp"] == {"hvp_over_grad": 1.5} and d["seconds"] >= 200
+    assert d["sharding"]["run"] is False and "budget" in d["sharding"]["reason"]
