@@ -1,4 +1,5 @@
 """Shared set-up of the benchmarks: the digits CNN and 1024 inputs of 16x16, machine facts."""
+import json
 import os
 import platform
 import time
@@ -30,6 +31,13 @@ def trained_cnn(width=32, steps=150, seed=0):
     ck = train(TrainConfig(steps=steps, eval_every=steps, arch_kwargs={"width": width}, seed=seed), quiet=True)
     ck["path"] = "benchmark"
     return build_model(ck)
+
+
+def write_json(path, obj) -> None:
+    """A benchmark's results as JSON at `path` (nothing when path is None), written atomically."""
+    if path:
+        from flatlens._util import atomic_write_text
+        atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def timed(fn, *a, **k):

@@ -12,7 +12,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import digits_inputs, loss_fn, machine, trained_cnn  # noqa: E402
+from common import digits_inputs, loss_fn, machine, trained_cnn, write_json  # noqa: E402
 
 
 def _work(world, inputs, hvps, device):
@@ -77,9 +77,7 @@ def main():
           f"{one['lanczos_seconds']:.2f} s vs {many['lanczos_seconds']:.2f} s ({one['lanczos_hvps']} and "
           f"{many['lanczos_hvps']} HVPs): {out['lanczos_scaling']:.2f}x; top eigenvalues differ by "
           f"{out['top_eigenvalue_rel_diff']:.1e} relative")
-    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json, "w") as fh:
-        json.dump(out, fh, indent=1)
+    write_json(a.json, out)
 
 
 if __name__ == "__main__":

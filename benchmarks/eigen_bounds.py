@@ -8,7 +8,6 @@ cnn:  the digits CNN (1,024 inputs, float32): HVPs, error against a tol-1e-9 ref
 Usage: python benchmarks/eigen_bounds.py [--seeds 12] [--json out.json]
 """
 import argparse
-import json
 import sys
 import warnings
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import digits_inputs, loss_fn, machine, trained_cnn  # noqa: E402
+from common import digits_inputs, loss_fn, machine, trained_cnn, write_json  # noqa: E402
 
 from flatlens import Objective, hessian, toys  # noqa: E402
 from flatlens.hessian import eigen  # noqa: E402
@@ -77,9 +76,7 @@ def main():
     for r in out["cnn"]["runs"]:
         print(f"cnn k={r['k']} tol={r['tol']:g} {r['bound']:8s}: {r['n_hvp']:3d} HVPs, error {r['max_abs_error']:.1e}, "
               f"bound {max(r['bounds']):.1e} ({r['stopped_on']})")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Each command runs --repeats times; the median is reported with min and max. Writ
 Usage: python benchmarks/everyday_commands.py [--repeats 3] [--reproduce-dir results/reproduce] [--json out.json]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine  # noqa: E402
+from common import machine, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache")
@@ -68,9 +67,7 @@ def main():
         print(f"{r['seconds_median']:8.1f} s (min {r['seconds_min']:.1f}, max {r['seconds_max']:.1f})  {r['command']}")
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows,
            "checkpoints": "flatlens train defaults: digits CNN width 32, 1000 steps, test domain 75; fp32 and 7 bit"}
-    os.makedirs(os.path.dirname(a.json), exist_ok=True)
-    with open(a.json, "w") as fh:
-        json.dump(out, fh, indent=1)
+    write_json(a.json, out)
     print(f"wrote {a.json}")
 
 

@@ -6,7 +6,6 @@ between their HVPs (relative to the HVP's norm).
 Usage: python benchmarks/flush_denormal.py [--repeats 7] [--json out.json]
 """
 import argparse
-import json
 import statistics
 import sys
 import warnings
@@ -14,7 +13,7 @@ import warnings
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import digits_inputs, loss_fn, machine, timed, trained_cnn  # noqa: E402
+from common import digits_inputs, loss_fn, machine, timed, trained_cnn, write_json  # noqa: E402
 
 from flatlens import Objective  # noqa: E402
 
@@ -45,9 +44,7 @@ def main():
     print(f"HVP, digits CNN ({out['num_params']} parameters, {len(y)} inputs), median of {args.repeats} alternating "
           f"repeats: flushing {1000 * med[True]:.0f} ms, not {1000 * med[False]:.0f} ms: "
           f"{out['speedup_of_flushing']:.2f}x; HVPs differ by {diff:.1e} (relative)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

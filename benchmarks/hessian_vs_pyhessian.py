@@ -13,7 +13,6 @@ ResNet-18 on 32x32 inputs where a GPU and torchvision are present. Reports
 Usage: python benchmarks/hessian_vs_pyhessian.py [--seeds 10] [--parts abcdef] [--json out.json]
 """
 import argparse
-import json
 import warnings
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import digits_inputs, loss_fn, machine, timed, trained_cnn  # noqa: E402
+from common import digits_inputs, loss_fn, machine, timed, trained_cnn, write_json  # noqa: E402
 
 from flatlens import Objective, hessian  # noqa: E402
 
@@ -253,9 +252,7 @@ def main():
               f"RMSE x time {c['rmse_x_time_ratio']:.1f}x better")
         print(f"(d) pyhessian default stop: {np.mean(d['probes_used']):.1f} probes, relative error mean "
               f"{d['rel_error_mean']:+.1%}, worst {d['rel_error_abs_max']:.1%}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -11,4 +11,4 @@ obj.hvp(torch.randn(obj.num_params))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 r = hessian.top_eigenvalues(obj, 1, tol=1e-12, max_hvp=40)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(sys.argv[1], obj.num_params, "basis MB", 40 * obj.num_params * 4 / 1e6, "peak growth MB", (peak - base) / 1e3, r.n_hvp)
+print(sys.argv[1] if len(sys.argv) > 1 else "run", obj.num_params, "basis MB", 40 * obj.num_params * 4 / 1e6, "peak growth MB", (peak - base) / 1e3, r.n_hvp)

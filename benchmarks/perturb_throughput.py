@@ -11,7 +11,6 @@ rate measured in the same run. Model: the digits CNN (and ResNet-18 on 32x32 if 
 Usage: python benchmarks/perturb_throughput.py [--points 128] [--json out.json]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import digits_inputs, loss_fn, machine, timed, trained_cnn  # noqa: E402
+from common import digits_inputs, loss_fn, machine, timed, trained_cnn, write_json  # noqa: E402
 
 from flatlens import Objective  # noqa: E402
 from flatlens.landscape import DirectionSpace, Evaluator  # noqa: E402
@@ -182,9 +181,7 @@ def main():
                   f"{'never' if d['points_to_break_even'] is None else round(d['points_to_break_even'])} points")
         lm = r["loop_memory_format"]
         print(f"loop evals/s: contiguous {lm['contiguous']:.2f}, channels_last {lm['channels_last']:.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":
