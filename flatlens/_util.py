@@ -108,11 +108,8 @@ def mean_ci(samples: Sequence[float] | np.ndarray, axis: int = 0):
 
 
 def available_devices() -> list[str]:
-    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
+    """The devices flatlens can run on here (CPU and CUDA; not MPS: see resolve_device)."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def resolve_device(device) -> torch.device:
@@ -127,8 +124,11 @@ def resolve_device(device) -> torch.device:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise FlatlensError(f"unknown device {device!r}; available here: {', '.join(avail)}") from None
-    ok = (d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available() and (d.index or 0) <
-                               torch.cuda.device_count()) or (d.type == "mps" and "mps" in avail))
+    if d.type == "mps":  # refused here, not deep inside a measurement
+        raise FlatlensError("device 'mps' is not supported: flatlens sums probe products, evaluations and traces "
+                            "in float64 on the device, which MPS lacks; use cpu")
+    ok = d.type == "cpu" or (d.type == "cuda" and torch.cuda.is_available() and (d.index or 0) <
+                             torch.cuda.device_count())
     if not ok:
         raise FlatlensError(f"device {device!r} is not available here; available: {', '.join(avail)}")
     return d

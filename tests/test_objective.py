@@ -171,3 +171,11 @@ def test_batched_hvp_rows_are_capped_by_the_graph_budget_in_every_mode(mode):
     V = torch.randn(5, probe.num_params, dtype=torch.float64)
     torch.testing.assert_close(obj.hvp_many(V, batched=True), probe.hvp_many(V, batched=False), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_mps_is_refused_up_front_with_the_reason():
+    from flatlens._util import resolve_device
+    with pytest.raises(FlatlensError, match="'mps' is not supported.*float64"):
+        resolve_device("mps")
+    with pytest.raises(FlatlensError, match="'mps' is not supported"):
+        Objective(tiny_mlp(), nn.CrossEntropyLoss(), vector_data(8), device="mps")
