@@ -443,15 +443,19 @@ class Objective:
         return leaves, grads
 
     def _pick_hvp_mode(self, mode: str, budget: int) -> str:
-        """The retained graph when its measured size fits `budget` ("auto"), else recompute per batch."""
+        """The retained graph when its measured size fits `budget` ("auto"), else recompute per batch. The graph is
+        measured here in every mode (it sizes `hvp_block` too): measured later, next to a retained graph, its
+        one-batch graph would add to the peak."""
         self.graph_budget_bytes = int(budget)
+        estimate = self.graph_bytes_estimate
         if mode != "auto":
             return mode
-        return "graph" if self.graph_bytes_estimate <= budget else "recompute"
+        return "graph" if estimate <= budget else "recompute"
 
     @property
     def graph_bytes_per_sample(self) -> float:
-        """Bytes the double-backward graph saves per sample, measured once on the first HVP batch."""
+        """Bytes the double-backward graph saves per sample, measured once on the first HVP batch (at
+        construction)."""
         if self._graph_bytes_per_sample is None:
             saved = [0]
 
