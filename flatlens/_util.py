@@ -107,6 +107,12 @@ def mean_ci(samples: Sequence[float] | np.ndarray, axis: int = 0):
     return mean_ci_rows(np.moveaxis(np.asarray(samples, dtype=np.float64), axis, 0))
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU needs no wait): before reading a clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def available_devices() -> list[str]:
     """The devices flatlens can run on here (CPU and CUDA; not MPS: see resolve_device)."""
     return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -230,8 +230,7 @@ def _record_lines(rec) -> list[str]:
     for r in rec.rows:
         iv = ""
         if r.interval is not None:
-            kind = "95% CI" if r.interval_kind == "ci95" else str(r.interval_kind).replace("-", " ")
-            iv = f"  [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}] ({kind})"
+            iv = f"  [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}] ({M.interval_label(r.interval_kind)})"
         n = f"  n = {r.n}" if r.n else ""
         lines.append(f"    {m.label(r.key):48} {_fmt(r.value)}{iv}{n}")
     return lines

@@ -297,7 +297,7 @@ def format_table(rep: Comparison) -> str:
     L += [head, "-" * len(head)]
     for r in rep.rows:
         val = _fmt(r.value) + (f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]" if r.interval else "")
-        val += f" {r.interval_kind.replace('-', ' ')}" if r.interval_kind in M.BOUND_KINDS else ""
+        val += f" {M.interval_label(r.interval_kind)}" if r.interval_kind in M.BOUND_KINDS else ""
         if groups and r.within_stderr is not None:
             val += f" (meas. se {_fmt(r.within_stderr)})"
         diff = ""
@@ -305,7 +305,7 @@ def format_table(rep: Comparison) -> str:
             diff = _fmt(r.diff)
             if r.diff_interval:
                 diff += f" [{_fmt(r.diff_interval[0])}, {_fmt(r.diff_interval[1])}]"
-                diff += f" {r.diff_interval_kind.replace('-', ' ')}" if r.diff_interval_kind in M.BOUND_KINDS else ""
+                diff += f" {M.interval_label(r.diff_interval_kind)}" if r.diff_interval_kind in M.BOUND_KINDS else ""
         test = f"{r.test}, p {_p(r.p)}, Holm {_p(r.p_holm)}" if r.test else "-"
         L.append(f"{r.split:6} {r.label[:40]:40} {os.path.basename(r.subject)[:20]:20} {val:34} "
                  f"{str(r.n or '-'):>4}  {diff:38} {test:36} {_fmt(r.mde80):>9}  {r.verdict}")

@@ -58,6 +58,11 @@ def check_settings(s, where: str = "") -> None:
                 check_number(f"{where}{name}", x, lo=lo, hi=m.get("max"), lo_open=lo_open, integer=integer)
         if m.get("increasing") and len(values) == 2 and not values[0] < values[1]:
             raise FlatlensError(f"{where}{name} needs LO < HI; got {values[0]!r} {values[1]!r}")
+    if callable(getattr(s, "check", None)):  # what one setting needs of another
+        try:
+            s.check()
+        except FlatlensError as e:
+            raise FlatlensError(f"{where}{e}") from None
 
 
 @dataclass
@@ -89,6 +94,11 @@ class RowSpec:
 
 
 BOUND_KINDS = ("bound", "gap-bound")  # interval kinds that are bounds, not confidence intervals
+
+
+def interval_label(kind: str | None) -> str:
+    """How a table names an interval kind: "95% CI", "bound" or "gap bound" ("" for none)."""
+    return {"ci95": "95% CI", "bound": "bound", "gap-bound": "gap bound"}.get(kind, "")
 
 
 @dataclass
@@ -202,6 +212,11 @@ class EigSettings:
     max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)
     backend: str = setting("flatlens", "flatlens, or pyhessian as a cross-check", "--backend",
                            choices=("flatlens", "pyhessian"))
+
+    def check(self) -> None:
+        """The gap bound needs flatlens's Lanczos (checked before any work, by the estimator's own rule)."""
+        from .hessian.eigen import check_bound
+        check_bound(self.bound, self.method, self.backend)
 
 
 @register

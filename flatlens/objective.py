@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._util import FlatlensError, resolve_device
+from ._util import FlatlensError, resolve_device, synchronize
 from .parallel import all_gather, all_min_int, all_sum, all_sum_float, group_info, shard
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -205,7 +205,8 @@ class Objective:
             raise FlatlensError(f"the loss at the centre is not finite ({self._loss0})")
         self._hvp_batches, self._hvp_weights = self._recut(hvp_batch_size)
         self.hvp_batch_size = hvp_batch_size if self._hvp_batches is not self.batches else None
-        self.hvp_mode = self._pick_hvp_mode(hvp_mode, graph_budget_bytes)
+        self.graph_budget_bytes = int(graph_budget_bytes)
+        self.hvp_mode = self._pick_hvp_mode(hvp_mode)
         if self.data_parallel:
             self.fingerprint()  # a collective: taken here, where every rank is, not lazily on one rank's path
 
@@ -442,15 +443,14 @@ class Objective:
             grads = torch.autograd.grad(f, leaves, create_graph=True, allow_unused=True)
         return leaves, grads
 
-    def _pick_hvp_mode(self, mode: str, budget: int) -> str:
-        """The retained graph when its measured size fits `budget` ("auto"), else recompute per batch. The graph is
-        measured here in every mode (it sizes `hvp_block` too): measured later, next to a retained graph, its
-        one-batch graph would add to the peak."""
-        self.graph_budget_bytes = int(budget)
+    def _pick_hvp_mode(self, mode: str) -> str:
+        """The retained graph when its measured size fits `graph_budget_bytes` ("auto"), else recompute per batch.
+        The graph is measured here in every mode (it sizes `hvp_block` too): measured later, next to a retained
+        graph, its one-batch graph would add to the peak."""
         estimate = self.graph_bytes_estimate
         if mode != "auto":
             return mode
-        return "graph" if estimate <= budget else "recompute"
+        return "graph" if estimate <= self.graph_budget_bytes else "recompute"
 
     @property
     def graph_bytes_per_sample(self) -> float:
@@ -572,16 +572,13 @@ class Objective:
                 V = torch.randn(2, self.num_params, device=self.device, dtype=self.dtype)
                 self.hvp_many(V, batched=False)
                 self.hvp_many(V, batched=True)  # warm both
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(self.device)
                 t0 = time.perf_counter()
                 self.hvp_many(V, batched=False)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(self.device)
                 t1 = time.perf_counter()
                 self.hvp_many(V, batched=True)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(self.device)
                 pays = (time.perf_counter() - t1) < (t1 - t0)
                 self._hvp_batched = bool(self._min_int(int(pays)))  # every rank takes the same blocks
                 self.n_hvp, self.on_progress = n0, ticks

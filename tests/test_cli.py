@@ -119,6 +119,12 @@ def test_device_auto_and_a_shared_flag_are_judged_by_the_metrics_asked_for(ckpts
     assert main(base + ["--metric", "hessian-eig"]) == 0
     assert main(base + ["--metric", "hessian-trace"]) == 2
     assert "hessian-trace: --max-hvp must be a finite integer in [2, inf); got 1" in capsys.readouterr().err
+    # what one setting needs of another is checked before any work too, by the estimator's own rule
+    for extra, why in ((["--eig-method", "power"], "the power method has none"),
+                       (["--backend", "pyhessian"], "pyhessian backend reports no bound")):
+        assert main(base[:-1] + ["--metric", "hessian-eig", "--eig-bound", "gap", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "hessian-eig: the gap bound needs" in err and why in err and "measurement/s" not in err
 
 
 def test_ensemble_cli(ckpts, capsys):

@@ -36,9 +36,10 @@ NEIGHBOUR_CONVERGENCE = 0.01
 def _gaps(theta: np.ndarray, resid: np.ndarray, idx) -> np.ndarray:
     """Estimated distance from each theta[i], i in idx, to the rest of the spectrum: min over the other Ritz values
     of |theta_i - theta_j| - r_j; nan (not known) unless the Ritz values next to theta_i on either side have
-    converged to NEIGHBOUR_CONVERGENCE (a hundredth) of their distance from it, or the estimate is not positive. On a toy with eigenvalues {900, 500, 300, 120, bulk <= 40}, 7
-    Lanczos steps had not yet seen 120: the Ritz value below 300 sat at 45 with residual 33, and a gap taken from
-    it (200, to 500) made the bound for 300 too small; the neighbour rule withholds the gap until 120 shows."""
+    converged to NEIGHBOUR_CONVERGENCE of their distance from it, and unless that estimate is positive.
+    Why the neighbour rule: on a toy with eigenvalues {900, 500, 300, 120, bulk <= 40}, 7 Lanczos steps had not
+    yet seen 120; the Ritz value below 300 sat at 45 with residual 33, and a gap taken from it (200, to 500) made
+    the bound for 300 too small. The rule withholds the gap until 120 shows."""
     theta, resid = np.asarray(theta, dtype=np.float64), np.asarray(resid, dtype=np.float64)
     out = []
     for i in idx:
@@ -57,13 +58,24 @@ def _gaps(theta: np.ndarray, resid: np.ndarray, idx) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def _gap_bound(r: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """min(r, r^2 / delta) where the estimated gap isolates theta (delta > r), else r (delta nan: no estimate)."""
+def _gap_bound(r: np.ndarray, delta) -> np.ndarray:
+    """r^2 / delta where the estimated gap isolates theta (delta > r, so this is below r), else r (delta nan or
+    None: no estimate)."""
     r = np.asarray(r, dtype=np.float64)
     delta = np.asarray([np.nan if x is None else x for x in np.atleast_1d(delta).tolist()], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kt = np.where(delta > r, r * r / np.where(delta > 0, delta, 1.0), r)
-    return np.minimum(r, kt)
+    isolated = delta > r  # False for nan
+    return np.where(isolated, r * r / np.where(isolated, delta, 1.0), r)
+
+
+def check_bound(bound: str, method: str = "lanczos", backend: str = "flatlens") -> None:
+    """One FlatlensError unless `bound` is known and has what it needs: the gap bound needs flatlens's Lanczos."""
+    if bound not in BOUNDS:
+        raise FlatlensError(f"bound must be one of {', '.join(BOUNDS)}; got {bound!r}")
+    if bound == "gap" and backend != "flatlens":
+        raise FlatlensError("the gap bound needs flatlens's Lanczos: the pyhessian backend reports no bound")
+    if bound == "gap" and method != "lanczos":
+        raise FlatlensError("the gap bound needs Lanczos's Ritz values: the power method has none "
+                            "(use the residual bound)")
 
 
 def _sort(values, which):
@@ -94,8 +106,7 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
         "residual" ||H y - theta y|| (always a bound), or "gap" min(residual, residual^2 / estimated gap) (a bound
         when the gap estimate holds; fewer HVPs for the same tol). `residual_bounds` and `gaps` carry both parts.
     """
-    if bound not in BOUNDS:
-        raise FlatlensError(f"bound must be one of {', '.join(BOUNDS)}; got {bound!r}")
+    check_bound(bound, method, backend)
     if which not in WHICH:
         raise FlatlensError(f"which must be one of {', '.join(WHICH)}; got {which!r}")
     if not isinstance(k, int) or k < 1:
@@ -109,8 +120,6 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
         if which == "SA":
             raise FlatlensError("the pyhessian backend finds the largest-magnitude eigenvalues only; which='SA' "
                                 "needs backend='flatlens'")
-        if bound != "residual":
-            raise FlatlensError("the pyhessian backend reports no bound; bound='gap' needs backend='flatlens'")
         from .pyhessian_backend import pyhessian_eigenvalues
         return pyhessian_eigenvalues(obj, k, tol=tol, max_iter=max_hvp or 100, seed=seed)
     if backend != "flatlens":
@@ -118,8 +127,6 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
     if method == "lanczos":
         res, vecs = _lanczos(obj, k, which, tol, max_hvp, seed, bound)
     elif method == "power":
-        if bound != "residual":
-            raise FlatlensError("the power method has no Ritz values to estimate a gap from; use bound='residual'")
         res, vecs = _power(obj, k, which, tol, max_hvp, seed)
     else:
         raise FlatlensError(f"method must be lanczos or power; got {method!r}")
@@ -127,7 +134,7 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
     res.residual_bounds = r.tolist()
     res.residuals = [b / max(abs(v), 1e-30) for b, v in zip(res.residual_bounds, res.values)]
     res.bound = bound
-    res.bounds = (_gap_bound(r, np.asarray(res.gaps)) if bound == "gap" and len(res.gaps) == len(r) else r).tolist()
+    res.bounds = (_gap_bound(r, res.gaps) if bound == "gap" else r).tolist()  # Lanczos: one gap (or None) per value
     res.n_hvp += len(vecs)
     if return_vectors:
         res.vectors = vecs
@@ -166,9 +173,9 @@ def _lanczos(obj, k, which, tol, max_hvp, seed, bound="residual", memory_budget:
         resid_all = b * np.abs(S[-1, :])  # ||H y - theta y|| of every Ritz pair, no extra HVP
         gaps = _gaps(theta, resid_all, idx)
         err = _gap_bound(resid_all[idx], gaps) if bound == "gap" else resid_all[idx]
-        if len(idx) == k and np.all(err <= tol * np.maximum(np.abs(theta[idx]), 1e-30)):
-            # the gap made the stop only if the residuals alone would not have
-            used_gap = bound == "gap" and not np.all(resid_all[idx] <= tol * np.maximum(np.abs(theta[idx]), 1e-30))
+        asked = tol * np.maximum(np.abs(theta[idx]), 1e-30)
+        if len(idx) == k and np.all(err <= asked):
+            used_gap = bound == "gap" and not np.all(resid_all[idx] <= asked)  # the residuals alone would not stop
             converged, stop = True, "ritz residual^2/gap" if used_gap else "ritz residual"
             break
         if b <= 1e-12 * max(1.0, float(np.max(np.abs(alpha)))):

@@ -32,7 +32,7 @@ import time
 import torch
 from torch.func import vmap
 
-from .._util import FlatlensError, atomic_write_text
+from .._util import FlatlensError, atomic_write_text, synchronize
 from ..objective import Objective
 from ..parallel import all_sum
 
@@ -73,11 +73,6 @@ def _store_pick(key: str, pick: dict) -> None:
         atomic_write_text(_picks_file(), json.dumps(picks, indent=1))
     except FlatlensError:
         pass  # a read-only home: the pick holds for this process only
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Evaluator:
@@ -215,7 +210,7 @@ class Evaluator:
                     cor += correct
                 tot += w * torch.as_tensor(loss).reshape(()).double()  # F = sum_b w_b loss_b, in float64
         if compiling:
-            _sync(obj.device)
+            synchronize(obj.device)
             self.compile_seconds = time.perf_counter() - t0
         return tot, cor
 
@@ -289,10 +284,10 @@ class Evaluator:
             self._forward_all(compiled=compiled)
             best = math.inf
             for _ in range(2):  # under CUDA graphs the first of these records, the second replays
-                _sync(self.obj.device)
+                synchronize(self.obj.device)
                 t0 = time.perf_counter()
                 self._forward_all(compiled=compiled)
-                _sync(self.obj.device)
+                synchronize(self.obj.device)
                 best = min(best, time.perf_counter() - t0)
         finally:
             self._batches, self._weights = full
@@ -342,10 +337,10 @@ class Evaluator:
             zeros = torch.zeros(min(self.chunk, 8), obj.num_params, device=obj.device, dtype=obj.dtype)
             try:
                 self._vmap(zeros)
-                _sync(obj.device)
+                synchronize(obj.device)
                 t0 = time.perf_counter()
                 self._vmap(zeros)
-                _sync(obj.device)
+                synchronize(obj.device)
                 timings["vmap|contiguous|resident"] = (time.perf_counter() - t0) / len(zeros)
             except Exception as e:  # a model vmap cannot trace (data-dependent control flow, ...)
                 self.calibration["vmap_error"] = f"{type(e).__name__}: {str(e)[:100]}"
