@@ -240,3 +240,22 @@ def test_a_worker_that_dies_stops_the_run_with_one_line(tmp_path):
     os.kill(kids[0], signal.SIGKILL)  # as the out-of-memory killer would
     out, err = proc.communicate(timeout=60)  # stops, does not hang
     assert proc.returncode == 1 and err.count("\n") == 1 and "worker died" in err and "Traceback" not in err
+
+
+def _stable_report_lines(text: str) -> list[str]:
+    """report.md without the lines that carry times or the machine (the rest is computed from the run)."""
+    return [ln for ln in text.splitlines() if not ln.startswith(("Generated from", "Time:", "Environment:"))]
+
+
+def test_quick_run_numbers_and_report_equal_the_stored_reference(run_dir):
+    """A refactor moves no number: every leaf of results.json (times, hashes and paths aside) and every line of
+    report.md (its time and machine lines aside) equal the stored run of `reproduce --quick`. A change that is
+    meant to move numbers regenerates tests/data/ with tests/run_numbers.py's `store`."""
+    import run_numbers
+    here = os.path.join(os.path.dirname(__file__), "data")
+    stored = run_numbers.load(os.path.join(here, "reproduce_quick_numbers.json.gz"))
+    now = run_numbers.leaves(json.loads((run_dir / "results.json").read_text()))
+    diff = run_numbers.differences(stored, now)
+    assert not diff, f"{len(diff)} leaves moved, first: {diff[:5]}"
+    with open(os.path.join(here, "reproduce_quick_report.md")) as fh:
+        assert _stable_report_lines((run_dir / "report.md").read_text()) == _stable_report_lines(fh.read())
