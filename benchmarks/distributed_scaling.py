@@ -26,11 +26,11 @@ def _work(world, inputs, hvps, device):
     for _ in range(hvps):
         obj.hvp(v)
     t_hvp = (time.perf_counter() - t0) / hvps
-    obj.release_graph()
+    obj.hessian_op.release_graph()
     t0 = time.perf_counter()
     r = hessian.top_eigenvalues(obj, 1, tol=1e-6)
     return {"world_size": world, "seconds_per_hvp": t_hvp, "lanczos_seconds": time.perf_counter() - t0,
-            "lanczos_hvps": r.n_hvp, "top_eigenvalue": r.values[0], "samples_per_rank": obj.samples_per_rank}
+            "lanczos_hvps": r.n_hvp, "top_eigenvalue": r.values[0], "samples_per_rank": obj.data.samples_per_rank}
 
 
 def _rank(rank, world, port, inputs, hvps, out, backend):

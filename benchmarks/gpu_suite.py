@@ -101,8 +101,8 @@ def hvp_section(model, x, y, device, block):
            "max_abs_node_difference": float(max(abs(a - b) for x, y in zip(d1.nodes, d2.nodes) for a, b in zip(x, y)))}
     return {"slq": slq, "hvp_seconds": th, "grad_seconds": tg, "hvp_over_grad": th / tg, "block": block,
             "single_seconds_per_hvp": ts / block, "batched_seconds_per_hvp": tb / block, "batched_speedup": ts / tb,
-            "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hvp_mode,
-            "auto_pick_batched": obj.batched_hvps_pay()}
+            "max_abs_difference": float((single - batched).abs().max()), "hvp_mode": obj.hessian_op.mode,
+            "auto_pick_batched": obj.hessian_op.batched_hvps_pay()}
 
 
 def sharding_section(device, tiny):

@@ -53,7 +53,7 @@ def trace_64(model, x, y, device, obj, repeats):
     """(b) the same 64 Rademacher probes, flatlens then PyHessian, `repeats` times; the median ratio."""
     ours, theirs = [], []
     for rep in range(repeats):
-        obj.release_graph()
+        obj.hessian_op.release_graph()
         _, tb = timed(hessian.trace, obj, method="hutchinson", n_probes=64, seed=rep, per_layer=False)
         comp, t_setup = timed(pyhessian_comp, model, x, y, device)
         torch.manual_seed(rep)
@@ -85,7 +85,7 @@ def run(model, x, y, device, seeds, budget, label, parts="abcd", repeats=1, trac
     if "e" in parts:  # (e) trace to a +-2 % CI, adaptive Hutch++ vs Hutchinson to the same CI
         rows = {}
         for method in ("hutch++", "hutchinson"):
-            obj.release_graph()
+            obj.hessian_op.release_graph()
             r, t = timed(hessian.trace, obj, method=method, rtol=trace_rtol, max_hvp=max_hvp, seed=7,
                          per_layer=False)
             rows[method] = {"seconds": t, "n_hvp": r.n_hvp, "value": r.value, "ci95": r.ci95,
@@ -113,11 +113,11 @@ def run(model, x, y, device, seeds, budget, label, parts="abcd", repeats=1, trac
     out["hvp_seconds_each"] = modes
 
     # (a) top eigenvalue to 1e-3
-    obj.release_graph()
+    obj.hessian_op.release_graph()
     r, t = timed(hessian.top_eigenvalues, obj, 1, tol=1e-3, seed=0)
-    obj.release_graph()
+    obj.hessian_op.release_graph()
     rg, tg = timed(hessian.top_eigenvalues, obj, 1, tol=1e-3, seed=0, bound="gap")  # residual^2 / Ritz gap
-    obj.release_graph()
+    obj.hessian_op.release_graph()
     # PyHessian's power iteration at its own tol=1e-3, then at tighter tols until it is within 1e-3
     runs = []
     for ptol in (1e-3, 1e-4, 1e-5):
@@ -150,7 +150,7 @@ def run(model, x, y, device, seeds, budget, label, parts="abcd", repeats=1, trac
     # (c) error per unit time at a fixed HVP budget, over seeds
     ours, theirs, t_ours, t_theirs, stop_err, stop_n = [], [], [], [], [], []
     for s in range(seeds):
-        obj.release_graph()
+        obj.hessian_op.release_graph()
         rc, tc = timed(hessian.trace, obj, method="hutch++", n_probes=budget, seed=100 + s, per_layer=False)
         ours.append(rc.value)
         t_ours.append(tc)

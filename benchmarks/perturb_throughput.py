@@ -75,7 +75,7 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256, compil
     crit = loss_fn()
     loader = DataLoader(ConvertingDataset(raw_u8, y, mean, std), batch_size=batch, shuffle=False)
 
-    cached = [(xb.to(device), yb.to(device)) for xb, yb in obj.batches]
+    cached = [(xb.to(device), yb.to(device)) for xb, yb in obj.data.batches]
 
     def per_point_state_dict(n, batches):
         """Per point: load a perturbed state dict, then run `batches` (a DataLoader or cached tensors)."""

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from typing import Sequence
 
 import numpy as np
@@ -105,6 +106,12 @@ def mean_ci(samples: Sequence[float] | np.ndarray, axis: int = 0):
     """Mean, standard error and the t-interval (n - 1 df) of the mean along `axis` (stats.mean_ci_rows)."""
     from .stats import mean_ci_rows
     return mean_ci_rows(np.moveaxis(np.asarray(samples, dtype=np.float64), axis, 0))
+
+
+def timer():
+    """A stopwatch: call the returned function for the seconds since this call."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
 
 
 def synchronize(device) -> None:

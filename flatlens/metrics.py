@@ -473,8 +473,8 @@ class SharpnessResult(Result):
 def _sharpness_compute(obj, s: SharpnessSettings, ctx):
     from . import sharpness
     n = obj.n_samples
-    xs = torch.cat([b[0] for b in obj.batches]).cpu()
-    ys = torch.cat([b[1] for b in obj.batches]).cpu()
+    xs = torch.cat([b[0] for b in obj.data.batches]).cpu()
+    ys = torch.cat([b[1] for b in obj.data.batches]).cpu()
     wc, ad = [], []
     for idx in torch.tensor_split(torch.arange(n), s.batches):
         # the same loss, BatchNorm mode and parameter set as the measured objective, on a slice of its data

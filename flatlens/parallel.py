@@ -47,6 +47,31 @@ def all_gather(obj) -> list:
     return out
 
 
+class Collectives:
+    """The collectives of one data-parallel group, or the identity when the group is off (one process, or an
+    objective that holds all the data): what an Objective, its resident data and its Hessian operator sum and
+    agree on over ranks."""
+
+    def __init__(self, enabled: bool, device):
+        self.rank, self.world_size = group_info() if enabled else (0, 1)
+        self.enabled = self.world_size > 1
+        self.device = device
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over ranks, in place."""
+        return all_sum(t) if self.enabled else t
+
+    def sum_float(self, x: float) -> float:
+        return all_sum_float(x, self.device) if self.enabled else float(x)
+
+    def min_int(self, x: int) -> int:
+        """The smallest `x` over ranks: for decisions every rank must take alike."""
+        return all_min_int(x, self.device) if self.enabled else int(x)
+
+    def gather(self, x) -> list:
+        return all_gather(x) if self.enabled else [x]
+
+
 def shard(n: int, rank: int, world: int) -> range:
     """Rank `rank`'s contiguous share of n items: sizes differ by at most one (uneven shards welcome)."""
     base, extra = divmod(n, world)

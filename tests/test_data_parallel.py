@@ -48,7 +48,7 @@ def measure_all(obj):
             "trace": tr.value, "trace_hvp": tr.n_hvp, "per_layer": [d["value"] for d in tr.per_layer.values()],
             "density": dens.density[::50], "diag": diag.values, "flatness": flat.increases,
             "world": obj.describe()["world_size"], "per_rank": obj.describe()["samples_per_rank"],
-            "fingerprint": obj.fingerprint(), "graph_bytes": getattr(obj, "graph_bytes_estimate", None)}
+            "fingerprint": obj.fingerprint(), "graph_bytes": obj.hessian_op.graph_bytes_estimate}
 
 
 def _rank(rank, world, port, out, dtype_name, fail_rank):

@@ -71,8 +71,8 @@ def test_trace_stops_at_the_same_probe_whatever_the_hvp_blocks(method, monkeypat
     # GPU run and a CPU run of one seed stop at the same probe with the same estimate (blocks only pay for more)
     obj = toys.quadratic(np.linspace(-1, 5, 100), seed=4)
     one = hessian.trace(obj, method=method, rtol=0.03, seed=1)
-    monkeypatch.setattr(type(obj), "batched_hvps_pay", lambda self: True)
-    monkeypatch.setattr(type(obj), "hvp_block", property(lambda self: 8))
+    monkeypatch.setattr(type(obj.hessian_op), "batched_hvps_pay", lambda self: True)
+    monkeypatch.setattr(type(obj.hessian_op), "hvp_block", property(lambda self: 8))
     blocks = hessian.trace(obj, method=method, rtol=0.03, seed=1)
     assert one.converged and blocks.converged and one.n_probes % 8 != 0  # the stop falls inside a block
     assert blocks.n_probes == one.n_probes and blocks.value == pytest.approx(one.value, rel=1e-12)

@@ -162,12 +162,13 @@ def test_batched_hvp_rows_are_capped_by_the_graph_budget_in_every_mode(mode):
     x, y = image_data(96, 3)
     batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
     probe = Objective(tiny_cnn(), nn.CrossEntropyLoss(), batches, hvp_batch_size=None)
-    per_backward = probe.graph_bytes_estimate if mode == "graph" else probe.graph_bytes_per_sample * 32
-    assert probe.graph_bytes_estimate == pytest.approx(3 * probe.graph_bytes_per_sample * 32, rel=1e-9)
+    H = probe.hessian_op
+    per_backward = H.graph_bytes_estimate if mode == "graph" else H.graph_bytes_per_sample * 32
+    assert H.graph_bytes_estimate == pytest.approx(3 * H.graph_bytes_per_sample * 32, rel=1e-9)
     for rows in (1, 3, 8):
         obj = Objective(tiny_cnn(), nn.CrossEntropyLoss(), batches, hvp_mode=mode, hvp_batch_size=None,
                         graph_budget_bytes=int(rows * per_backward) + 1)
-        assert obj.hvp_block == rows
+        assert obj.hessian_op.hvp_block == rows
     V = torch.randn(5, probe.num_params, dtype=torch.float64)
     torch.testing.assert_close(obj.hvp_many(V, batched=True), probe.hvp_many(V, batched=False), rtol=1e-10,
                                atol=1e-12)

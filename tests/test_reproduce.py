@@ -249,8 +249,9 @@ def _stable_report_lines(text: str) -> list[str]:
 
 def test_quick_run_numbers_and_report_equal_the_stored_reference(run_dir):
     """A refactor moves no number: every leaf of results.json (times, hashes and paths aside) and every line of
-    report.md (its time and machine lines aside) equal the stored run of `reproduce --quick`. A change that is
-    meant to move numbers regenerates tests/data/ with tests/run_numbers.py's `store`."""
+    report.md (its time and machine lines aside) equal the stored run of `reproduce --quick`, up to the float32
+    summation order of the evaluator's timed layout pick (run_numbers.REL). A change that is meant to move
+    numbers regenerates tests/data/ with tests/run_numbers.py's `store`."""
     import run_numbers
     here = os.path.join(os.path.dirname(__file__), "data")
     stored = run_numbers.load(os.path.join(here, "reproduce_quick_numbers.json.gz"))
@@ -258,4 +259,6 @@ def test_quick_run_numbers_and_report_equal_the_stored_reference(run_dir):
     diff = run_numbers.differences(stored, now)
     assert not diff, f"{len(diff)} leaves moved, first: {diff[:5]}"
     with open(os.path.join(here, "reproduce_quick_report.md")) as fh:
-        assert _stable_report_lines((run_dir / "report.md").read_text()) == _stable_report_lines(fh.read())
+        moved = run_numbers.text_differences("\n".join(_stable_report_lines(fh.read())),
+                                             "\n".join(_stable_report_lines((run_dir / "report.md").read_text())))
+    assert not moved, moved[:3]

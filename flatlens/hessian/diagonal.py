@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._util import FlatlensError, generator, rademacher
-from ..objective import Objective, timer
+from .._util import FlatlensError, generator, rademacher, timer
+from .operator import operator_of
 from .results import DiagonalResult
 
 
-def diagonal(obj: Objective, *, n_probes: int = 100, seed: int = 0, weights: torch.Tensor | None = None,
+def diagonal(obj, *, n_probes: int = 100, seed: int = 0, weights: torch.Tensor | None = None,
              return_samples: bool = False):
     """Per-entry estimate and standard error of diag(H), from `n_probes` Rademacher probes.
 
@@ -19,28 +19,29 @@ def diagonal(obj: Objective, *, n_probes: int = 100, seed: int = 0, weights: tor
     """
     if n_probes < 2:
         raise FlatlensError("diagonal needs at least 2 probes for a standard error")
+    op = operator_of(obj)
     elapsed = timer()
-    start = obj.n_hvp
-    d = obj.num_params
-    s1 = torch.zeros(d, dtype=torch.float64, device=obj.device)
-    s2 = torch.zeros(d, dtype=torch.float64, device=obj.device)
+    start = op.n_hvp
+    d = op.num_params
+    s1 = torch.zeros(d, dtype=torch.float64, device=op.device)
+    s2 = torch.zeros(d, dtype=torch.float64, device=op.device)
     weighted = []
-    block = obj.hvp_block if obj.batched_hvps_pay() else 1  # blocks of probes where batched HVPs pay
+    block = op.hvp_block if op.batched_hvps_pay() else 1  # blocks of probes where batched HVPs pay
     for i0 in range(0, n_probes, block):
         Vb = torch.stack([rademacher((d,), gen=generator(seed, "diag-probe", i), dtype=torch.float64, device="cpu")
-                          for i in range(i0, min(n_probes, i0 + block))]).to(obj.device, obj.dtype)
-        for v, hv in zip(Vb, obj.hvp_many(Vb)):
+                          for i in range(i0, min(n_probes, i0 + block))]).to(op.device, op.dtype)
+        for v, hv in zip(Vb, op.hvp_many(Vb)):
             x = (v * hv).double()
             s1 += x
             s2 += x * x
             if weights is not None:
-                weighted.append(float(weights.double().to(obj.device) @ x))
+                weighted.append(float(weights.double().to(op.device) @ x))
     mean = s1 / n_probes
     var = (s2 - n_probes * mean * mean).clamp_min(0) / (n_probes - 1)
     se = (var / n_probes).sqrt()
-    res = DiagonalResult(values=mean.cpu().tolist(), stderr=se.cpu().tolist(), names=list(obj.names),
-                         offsets=list(obj.offsets), n_probes=n_probes, n_hvp=obj.n_hvp - start,
-                         seconds=elapsed(), seed=seed, objective=obj.describe())
+    res = DiagonalResult(values=mean.cpu().tolist(), stderr=se.cpu().tolist(), names=list(op.names),
+                         offsets=list(op.offsets), n_probes=n_probes, n_hvp=op.n_hvp - start,
+                         seconds=elapsed(), seed=seed, objective=op.describe())
     if weights is not None or return_samples:
         return res, np.asarray(weighted)
     return res

@@ -20,8 +20,8 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from .._util import FlatlensError, check_number, generator
-from ..objective import Objective, timer
+from .._util import FlatlensError, check_number, generator, timer
+from .operator import element_size, operator_of
 from .lanczos import lanczos
 from .results import EigenResult
 
@@ -78,26 +78,17 @@ def check_bound(bound: str, method: str = "lanczos", backend: str = "flatlens") 
                             "(use the residual bound)")
 
 
-def _sort(values, which):
-    values = np.asarray(values, dtype=np.float64)
-    if which == "LA":
-        return values[np.argsort(-values)]
-    if which == "SA":
-        return values[np.argsort(values)]
-    return values[np.argsort(-np.abs(values))]
-
-
-def _residual_norms(obj, vals, vecs) -> list[float]:
+def _residual_norms(op, vals, vecs) -> list[float]:
     """||H v - theta v|| for unit Ritz vectors v (one HVP each). For symmetric H some eigenvalue lies within
     this distance of theta (Bauer-Fike / Kahan): a bound, not a confidence interval."""
     out = []
     for lam, v in zip(vals, vecs):
         v = v / v.norm()
-        out.append(float((obj.hvp(v) - lam * v).norm()))
+        out.append(float((op.hvp(v) - lam * v).norm()))
     return out
 
 
-def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: str = "lanczos",
+def top_eigenvalues(obj, k: int = 1, *, which: str = "LA", method: str = "lanczos",
                     tol: float = 1e-4, max_hvp: int | None = None, seed: int = 0,
                     backend: str = "flatlens", return_vectors: bool = False, bound: str = "residual") -> EigenResult:
     """The k algebraically largest ("LA"), smallest ("SA") or largest-magnitude ("LM") eigenvalues of H.
@@ -111,8 +102,9 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
         raise FlatlensError(f"which must be one of {', '.join(WHICH)}; got {which!r}")
     if not isinstance(k, int) or k < 1:
         raise FlatlensError(f"k must be a positive integer; got {k!r}")
-    if k > obj.num_params:
-        raise FlatlensError(f"k = {k} exceeds the number of parameters ({obj.num_params})")
+    op = operator_of(obj)
+    if k > op.num_params:
+        raise FlatlensError(f"k = {k} exceeds the number of parameters ({op.num_params})")
     check_number("tol", tol, lo=0, hi=1, lo_open=True)
     if max_hvp is not None:
         check_number("max_hvp", max_hvp, lo=1, integer=True)
@@ -125,12 +117,12 @@ def top_eigenvalues(obj: Objective, k: int = 1, *, which: str = "LA", method: st
     if backend != "flatlens":
         raise FlatlensError(f"unknown backend {backend!r} (flatlens or pyhessian)")
     if method == "lanczos":
-        res, vecs = _lanczos(obj, k, which, tol, max_hvp, seed, bound)
+        res, vecs = _lanczos(op, k, which, tol, max_hvp, seed, bound)
     elif method == "power":
-        res, vecs = _power(obj, k, which, tol, max_hvp, seed)
+        res, vecs = _power(op, k, which, tol, max_hvp, seed)
     else:
         raise FlatlensError(f"method must be lanczos or power; got {method!r}")
-    r = np.asarray(_residual_norms(obj, res.values, vecs))
+    r = np.asarray(_residual_norms(op, res.values, vecs))
     res.residual_bounds = r.tolist()
     res.residuals = [b / max(abs(v), 1e-30) for b, v in zip(res.residual_bounds, res.values)]
     res.bound = bound
@@ -145,7 +137,7 @@ def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return {"LA": np.argsort(-theta), "SA": np.argsort(theta), "LM": np.argsort(-np.abs(theta))}[which][:k]
 
 
-def _lanczos(obj, k, which, tol, max_hvp, seed, bound="residual", memory_budget: int = 2 << 30):
+def _lanczos(op, k, which, tol, max_hvp, seed, bound="residual", memory_budget: int = 2 << 30):
     """Lanczos with full reorthogonalization, stopped on the Ritz values' own error bounds.
 
     After step j, T_j = V_j' H V_j has eigenpairs (theta_i, s_i) and each Ritz pair's residual is
@@ -155,17 +147,17 @@ def _lanczos(obj, k, which, tol, max_hvp, seed, bound="residual", memory_budget:
     all have that bound <= tol * |theta_i| (so a loose tol costs few HVPs), at an invariant subspace, or at
     the HVP budget. Vectors are kept on the objective's device, at most as many as `memory_budget` bytes hold;
     past that, ARPACK's implicitly restarted Lanczos (scipy's eigsh) goes on from the best Ritz vector."""
-    d = obj.num_params
+    d = op.num_params
     elapsed = timer()
-    start = obj.n_hvp
+    start = op.n_hvp
     budget = max_hvp or 100 * d
     if d <= max(2 * k + 1, 3) or k >= d - 1:
-        return _dense(obj, k, which, tol, seed, elapsed, start)
-    cap = int(min(d, budget, max(2 * k + 2, memory_budget // max(1, d * obj.center[obj.names[0]].element_size()))))
+        return _dense(op, k, which, tol, seed, elapsed, start)
+    cap = int(min(d, budget, max(2 * k + 2, memory_budget // max(1, d * element_size(op.dtype)))))
     g = generator(seed, "lanczos-v0")
-    v = torch.randn(d, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
+    v = torch.randn(d, generator=g, dtype=torch.float64).to(op.device, op.dtype)
     converged, stop = False, "budget"
-    for run in lanczos(obj, v, cap):
+    for run in lanczos(op, v, cap):
         alpha, beta, b = run.alpha, run.beta, run.residual
         theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if len(alpha) > 1 else (
             np.asarray(alpha), np.ones((1, 1)))
@@ -183,45 +175,45 @@ def _lanczos(obj, k, which, tol, max_hvp, seed, bound="residual", memory_budget:
             break
     n_used = len(run)
     # Ritz vectors y_i = V' s_i (k, d), summed in float64 one basis row at a time (no float64 copy of the basis)
-    coef = torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(obj.device)  # (n_used, k) float64
-    Y = torch.zeros(len(idx), d, dtype=torch.float64, device=obj.device)
+    coef = torch.from_numpy(np.ascontiguousarray(S[:n_used, idx])).to(op.device)  # (n_used, k) float64
+    Y = torch.zeros(len(idx), d, dtype=torch.float64, device=op.device)
     for j in range(n_used):
         Y += coef[j][:, None] * run.row(j).double()[None, :]
     vals = [float(t) for t in theta[idx]]
-    vecs = [y.to(obj.dtype) / y.norm().to(obj.dtype) for y in Y]
-    left = budget - (obj.n_hvp - start)
+    vecs = [y.to(op.dtype) / y.norm().to(op.dtype) for y in Y]
+    left = budget - (op.n_hvp - start)
     if not converged and stop == "budget" and n_used >= cap and left > 2 * k + 2 and cap < budget:
-        vals, vecs, converged = _arpack(obj, k, which, tol, left, vecs[0])
+        vals, vecs, converged = _arpack(op, k, which, tol, left, vecs[0])
         stop = "arpack (restarted)"
         gaps = np.full(len(vals), np.nan)  # ARPACK returns no other Ritz values: no gap estimate (bound: residual)
-    res = EigenResult(values=vals, which=which, method="lanczos", n_hvp=obj.n_hvp - start,
+    res = EigenResult(values=vals, which=which, method="lanczos", n_hvp=op.n_hvp - start,
                       converged=bool(converged and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
                       stopped_on=stop, gaps=[None if np.isnan(g) else float(g) for g in gaps],
-                      objective=obj.describe())
+                      objective=op.describe())
     return res, vecs
 
 
-def _dense(obj, k, which, tol, seed, elapsed, start):
+def _dense(op, k, which, tol, seed, elapsed, start):
     """Tiny spaces: H from d HVPs, solved densely."""
-    d = obj.num_params
-    H = torch.stack([obj.hvp(e.to(obj.device, obj.dtype)).double().cpu() for e in torch.eye(d, dtype=torch.float64)])
+    d = op.num_params
+    H = torch.stack([op.hvp(e.to(op.device, op.dtype)).double().cpu() for e in torch.eye(d, dtype=torch.float64)])
     w, V = np.linalg.eigh(0.5 * (H + H.T).numpy())
     order = _pick(w, k, which)
-    vecs = [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(obj.device, obj.dtype) for i in order]
+    vecs = [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(op.device, op.dtype) for i in order]
     gaps = _gaps(w, np.zeros_like(w), order)  # exact eigenvalues: their gaps are known
-    res = EigenResult(values=[float(x) for x in w[order]], which=which, method="lanczos", n_hvp=obj.n_hvp - start,
+    res = EigenResult(values=[float(x) for x in w[order]], which=which, method="lanczos", n_hvp=op.n_hvp - start,
                       converged=True, seconds=elapsed(), seed=seed, tol=tol, stopped_on="dense",
-                      gaps=[None if np.isnan(g) else float(g) for g in gaps], objective=obj.describe())
+                      gaps=[None if np.isnan(g) else float(g) for g in gaps], objective=op.describe())
     return res, vecs
 
 
-def _arpack(obj, k, which, tol, budget, v0):
+def _arpack(op, k, which, tol, budget, v0):
     """scipy's implicitly restarted Lanczos (ARPACK), from v0, within `budget` HVPs."""
-    d = obj.num_params
+    d = op.num_params
 
     def matvec(x):
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-        return obj.hvp(x.to(obj.device, obj.dtype)).double().cpu().numpy()
+        return op.hvp(x.to(op.device, op.dtype)).double().cpu().numpy()
 
     op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
     ncv = min(d, max(2 * k + 1, 20), budget)
@@ -234,10 +226,10 @@ def _arpack(obj, k, which, tol, budget, v0):
         converged = False
     order = _pick(vals, len(vals), which)
     return ([float(vals[i]) for i in order],
-            [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(obj.device, obj.dtype) for i in order], converged)
+            [torch.from_numpy(np.ascontiguousarray(V[:, i])).to(op.device, op.dtype) for i in order], converged)
 
 
-def _power(obj, k, which, tol, max_hvp, seed):
+def _power(op, k, which, tol, max_hvp, seed):
     """Power iteration with deflation against found eigenvectors; stops when the Rayleigh quotient
     changes by less than tol (relative).
 
@@ -247,22 +239,22 @@ def _power(obj, k, which, tol, max_hvp, seed):
     [0, 2 rho] in the order of H, so its largest-magnitude values are H's largest algebraic ones ("LA");
     H - rho I likewise for "SA"."""
     elapsed = timer()
-    start = obj.n_hvp
+    start = op.n_hvp
     budget = max_hvp or 1000 * k
     converged_all = True
     shift = 0.0
     if which in ("LA", "SA"):
-        lm, _, ok, _ = _power_one(obj, [], 0.0, tol, budget, seed, "shift")
+        lm, _, ok, _ = _power_one(op, [], 0.0, tol, budget, seed, "shift")
         converged_all &= ok
         rho = 1.1 * abs(lm)
         shift = -rho if which == "LA" else rho  # operator H - shift I
     vals, vecs = [], []
     for i in range(k):
-        remaining = budget - (obj.n_hvp - start)
+        remaining = budget - (op.n_hvp - start)
         if remaining <= 0:
             converged_all = False
             break
-        lam, v, ok, _ = _power_one(obj, vecs, shift, tol, remaining, seed, i)
+        lam, v, ok, _ = _power_one(op, vecs, shift, tol, remaining, seed, i)
         converged_all &= ok
         vals.append(lam + shift)
         vecs.append(v)
@@ -270,15 +262,15 @@ def _power(obj, k, which, tol, max_hvp, seed):
         np.argsort(vals) if which == "SA" else np.argsort(-np.abs(vals)))
     vals = [float(vals[i]) for i in order]
     vecs = [vecs[i] for i in order]
-    res = EigenResult(values=vals, which=which, method="power", n_hvp=obj.n_hvp - start,
+    res = EigenResult(values=vals, which=which, method="power", n_hvp=op.n_hvp - start,
                       converged=bool(converged_all and len(vals) == k), seconds=elapsed(), seed=seed, tol=tol,
-                      objective=obj.describe())
+                      objective=op.describe())
     return res, vecs
 
 
-def _power_one(obj, deflate, shift, tol, budget, seed, key):
+def _power_one(op, deflate, shift, tol, budget, seed, key):
     g = generator(seed, "power", key)
-    v = torch.randn(obj.num_params, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
+    v = torch.randn(op.num_params, generator=g, dtype=torch.float64).to(op.device, op.dtype)
 
     def project(x):
         for u in deflate:
@@ -289,7 +281,7 @@ def _power_one(obj, deflate, shift, tol, budget, seed, key):
     v = v / v.norm()
     lam_old = None
     for it in range(budget):
-        hv = obj.hvp(v) - shift * v
+        hv = op.hvp(v) - shift * v
         hv = project(hv)
         lam = float(v @ hv)  # Rayleigh quotient of the shifted, deflated operator
         nrm = hv.norm()

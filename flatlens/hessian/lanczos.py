@@ -79,25 +79,25 @@ class LanczosRun:
         return True
 
 
-def lanczos(obj, v: torch.Tensor, m: int) -> Iterator[LanczosRun]:
+def lanczos(op, v: torch.Tensor, m: int) -> Iterator[LanczosRun]:
     """Up to m steps from v; yields the run after each step (alpha[0..j], beta[0..j-1], residual beta_j and
     the basis rows 0..j; they grow as it goes on: copy to keep). Ends early at an invariant subspace (after
     yielding it)."""
     run = LanczosRun(v)
     for _ in range(m):
-        going = run.advance(obj.hvp(run.v))
+        going = run.advance(op.hvp(run.v))
         yield run
         if not going:
             return
 
 
-def lanczos_lockstep(obj, starts: torch.Tensor, m: int, *, batched: bool | str = "auto") -> list[LanczosRun]:
-    """m steps of independent recurrences from each row of `starts`, one `obj.hvp_many` per step over the runs
+def lanczos_lockstep(op, starts: torch.Tensor, m: int, *, batched: bool | str = "auto") -> list[LanczosRun]:
+    """m steps of independent recurrences from each row of `starts`, one `op.hvp_many` per step over the runs
     still going (batched as asked: see Objective.hvp_many)."""
     runs = [LanczosRun(s) for s in starts]
     going = list(runs)
     for _ in range(m):
-        W = obj.hvp_many(torch.stack([r.v for r in going]), batched=batched)
+        W = op.hvp_many(torch.stack([r.v for r in going]), batched=batched)
         going = [r for r, w in zip(going, W) if r.advance(w)]
         if not going:
             break

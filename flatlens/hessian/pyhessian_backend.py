@@ -13,8 +13,8 @@ import copy
 import numpy as np
 import torch
 
-from .._util import FlatlensError
-from ..objective import Objective, timer
+from .._util import FlatlensError, timer
+from ..objective import Objective
 from .results import EigenResult, TraceResult
 
 
@@ -23,6 +23,8 @@ def _hessian_comp(obj: Objective):
         from pyhessian import hessian as PyHessian
     except ImportError as e:  # pragma: no cover - pyhessian is a dependency
         raise FlatlensError("the pyhessian backend needs `pip install pyhessian`") from e
+    if not isinstance(obj, Objective):
+        raise FlatlensError("the pyhessian backend measures an Objective's Hessian, not another operator")
     if obj.custom_loss:
         raise FlatlensError("the pyhessian backend needs loss_fn(output, target), not a BatchLoss")
     if obj.bn != "eval":
@@ -31,11 +33,11 @@ def _hessian_comp(obj: Objective):
     named = dict(model.named_parameters())
     for n, p in named.items():
         p.requires_grad_(n in obj.names)
-    if len(obj.batches) == 1:
-        x, y = obj.batches[0]
+    if len(obj.data.batches) == 1:
+        x, y = obj.data.batches[0]
         comp = PyHessian(model, obj.loss_fn, data=(x, y), cuda=obj.device.type == "cuda")
     else:
-        comp = PyHessian(model, obj.loss_fn, dataloader=obj.batches, cuda=obj.device.type == "cuda")
+        comp = PyHessian(model, obj.loss_fn, dataloader=obj.data.batches, cuda=obj.device.type == "cuda")
     return comp
 
 

@@ -12,20 +12,20 @@ import math
 import numpy as np
 import torch
 
-from .._util import FlatlensError, check_number, generator, mean_ci, rademacher, t_quantile
-from ..objective import Objective, timer
+from .._util import FlatlensError, check_number, generator, mean_ci, rademacher, t_quantile, timer
+from .operator import operator_of
 from .results import TraceResult
 
 METHODS = ("hutch++", "hutchinson")
 
 
-def _block_dots(obj, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+def _block_dots(op, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Per-parameter-tensor inner products a_l . b_l (rows of a, b may be stacked)."""
     prod = (a * b)
-    return np.array([float(prod[..., s:e].sum()) for s, e in zip(obj.offsets[:-1], obj.offsets[1:])])
+    return np.array([float(prod[..., s:e].sum()) for s, e in zip(op.offsets[:-1], op.offsets[1:])])
 
 
-def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hvp: int | None = None,
+def trace(obj, *, method: str = "hutch++", rtol: float = 0.02, max_hvp: int | None = None,
           seed: int = 0, min_probes: int = 10, sketch_size: int | None = None, n_probes: int | None = None,
           per_layer: bool = True, backend: str = "flatlens", sketch_bytes: int = 1 << 30) -> TraceResult:
     """Estimate tr(H) with a 95 % CI.
@@ -48,14 +48,15 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
                                seed=seed, n_probes=n_probes)
     if backend != "flatlens":
         raise FlatlensError(f"unknown backend {backend!r} (flatlens or pyhessian)")
+    op = operator_of(obj)
     elapsed = timer()
-    start = obj.n_hvp
-    d = obj.num_params
+    start = op.n_hvp
+    d = op.num_params
     budget = n_probes if n_probes is not None else (max_hvp or 2000)
     if budget < 2:
         raise FlatlensError("the HVP budget must be at least 2")
 
-    exact_total, exact_layers, Q, k = 0.0, np.zeros(len(obj.names)), None, 0
+    exact_total, exact_layers, Q, k = 0.0, np.zeros(len(op.names)), None, 0
     if method == "hutch++":
         if n_probes is not None:
             k = min(budget // 3, d)
@@ -66,28 +67,28 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
         k = min(k, max(1, sketch_bytes // (4 * 8 * d)))
         if k > 0:
             g = generator(seed, "hutch++-sketch")
-            S = rademacher((k, d), gen=g, dtype=torch.float64, device="cpu").to(obj.device, obj.dtype)
-            HS = obj.hvp_many(S)
-            Q = torch.linalg.qr(HS.double().T).Q.T.to(obj.dtype)  # k orthonormal rows spanning range(HS)
-            HQ = obj.hvp_many(Q)
+            S = rademacher((k, d), gen=g, dtype=torch.float64, device="cpu").to(op.device, op.dtype)
+            HS = op.hvp_many(S)
+            Q = torch.linalg.qr(HS.double().T).Q.T.to(op.dtype)  # k orthonormal rows spanning range(HS)
+            HQ = op.hvp_many(Q)
             T = Q.double() @ HQ.double().T
             T = 0.5 * (T + T.T)
             exact_total = float(torch.trace(T))
             if per_layer:
                 # tr(P_l H) = tr(P_l H QQ') + tr(P_l H R), R = I - QQ'; the first is exact from HQ, and
                 # E[v_l . (Hv)_l] = tr(R P_l H R) = tr(P_l H R) for v = R g; both sum over l to the total
-                exact_layers = _block_dots(obj, Q, HQ)
+                exact_layers = _block_dots(op, Q, HQ)
 
     samples, layer_samples = [], []
-    n_res = budget - (obj.n_hvp - start) if n_probes is not None else None
+    n_res = budget - (op.n_hvp - start) if n_probes is not None else None
     converged = False
     i = 0
     # probes go through hvp_many in blocks where batched HVPs pay (accelerators), one at a time otherwise;
     # probe i is drawn from its own generator and the rule is read after every probe (a block's probes past the
     # stopping one are paid for but not used), so the blocking changes neither the probes nor where the run stops
-    block = obj.hvp_block if obj.batched_hvps_pay() else 1
+    block = op.hvp_block if op.batched_hvps_pay() else 1
     while True:
-        used = obj.n_hvp - start
+        used = op.n_hvp - start
         if n_probes is not None and i >= n_res:
             converged = True
             break
@@ -95,14 +96,14 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
             break
         b = min(block, budget - used, (n_res - i) if n_probes is not None else block)
         Vb = torch.stack([rademacher((d,), gen=generator(seed, "hutch-probe", i + j), dtype=torch.float64,
-                                     device="cpu") for j in range(b)]).to(obj.device, obj.dtype)
+                                     device="cpu") for j in range(b)]).to(op.device, op.dtype)
         if Q is not None:
             Vb = Vb - (Vb @ Q.T) @ Q  # (I - QQ') g
-        HVb = obj.hvp_many(Vb)
+        HVb = op.hvp_many(Vb)
         for v, hv in zip(Vb, HVb):
             samples.append(float(v.double() @ hv.double()))
             if per_layer:
-                layer_samples.append(_block_dots(obj, v, hv))
+                layer_samples.append(_block_dots(op, v, hv))
             i += 1
             if n_probes is None and i >= min_probes:
                 m, se, _, _ = mean_ci(samples)
@@ -122,8 +123,8 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
     value = exact_total + m
     layers = {}
     if per_layer:
-        L = np.asarray(layer_samples) if layer_samples else np.zeros((0, len(obj.names)))
-        for j, name in enumerate(obj.names):
+        L = np.asarray(layer_samples) if layer_samples else np.zeros((0, len(op.names)))
+        for j, name in enumerate(op.names):
             if len(L) >= 2:
                 lm, lse, llo, lhi = (float(x) for x in mean_ci(L[:, j]))
             else:
@@ -132,6 +133,6 @@ def trace(obj: Objective, *, method: str = "hutch++", rtol: float = 0.02, max_hv
             base = float(exact_layers[j])
             layers[name] = {"value": base + lm, "stderr": lse, "ci95": (base + llo, base + lhi)}
     return TraceResult(value=value, stderr=se, ci95=(exact_total + lo, exact_total + hi),
-                       n_hvp=obj.n_hvp - start, n_probes=len(samples), converged=converged,
+                       n_hvp=op.n_hvp - start, n_probes=len(samples), converged=converged,
                        seconds=elapsed(), seed=seed, method=method, rtol=rtol, sketch_size=k,
-                       per_layer=layers, objective=obj.describe())
+                       per_layer=layers, objective=op.describe())

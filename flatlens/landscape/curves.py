@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from .._util import FlatlensError, mean_ci
-from ..objective import Objective, timer
+from .._util import timer
+from ..objective import Objective
 from ..perturb import DirectionSpace, Evaluator, as_flat_direction, max_points, run_chunks, tensor_digest
 from .results import CurveResult, CurvesResult, SurfaceResult
 

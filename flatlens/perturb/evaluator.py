@@ -2,7 +2,7 @@
 
 The evaluator keeps one copy of the objective's model (never a copy per point; the objective's own model and
 the caller's are never changed) and talks to the Objective through its public interface only: its centre,
-its resident batches (`batches_of` re-cuts them: the Objective owns that rule), `module_loss` and its
+its resident data (`obj.data`; `batches_of` re-cuts it: the resident data owns that rule), `module_loss` and its
 classification rule. Strategies:
   loop  per point, write w + delta into the evaluator's copy in place and run it under inference mode, over the
         resident data;
@@ -84,7 +84,7 @@ class Evaluator:
             raise FlatlensError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.obj = obj
         self.requested = strategy
-        if obj.data_parallel:
+        if obj.group.enabled:
             # every rank evaluates its data shard and the losses are summed over ranks: all ranks must take the
             # same path, so no timing-based pick (and vmap's chunking stays out of the collectives)
             strategy = "loop"
@@ -97,11 +97,11 @@ class Evaluator:
         self._params = dict(self.model.named_parameters())
         self._accuracy = obj.is_classification  # the Objective's rule decides whether accuracy exists
         self._images = (not obj.custom_loss) and all(isinstance(b[0], torch.Tensor) and b[0].dim() == 4
-                                                 and b[0].is_floating_point() for b in obj.batches)
+                                                 and b[0].is_floating_point() for b in obj.data.batches)
         self._cl_request = channels_last
         self.channels_last = False
         self.batch_size = None
-        self._batches, self._weights = obj.batches_of(None)
+        self._batches, self._weights = obj.data.batches_of(None)
         if strategy != "auto":
             self._configure(bool(channels_last) and self._images, batch_size)
         self._chunk = None
@@ -120,7 +120,7 @@ class Evaluator:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last or self.channels_last:
             self.model.to(memory_format=fmt)
-        batches, weights = obj.batches_of(batch_size)
+        batches, weights = obj.data.batches_of(batch_size)
         if channels_last:
             batches = [(b[0].contiguous(memory_format=fmt), b[1]) for b in batches]
         self._batches, self._weights = batches, weights
@@ -138,8 +138,8 @@ class Evaluator:
         hs = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
         try:
             with torch.inference_mode():
-                big = max(range(len(self.obj.batches)), key=lambda i: self.obj.sample_counts[i])
-                self.obj.module_loss(self.model, self.obj.batches[big])
+                big = max(range(len(self.obj.data.batches)), key=lambda i: self.obj.data.sample_counts[i])
+                self.obj.module_loss(self.model, self.obj.data.batches[big])
         finally:
             for h in hs:
                 h.remove()
@@ -231,7 +231,7 @@ class Evaluator:
                 for n in obj.names:
                     self._params[n].data.copy_(obj.center[n])
         both = torch.stack([losses, correct])
-        if obj.data_parallel:  # each rank's share of F (and of the correct count): summed over ranks, on the
+        if obj.group.enabled:  # each rank's share of F (and of the correct count): summed over ranks, on the
             # objective's device (NCCL reduces device tensors only)
             both = all_sum(both)
         both = both.cpu()  # the one host synchronization of the chunk
@@ -267,7 +267,7 @@ class Evaluator:
         o = self.obj
         return (type(o.model).__name__, o.num_params, str(o.device), str(o.dtype), self.precision, o.bn,
                 tuple((tuple(b[0].shape) if isinstance(b, (tuple, list)) and b and isinstance(b[0], torch.Tensor)
-                       else type(b).__name__) for b in o.batches))
+                       else type(b).__name__) for b in o.data.batches))
 
     def _time_prefix(self, n_samples: int | None = None, compiled: bool = False) -> float:
         """Seconds per sample of the centre's forward over the first ~n_samples (None: all) of the current
@@ -323,7 +323,7 @@ class Evaluator:
         if obj.custom_loss:
             timings["loop|contiguous|resident"] = 0.0
         else:
-            biggest = max(len(b[1]) for b in obj.batches)
+            biggest = max(len(b[1]) for b in obj.data.batches)
             sizes = [None] + [s for s in (128, 64) if s < biggest]
             formats = [False, True] if self._images and self._cl_request is None else [bool(self._cl_request)]
             prefix = min(obj.n_samples, max(biggest, 128))

@@ -100,7 +100,7 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
     if evaluator is not None:
         args = {**args, "precision": evaluator.precision}  # bf16 and fp32 chunks never mix
         if shard is None:
-            shard = not evaluator.obj.data_parallel
+            shard = not evaluator.obj.group.enabled
     shard = True if shard is None else shard
 
     true_rank = dist_info()[0]

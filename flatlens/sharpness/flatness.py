@@ -7,7 +7,8 @@ import torch
 
 from .._util import FlatlensError, mean_ci
 from ..perturb import DirectionSpace, Evaluator, max_points, run_chunks
-from ..objective import Objective, timer
+from .._util import timer
+from ..objective import Objective
 from .results import FlatnessResult
 
 

@@ -22,7 +22,8 @@ from .. import stats
 from ..hessian.scaled import ScaledHessian
 from ..hessian.trace import trace
 from ..perturb import Evaluator, max_points, run_chunks, tensor_digest
-from ..objective import Objective, timer
+from .._util import timer
+from ..objective import Objective
 from .results import QuantNoiseResult
 
 

@@ -8,7 +8,8 @@ import math
 import torch
 
 from .._util import FlatlensError, generator
-from ..objective import Objective, timer
+from .._util import timer
+from ..objective import Objective
 from .results import WorstCaseResult
 
 
