@@ -62,14 +62,15 @@ def _splits(split):
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args):
-    from .data import DEFAULT
+    from .data import dataset_spec
     from .train import TrainConfig, train
     full_precision = args.bits == 32  # --bits 32: full precision, also over a config file's bits
     if full_precision:
         args.bits = None
     kw = dict(dataset=args.dataset, data_root=args.data_root, test_domains=args.test_domain, arch=args.arch,
               seed=args.seed, bits=args.bits, per_channel=not args.per_tensor, device=args.device,
-              split_seed=args.split_seed, pretrained=args.pretrained, freeze_bn=args.freeze_bn)
+              split_seed=args.split_seed, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
+              image_size=args.image_size)
     if args.config:
         cfg = _config_from_file(args.config)
         for k, v in kw.items():  # flags given on the command line override the file
@@ -81,7 +82,7 @@ def cmd_train(args):
             cfg.bits = args.bits
         if args.seed is not None and "--seed" in sys.argv:
             cfg.seed = args.seed
-    elif args.dataset == DEFAULT:
+    elif dataset_spec(args.dataset).train_defaults == "digits":  # embedded sets: the small-CNN defaults
         cfg = TrainConfig(**{k: v for k, v in kw.items() if v is not None})
     else:
         if args.arch == "small_cnn":
@@ -105,7 +106,7 @@ def cmd_train(args):
 
 def _config_from_file(path):
     import dataclasses
-    from .data import DEFAULT
+    from .data import DEFAULT, dataset_spec
     from .train import TrainConfig
     try:
         with open(path) as fh:
@@ -119,7 +120,8 @@ def _config_from_file(path):
     unknown = set(train_cfg) - names
     if unknown:
         raise FlatlensError(f"{path}: unknown training setting(s) {', '.join(sorted(unknown))}")
-    base = TrainConfig.paper_domainbed() if train_cfg.get("dataset", DEFAULT) != DEFAULT else TrainConfig()
+    domainbed = dataset_spec(train_cfg.get("dataset", DEFAULT)).train_defaults == "domainbed"
+    base = TrainConfig.paper_domainbed() if domainbed else TrainConfig()
     for k, v in train_cfg.items():
         setattr(base, k, v)
     return base
@@ -509,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import RESNETS
     t.add_argument("--dataset", default=DEFAULT,
                    help=f"{DEFAULT} (default) or {', '.join(d for d in DATASETS if d != DEFAULT)}")
-    t.add_argument("--data-root", help="folder holding the DomainBed data set")
+    t.add_argument("--data-root", help="folder holding the data set's files (DomainBed sets, rotated-fashion-mnist)")
+    t.add_argument("--image-size", type=int, help="image side in pixels (digits-dg, rotated-fashion-mnist: 28 or 16; "
+                                                  "default: the data set's own)")
     t.add_argument("--test-domain", action="append", help="held-out domain (repeatable); default 75")
     t.add_argument("--arch", default="small_cnn", choices=("small_cnn",) + RESNETS,
                    help="(default %(default)s; resnet50 for DomainBed sets)")

@@ -1,46 +1,47 @@
-"""Domain-generalization data: rotated digits (embedded default) and DomainBed image folders."""
+"""Domain-generalization data: the embedded sets (rotated digits, digits-dg), Fashion-MNIST idx files and
+DomainBed image folders, all named in one registry (registry.REGISTRY)."""
 from __future__ import annotations
 
 from .._util import FlatlensError
 from .domains import SPLIT_RULES, DomainData, split_indices
 from .digits import ANGLES, rotated_digits
+from .registry import DOMAINBED, REGISTRY, TRAIN_DEFAULTS, DatasetSpec
 
-DOMAINBED = {
-    "pacs": ("PACS", ["art_painting", "cartoon", "photo", "sketch"]),
-    "vlcs": ("VLCS", ["Caltech101", "LabelMe", "SUN09", "VOC2007"]),
-    "officehome": ("office_home", ["Art", "Clipart", "Product", "Real World"]),
-    "terraincognita": ("terra_incognita", ["location_100", "location_38", "location_43", "location_46"]),
-    "domainnet": ("domain_net", ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]),
-}
 DEFAULT = "rotated-digits"  # embedded: needs no files
-DATASETS = (DEFAULT,) + tuple(DOMAINBED)
+DATASETS = tuple(REGISTRY)
+
+
+def _norm(name) -> str:
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
+_KEYS = {_norm(k): k for k in REGISTRY}
 
 
 def dataset_key(name) -> str | None:
     """The registry name of a dataset as users spell it ('PACS', 'office_home', 'Terra-Incognita'), or None."""
-    if name == DEFAULT:
-        return DEFAULT
-    key = str(name).lower().replace("_", "").replace("-", "")
-    return key if key in DOMAINBED else None
+    return _KEYS.get(_norm(name))
+
+
+def dataset_spec(name) -> DatasetSpec:
+    """The registry entry of a dataset as users spell it; one FlatlensError naming the choices if unknown."""
+    key = dataset_key(name)
+    if key is None:
+        raise FlatlensError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return REGISTRY[key]
 
 
 def domain_names(key: str) -> list[str]:
     """The domains of a dataset by registry name, in its canonical order (DomainBed's test_envs index it)."""
-    return [str(a) for a in ANGLES] if key == DEFAULT else list(DOMAINBED[key][1])
+    return list(REGISTRY[key].domains)
 
 
 def load(name: str, root: str | None = None, *, seed: int = 0, image_size: int | None = None) -> DomainData:
-    """Load a dataset by name: 'rotated-digits' (no root) or a DomainBed set under `root`."""
-    key = dataset_key(name)
-    if key == DEFAULT:
-        return rotated_digits(seed=seed)
-    if key is not None:
-        if not root:
-            raise FlatlensError(f"--data-root is required for {name}")
-        from .domainbed import image_folders
-        folder, domains = DOMAINBED[key]
-        return image_folders(key, root, folder, domains, image_size=image_size or 224)
-    raise FlatlensError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    """Load a dataset by name (see DATASETS); sets that need files read them under `root` (--data-root)."""
+    spec = dataset_spec(name)
+    if spec.needs_root and not root:
+        raise FlatlensError(f"--data-root is required for {name}: {spec.root_hint}")
+    return spec.loader(root, seed, image_size)
 
 
 def for_protocol(meta: dict) -> DomainData:
@@ -54,5 +55,6 @@ def protocol_split(meta: dict, data: DomainData, domain: str):
                          meta.get("split_rule", "flatlens"))
 
 
-__all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load", "DATASETS", "DOMAINBED", "ANGLES",
-           "DEFAULT", "dataset_key", "domain_names"]
+__all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load",
+           "DATASETS", "DOMAINBED", "ANGLES", "DEFAULT", "dataset_key", "dataset_spec", "domain_names", "REGISTRY",
+           "DatasetSpec", "TRAIN_DEFAULTS"]

@@ -7,18 +7,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
-from .domains import DomainData
+from .domains import DomainData, in_memory
 
 ANGLES = (0, 15, 30, 45, 60, 75)
 
 
-def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate a batch of images (N, C, H, W) counter-clockwise about the centre; zeros fill the corners."""
-    a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
-    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+def rotate(x: torch.Tensor, degrees) -> torch.Tensor:
+    """Rotate a batch of images (N, C, H, W) counter-clockwise about the centre; zeros fill the corners.
+    `degrees`: one angle for the whole batch, or one per image (a sequence or tensor of N angles)."""
+    a = torch.as_tensor(degrees, dtype=torch.float64).mul(math.pi / 180).expand(len(x))  # as math.radians
+    cos, sin, zero = a.cos(), a.sin(), torch.zeros_like(a)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -37,9 +38,10 @@ def rotated_digits(seed: int = 0, size: int = 16, angles=ANGLES) -> DomainData:
         xs = rotate(x[idx], angle)
         xs = (xs - 0.5) / 0.5  # to [-1, 1]
         tensors[str(angle)] = (xs.contiguous(), y[idx].clone())
+    return in_memory("rotated-digits", tensors, num_classes=10)
 
-    def get(domain, train=False):
-        return TensorDataset(*tensors[str(domain)])
 
-    return DomainData(name="rotated-digits", domains=[str(a) for a in angles], num_classes=10, in_channels=1,
-                      image_size=size, get=get, tensors=tensors)
+def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-downsample a batch (N, C, H, W) to size x size: torch's "area" mode (adaptive average pooling, each
+    output pixel the mean of the input window it covers), so pixels stay within the input's range."""
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")

@@ -1,10 +1,12 @@
 """The shared shape of a domain-generalization dataset, and DomainBed's seeded 80/20 split."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch.utils.data import TensorDataset
 
 from .._util import FlatlensError, derive_seed
 
@@ -21,6 +23,7 @@ class DomainData:
     get: Callable
     tensors: dict = field(default_factory=dict)
     root: str | None = None
+    content_sha256: str | None = None  # in-memory data: content_hash(domains, tensors), naming exactly what ran
 
     def index(self, domain) -> int:
         d = str(domain)
@@ -30,6 +33,32 @@ class DomainData:
 
     def size(self, domain) -> int:
         return len(self.get(domain, False))
+
+
+def content_hash(domains, tensors: dict) -> str:
+    """sha256 over every domain's (x, y), in domain order: name, dtype, shape and the raw bytes of each tensor."""
+    h = hashlib.sha256()
+    for d in domains:
+        h.update(str(d).encode())
+        for t in tensors[d]:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def in_memory(name: str, tensors: dict, *, num_classes: int, root: str | None = None) -> DomainData:
+    """A DomainData over {domain: (x, y)} tensors (x: (n, C, S, S) float, y: (n,) int64), domains in dict
+    order, with its content hash."""
+    domains = list(tensors)
+    x0 = tensors[domains[0]][0]
+
+    def get(domain, train=False):
+        return TensorDataset(*tensors[str(domain)])
+
+    return DomainData(name=name, domains=domains, num_classes=num_classes, in_channels=x0.shape[1],
+                      image_size=x0.shape[-1], get=get, tensors=tensors, root=root,
+                      content_sha256=content_hash(domains, tensors))
 
 
 SPLIT_RULES = ("flatlens", "domainbed")

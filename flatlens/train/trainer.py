@@ -31,6 +31,7 @@ from ..quant import latent_state, packed_size, quantize_model, step_parameters
 class TrainConfig:
     dataset: str = "rotated-digits"
     data_root: str | None = None
+    image_size: int | None = None  # None: the data set's own default (recorded in the checkpoint either way)
     test_domains: list = field(default_factory=lambda: ["75"])
     arch: str = "small_cnn"
     arch_kwargs: dict = field(default_factory=dict)
@@ -86,7 +87,11 @@ def _rng_state(gen: torch.Generator) -> dict:
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: DomainData | None = None, *, quiet: bool = False):
         self.cfg = cfg
-        self.data = data or load(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
+        if cfg.image_size is not None:
+            cfg.image_size = check_number("image_size", cfg.image_size, lo=8, hi=1024, integer=True)
+        self.data = data or load(cfg.dataset, cfg.data_root, seed=cfg.split_seed, image_size=cfg.image_size)
+        if cfg.image_size is not None and self.data.image_size != cfg.image_size:
+            raise FlatlensError(f"the data given are {self.data.image_size} px; the config asks for {cfg.image_size}")
         cfg.test_domains = [str(d) for d in cfg.test_domains]
         cfg.validate(self.data)
         self.quiet = quiet
@@ -272,7 +277,8 @@ class Trainer:
             "quant": quant,
             "data": {"dataset": self.data.name, "root": self.data.root, "domains": list(self.data.domains),
                      "train_domains": self.train_domains, "test_domains": list(cfg.test_domains),
-                     "split_seed": cfg.split_seed, "holdout": cfg.holdout},
+                     "split_seed": cfg.split_seed, "holdout": cfg.holdout, "image_size": self.data.image_size,
+                     **({"content_sha256": self.data.content_sha256} if self.data.content_sha256 else {})},
             "train": dataclasses.asdict(cfg),
             "history": self.history,
             "metrics": {"selected_step": rec["step"], "val_acc": rec["val_acc"], "test_acc": rec["test_acc"],
