@@ -23,7 +23,7 @@ from common import digits_inputs, loss_fn, machine, timed, trained_cnn, write_js
 
 from flatlens import Objective  # noqa: E402
 from flatlens.landscape import DirectionSpace, Evaluator  # noqa: E402
-from flatlens.perturb import evaluator as evaluator_module  # noqa: E402
+from flatlens.perturb.calibration import PickStore  # noqa: E402
 
 
 class ConvertingDataset(Dataset):
@@ -99,7 +99,7 @@ def run(model, x, y, raw_u8, mean, std, device, points, label, batch=256, compil
         return per_point_state_dict(n, cached)
 
     def way_c(n):
-        evaluator_module._PICKS.clear()  # calibration included
+        PickStore.memo.clear()  # calibration included
         ev = Evaluator(obj, strategy="auto")
         lo, _ = ev(D[:n])
         return lo.tolist(), ev

@@ -14,6 +14,7 @@ compared with the uniform law by a bias-corrected KL divergence and the G-test (
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class Claim:
     test: stats.TestResult
     p_holm: float | None = None
     verdict: str = NOT_TESTABLE
+    metric: str = ""            # the registry name it tests, or "accuracy" ("" in runs written before it was stored)
 
 
 @dataclass
@@ -108,6 +110,14 @@ class Analysis(Result):
     quant_error: list[QuantErrorFit]
     claim_radius: float
 
+    def registered(self) -> "Analysis":
+        """This analysis with only what the registry knows now: aggregates and claims of a metric whose entry was
+        removed are left out (what a report or figure of this flatlens may show)."""
+        known = set(M.REGISTRY) | {ACCURACY}
+        return dataclasses.replace(self, aggregates=[a for a in self.aggregates if a.metric in known],
+                                   claims=[c for c in self.claims if c.metric in known or not c.metric],
+                                   noise=self.noise if "qnoise" in M.REGISTRY else None)
+
     def aggregate(self, domain, config, split, metric, key) -> Aggregate | None:
         for a in self.aggregates:
             if (a.domain, a.config, a.split, a.metric, a.key) == (domain, config, split, metric, key):
@@ -116,10 +126,9 @@ class Analysis(Result):
 
 
 def _aggregate(domain, config, split, metric, key, values, seeds, within=None) -> Aggregate:
-    e = stats.t_interval(values, source=stats.over_seeds(len(values)))
+    e = stats.over_seeds_estimate(values, within)
     if metric == "flatness":
         e.method = "two-level (mean of per-seed means over directions)"
-    e.within_stderr = within
     return Aggregate(domain, config, split, metric, key, e, [float(v) for v in values], list(seeds))
 
 
@@ -145,11 +154,8 @@ def aggregates(run) -> list[Aggregate]:
                         continue
                     for row in recs[0][1].rows:
                         per = [(s, r.row(row.key)) for s, r in recs if r.has_row(row.key)]
-                        ses = [p.stderr for _, p in per]
-                        within = (math.sqrt(sum(x * x for x in ses)) / len(ses)
-                                  if all(x is not None and math.isfinite(x) for x in ses) else None)
                         out.append(_aggregate(d, c, split, name, row.key, [p.value for _, p in per],
-                                              [s for s, _ in per], within))
+                                              [s for s, _ in per], [p.stderr for _, p in per]))
     return out
 
 
@@ -205,7 +211,7 @@ def claims(run, aggs: list[Aggregate], radius: float) -> tuple[list[Claim], dict
                                                                                          len(B.values))))
             test.test = "Welch t over seeds"
             out.append(Claim(f"{key}@{d}", d, text.format(a=plan.label(ca), b=plan.label(cb)), expected, ca, cb,
-                             A.values, B.values, unit, test))
+                             A.values, B.values, unit, test, metric=metric))
         e = run.eoq.get(d)
         if e is not None:
             members = [100 * v for v in e.member_mean_test_acc()]
@@ -214,16 +220,12 @@ def claims(run, aggs: list[Aggregate], radius: float) -> tuple[list[Claim], dict
             test.test = "one-sample t over members"
             out.append(Claim(f"eoq@{d}", d, f"EoQ ({len(members)} x {e.bits} bit) is more accurate out of domain "
                              f"than a single {e.bits}-bit model", "higher", "members", "EoQ", members,
-                             [ens], "percentage points", test))
-    adj = stats.holm([c.test.p for c in out])
-    m = sum(1 for p in adj if not math.isnan(p))
+                             [ens], "percentage points", test, metric=ACCURACY))
+    adj, family = stats.holm_family([c.test for c in out])
     for c, p in zip(out, adj):
-        c.p_holm = None if math.isnan(p) else p
+        c.p_holm = p
         c.verdict = _verdict(c.test, c.p_holm, c.expected)
-        # detectable at the level Holm guarantees to suffice for every claim of the family: alpha / m
-        c.test.mde80 = stats.detectable_difference(c.test.stderr, c.test.df, alpha=stats.ALPHA / max(m, 1))
-    return out, {"correction": "Holm", "size": m, "alpha": stats.ALPHA,
-                 "mde_alpha": stats.ALPHA / max(m, 1)}
+    return out, family
 
 
 def noise_summary(run) -> NoiseSummary | None:

@@ -1,8 +1,10 @@
 """The `flatlens` command line. Bad input: one line on stderr and exit code 2, never a traceback.
 
-The measuring commands (`hessian`, `landscape`, `flatness`, `compare`) take their metric choices and every
-metric setting's flag from the metric registry (`flatlens.metrics.REGISTRY`); they all measure through
-`measure.measure`, so one metric is one computation whichever command asks for it."""
+Every subcommand is one entry of `COMMANDS`: its flags, the paths it reads and writes (checked by `_preflight`
+before any work) and its handler. The measuring commands (`hessian`, `landscape`, `flatness`, `sharpness`,
+`compare`) take their metric choices and every metric setting's flag from the metric registry
+(`flatlens.metrics.REGISTRY`: each entry names the command that measures it) and measure through
+`pipeline.measure_all`, so one metric is one computation whichever command asks for it."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +12,14 @@ import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from . import __version__
+from . import fmt
 from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
-from .measure import MetricRecord
 from .metrics import Common, Settings
-from .results import Result
-from .results import register as register_dataclass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,15 +36,6 @@ def _write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
-def _data_for(args, ckpt, split):
-    from .measure import load_data_file, select_data
-    if getattr(args, "data", None):
-        return load_data_file(args.data)
-    common = Common()
-    return select_data(ckpt["data"], split, args.samples if args.samples is not None else common.samples,
-                       args.seed if args.seed is not None else common.seed)
-
-
 def _load(args, path) -> dict:
     """A flatlens checkpoint, or a foreign one (DomainBed / QT-DoG / SWAD, torchvision, --model) converted by
     the import layer with the command's import options."""
@@ -53,50 +46,49 @@ def _load(args, path) -> dict:
 def _device(args) -> str:
     """--device checked before any work: exists and is available here (one line naming those that are)."""
     from ._util import resolve_device
-    return str(resolve_device(getattr(args, "device", "cpu")))
+    return str(resolve_device(getattr(args, "device", None) or "cpu"))
 
 
 def _splits(split):
     return ["train", "test"] if split == "both" else [split]
 
 
-# ----------------------------------------------------------------------------- commands
-def cmd_train(args):
-    from .data import dataset_spec
-    from .train import TrainConfig, train
-    full_precision = args.bits == 32  # --bits 32: full precision, also over a config file's bits
-    if full_precision:
-        args.bits = None
-    kw = dict(dataset=args.dataset, data_root=args.data_root, test_domains=args.test_domain, arch=args.arch,
-              seed=args.seed, bits=args.bits, per_channel=not args.per_tensor, device=args.device,
-              split_seed=args.split_seed, pretrained=args.pretrained, freeze_bn=args.freeze_bn,
-              image_size=args.image_size)
+# ----------------------------------------------------------------------------- training
+TRAIN_FLAGS = ("dataset", "data_root", "image_size", "arch", "pretrained", "freeze_bn", "quant_start", "steps",
+               "lr", "weight_decay", "batch_size", "eval_every", "seed", "split_seed", "device")
+
+
+def train_config(args):
+    """The training settings: the data set's defaults (or --config's file), then every flag given (flags
+    default to None: a flag absent leaves the file's or the default's value)."""
+    from .data import DEFAULT, dataset_spec
+    from .train import TrainConfig
     if args.config:
         cfg = _config_from_file(args.config)
-        for k, v in kw.items():  # flags given on the command line override the file
-            if v is not None and f"--{k.replace('_', '-')}" in sys.argv:
-                setattr(cfg, k, v)
-        if args.test_domain:
-            cfg.test_domains = args.test_domain
-        if args.bits is not None or full_precision:
-            cfg.bits = args.bits
-        if args.seed is not None and "--seed" in sys.argv:
-            cfg.seed = args.seed
-    elif dataset_spec(args.dataset).train_defaults == "digits":  # embedded sets: the small-CNN defaults
-        cfg = TrainConfig(**{k: v for k, v in kw.items() if v is not None})
-    else:
-        if args.arch == "small_cnn":
-            kw["arch"] = "resnet50"
-        cfg = TrainConfig.paper_domainbed(**{k: v for k, v in kw.items() if v is not None})
-    for name in ("steps", "quant_start", "lr", "batch_size", "eval_every", "weight_decay"):
+    elif dataset_spec(args.dataset or DEFAULT).train_defaults == "domainbed":  # the paper's DomainBed defaults
+        cfg = TrainConfig.paper_domainbed()
+    else:  # embedded sets: the small-CNN defaults
+        cfg = TrainConfig()
+    for name in TRAIN_FLAGS:
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
+    if args.test_domain:
+        cfg.test_domains = args.test_domain
+    if args.bits is not None:  # --bits 32: full precision, also over a config file's bits
+        cfg.bits = None if args.bits == 32 else args.bits
+    if args.per_tensor:
+        cfg.per_channel = False
     if args.width is not None:
         cfg.arch_kwargs = {"width": args.width}
-    if args.bits is None and args.quant_start is not None:
+    if cfg.bits is None and args.quant_start is not None:
         raise FlatlensError("--quant-start needs --bits")
-    ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress)
+    return cfg
+
+
+def cmd_train(args):
+    from .train import train
+    ckpt = train(train_config(args), args.out, resume=args.resume, quiet=not args.progress)
     m = ckpt["metrics"]
     _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
@@ -105,7 +97,6 @@ def cmd_train(args):
 
 
 def _config_from_file(path):
-    import dataclasses
     from .data import DEFAULT, dataset_spec
     from .train import TrainConfig
     try:
@@ -174,17 +165,6 @@ def cmd_ensemble(args):
 
 
 # ----------------------------------------------------------------------------- measuring commands
-@register_dataclass
-@dataclasses.dataclass
-class MeasurementRun(Result):
-    """What `flatlens hessian | landscape | flatness --json` writes: one record per metric and split."""
-    command: str
-    checkpoint: str
-    sha256: str
-    weights: str
-    records: list[MetricRecord]
-
-
 def _settings(args, metric_names) -> Settings:
     """Common settings and each metric's own from the parsed flags (flags not given keep the defaults)."""
     common = Common()
@@ -219,60 +199,51 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def _fmt(v):
-    if v is None:
-        return "-"
-    a = abs(v)
-    return f"{v:.6g}" if (a >= 1e-3 or a == 0) else f"{v:.4e}"
-
-
 def _record_lines(rec) -> list[str]:
     m = M.get(rec.metric)
     lines = [f"  {m.name}: {m.brief(rec.result)}"]
     for r in rec.rows:
         iv = ""
         if r.interval is not None:
-            iv = f"  [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}] ({M.interval_label(r.interval_kind)})"
+            iv = (f"  [{fmt.num(r.interval[0], 6, sci=4, missing='-')}, "
+                  f"{fmt.num(r.interval[1], 6, sci=4, missing='-')}] ({M.interval_label(r.interval_kind)})")
         n = f"  n = {r.n}" if r.n else ""
-        lines.append(f"    {m.label(r.key):48} {_fmt(r.value)}{iv}{n}")
+        lines.append(f"    {m.label(r.key):48} {fmt.num(r.value, 6, sci=4, missing='-')}{iv}{n}")
     return lines
 
 
-def _measure_command(args, command: str, metric_names: list[str], extra_lines=None) -> MeasurementRun:
-    """Measure each metric on each split through `measure`; print the rows; write the typed records. Under
-    torchrun the ranks share the work along `--axis`; rank 0 prints and writes."""
+def _measure_command(args, metric_names: list[str], extra_lines=None):
+    """Measure each metric on each split (`pipeline.measure_all`); print the rows; write the typed records.
+    Under torchrun the ranks share the work along `--axis`; rank 0 prints and writes."""
     from .checkpoint import weights_label
-    from .perturb import dist_info, init_distributed
-    from .measure import check_data, measure
-    from .progress import overall
+    from .parallel import group_info
+    from .perturb import init_distributed
+    from .pipeline import DataSource, MeasurementRun, Target, measure_all
     settings = _settings(args, metric_names)
     init_distributed()  # under torchrun: one process group for every axis
+    rank0 = group_info()[0] == 0
     ck = _load(args, args.checkpoint)
-    records = []
     splits = _splits(args.split)
-    show = args.progress and dist_info()[0] == 0
-    datas = {split: _data_for(args, ck, split) for split in splits}  # every input checked before any work
-    for x, y, info in datas.values():
-        if info.get("dataset") == "file":
-            check_data(ck, x, y, info)
-    with overall(len(splits) * len(metric_names), command, show) as bar:
-        for split in splits:
-            data = datas[split]
-            lines = [f"{split} split: {data[2]['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"]
-            for name in metric_names:
-                store = (os.path.join(args.resume_dir, split, name) if getattr(args, "resume_dir", None) else None)
-                rec = measure(ck, name, split, settings, device=args.device, data=data, progress=show, store=store,
-                              axis=args.axis)
-                records.append(rec)
-                lines += _record_lines(rec)
-                if extra_lines:
-                    lines += extra_lines(rec)
-                bar.update(1)
-            if dist_info()[0] == 0:
-                bar.write("\n".join(lines)) if show else _out(args, "\n".join(lines))
-    run = MeasurementRun(command=command, checkpoint=args.checkpoint, sha256=ck["sha256"],
-                         weights=weights_label(ck, settings.common.weights), records=records)
-    if args.json and dist_info()[0] == 0:
+    show = args.progress and rank0
+    lines: dict[str, list[str]] = {}
+
+    def on_record(_, rec):
+        split_lines = lines.setdefault(rec.split, [
+            f"{rec.split} split: {rec.data['n']} samples, {weights_label(ck, settings.common.weights)}, BN eval"])
+        split_lines += _record_lines(rec) + (extra_lines(rec) if extra_lines else [])
+        if rank0 and rec.metric == metric_names[-1]:
+            if show:
+                from tqdm.auto import tqdm
+                tqdm.write("\n".join(split_lines))  # above the progress lines
+            else:
+                _out(args, "\n".join(split_lines))
+
+    done = measure_all([Target(ck, metric_names, settings)], splits, source=DataSource(getattr(args, "data", None)),
+                       device=args.device, progress=show, label=args.command, store=getattr(args, "resume_dir", None),
+                       axis=args.axis, on_record=on_record)
+    run = MeasurementRun(command=args.command, checkpoint=args.checkpoint, sha256=ck["sha256"],
+                         weights=weights_label(ck, settings.common.weights), records=done.records)
+    if args.json and rank0:
         run.to_json(args.json, indent=1)
     return run
 
@@ -283,43 +254,38 @@ def cmd_hessian(args):
     def per_layer(rec):
         if not args.per_layer or rec.metric != "hessian-trace":
             return []
-        return [f"      {n:46} {_fmt(v['value'])} [{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]"
+        return [f"      {n:46} {fmt.num(v['value'], 6, sci=4)} {fmt.interval(v['ci95'], 6)}"
                 for n, v in rec.result.per_layer.items()]
 
-    _measure_command(args, "hessian", names, per_layer)
+    _measure_command(args, names, per_layer)
 
 
 def cmd_landscape(args):
-    from .perturb import dist_info
-    run = _measure_command(args, "landscape", ["curve" if args.dim == 1 else "surface"])
-    if args.npz and dist_info()[0] == 0:
-        import io
-        import numpy as np
-        from ._util import atomic_write_bytes
-        arrays = {}
-        for rec in run.records:
-            r = rec.result
-            arrays["xs"] = np.asarray(r.alphas if args.dim == 1 else r.xs)
-            arrays[f"{rec.split}_losses"] = np.asarray(r.losses)
-            if r.accuracies is not None:
-                arrays[f"{rec.split}_accuracies"] = np.asarray(r.accuracies)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write_bytes(args.npz, buf.getvalue())
+    from .parallel import group_info
+    name = args.metric or next(n for n in M.names("landscape") if M.get(n).dim == args.dim)
+    run = _measure_command(args, [name])
+    if args.npz and group_info()[0] == 0:
+        from .landscape.results import write_npz
+        write_npz(args.npz, run.records)
 
 
 def cmd_flatness(args):
-    _measure_command(args, "flatness", ["flatness"])
+    _measure_command(args, M.names("flatness"))
+
+
+def cmd_sharpness(args):
+    _measure_command(args, M.names("sharpness") if args.metric == "all" else [args.metric])
 
 
 def cmd_compare(args):
     from .cache import ResultCache
     from .compare import compare, compare_groups, format_table, write_outputs
+    from .parallel import group_info
+    from .perturb import init_distributed
     names = M.names() if args.metric == "all" else [args.metric]
     settings = _settings(args, names)
     if args.group and args.checkpoints:
         raise FlatlensError("give either checkpoints or --group NAME CKPT..., not both")
-    from .perturb import dist_info, init_distributed
     rank = init_distributed()[0]
     cache = ResultCache(None if args.no_cache else os.path.join(args.results, "cache"))
     kw = dict(cache=cache, device=args.device, data_file=args.data, progress=args.progress and rank == 0,
@@ -337,7 +303,7 @@ def cmd_compare(args):
         if not args.checkpoints:
             raise FlatlensError("compare needs checkpoints (A.pt B.pt ...) or --group NAME CKPT... twice")
         rep = compare([_load(args, p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
-    if dist_info()[0] != 0:  # every rank holds the same comparison; rank 0 prints and writes it
+    if group_info()[0] != 0:  # every rank holds the same comparison; rank 0 prints and writes it
         return
     _out(args, format_table(rep))
     _out(args, f"cache: {rep.cache['hits']} hits, {rep.cache['misses']} computed")
@@ -405,7 +371,9 @@ def cmd_report(args):
         _out(args, f"updated the summary block of {args.readme}")
 
 
-# ----------------------------------------------------------------------------- parser
+
+
+# ----------------------------------------------------------------------------- flags
 def _common_flags(p):
     for f in dataclasses.fields(Common):
         flag = f.metadata.get("flag")
@@ -474,7 +442,12 @@ def _axis_flag(p):
                         "or auto: each metric's own (default)")
 
 
-def _measure_args(p, split_default="train"):
+def _cost(names) -> str:
+    return "; ".join(f"{n}: {M.get(n).cost}" for n in names)
+
+
+def _measure_flags(p, command: str, *, split_default="train", all_choice=True):
+    """A checkpoint, its samples, the metric choice among the entries this command measures, and their flags."""
     p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
     p.add_argument("--split", choices=["train", "test", "both"], default=split_default,
                    help="source-domain training data or the held-out domain (default %(default)s)")
@@ -484,44 +457,29 @@ def _measure_args(p, split_default="train"):
     p.add_argument("--json", help="write every record (rows, full results, settings) as JSON here")
     _axis_flag(p)
     _import_flags(p)
+    names = M.names(command)
+    if all_choice and len(names) > 1:
+        p.add_argument("--metric", choices=names + ["all"], default="all", help="(default %(default)s: every one)")
+    _setting_flags(p, names)
 
 
-def _cost(names) -> str:
-    return "; ".join(f"{n}: {M.get(n).cost}" for n in names)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="flatlens", description="How flat is a minimum? Hessian spectra, loss landscapes, "
-                                             "sharpness, and quantization-aware training (QT-DoG).")
-    p.add_argument("--version", action="version", version=f"flatlens {__version__}")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
-    common = _Parser(add_help=False)
-    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars or messages")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of an internal error")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)
-
-    t = sub.add_parser("train", help="train an ERM or QAT model on a leave-one-domain-out protocol")
-    t.add_argument("--config", help="a JSON file of training settings (experiments/*.json); flags override it")
+def _train_flags(t):
     from .data import DATASETS, DEFAULT
     from .models import RESNETS
-    t.add_argument("--dataset", default=DEFAULT,
-                   help=f"{DEFAULT} (default) or {', '.join(d for d in DATASETS if d != DEFAULT)}")
+    t.add_argument("--config", help="a JSON file of training settings (experiments/*.json); flags override it")
+    t.add_argument("--dataset", help=f"{DEFAULT} (default) or {', '.join(d for d in DATASETS if d != DEFAULT)}")
     t.add_argument("--data-root", help="folder holding the data set's files (DomainBed sets, rotated-fashion-mnist)")
     t.add_argument("--image-size", type=int, help="image side in pixels (digits-dg, rotated-fashion-mnist: 28 or 16; "
                                                   "default: the data set's own)")
     t.add_argument("--test-domain", action="append", help="held-out domain (repeatable); default 75")
-    t.add_argument("--arch", default="small_cnn", choices=("small_cnn",) + RESNETS,
-                   help="(default %(default)s; resnet50 for DomainBed sets)")
+    t.add_argument("--arch", choices=("small_cnn",) + RESNETS,
+                   help="(default small_cnn; resnet50 for DomainBed sets)")
     t.add_argument("--width", type=int, help="small_cnn width (default 32)")
     t.add_argument("--pretrained", action="store_true", default=None, help="ImageNet weights (ResNets)")
     t.add_argument("--freeze-bn", action="store_true", default=None, help="keep BatchNorm in eval mode")
     t.add_argument("--bits", type=int, help="weight bits for QAT (2..8); omit (or 32) for full precision")
-    t.add_argument("--per-tensor", action="store_true", help="one step per tensor instead of per channel")
+    t.add_argument("--per-tensor", action="store_true", default=None,
+                   help="one step per tensor instead of per channel")
     t.add_argument("--quant-start", type=int, help="step at which quantization switches on (default 400; DomainBed "
                                                    "sets 2000)")
     t.add_argument("--steps", type=int, help="training steps (default 1000; DomainBed sets 5000)")
@@ -529,65 +487,56 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help="(default 0)")
     t.add_argument("--batch-size", type=int, help="per source domain (default 32)")
     t.add_argument("--eval-every", type=int, help="steps between evaluations (default 100; DomainBed sets 300)")
-    t.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the 80/20 domain splits (default %(default)s)")
-    t.add_argument("--device", default="cpu", help="(default %(default)s)")
+    t.add_argument("--seed", type=int, help="(default 0)")
+    t.add_argument("--split-seed", type=int, help="seed of the 80/20 domain splits (default 0)")
+    t.add_argument("--device", help="(default cpu)")
     t.add_argument("--out", required=True, help="checkpoint path")
     t.add_argument("--resume", action="store_true", help="continue from OUT.partial after an interruption")
-    t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="print a checkpoint's accuracy per domain")
+
+def _evaluate_flags(e):
     e.add_argument("checkpoint")
     e.add_argument("--device", default="cpu", help="(default %(default)s)")
     e.add_argument("--json", help="write the accuracies (now and recorded) as JSON here")
     _import_flags(e)
-    e.set_defaults(fn=cmd_evaluate)
 
-    en = sub.add_parser("ensemble", help="EoQ: accuracy of the averaged outputs of several checkpoints")
+
+def _ensemble_flags(en):
     en.add_argument("checkpoints", nargs="+")
     en.add_argument("--split", choices=["test", "val", "both"], default="test", help="(default %(default)s)")
     en.add_argument("--device", default="cpu", help="(default %(default)s)")
     en.add_argument("--json", help="write the accuracies as JSON here")
     _import_flags(en)
-    en.set_defaults(fn=cmd_ensemble)
 
-    hess = M.names("hessian")
-    h = sub.add_parser("hessian", help="Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint",
-                       description=f"Defaults cost, per checkpoint and split of the digits model: {_cost(hess)}.")
-    _measure_args(h)
-    h.add_argument("--metric", choices=hess + ["all"], default="all", help="(default %(default)s: every one)")
+
+def _hessian_flags(h):
+    _measure_flags(h, "hessian")
     h.add_argument("--per-layer", action="store_true", help="print the per-tensor traces")
-    _setting_flags(h, hess)
-    h.set_defaults(fn=cmd_hessian)
 
-    land = [n for n in ("curve", "surface") if n in M.REGISTRY]
-    if land:
-        ls = sub.add_parser("landscape", help="1D curves or a 2D slice along random directions",
-                            description=f"Defaults cost, per checkpoint and split of the digits model: {_cost(land)}.")
-        _measure_args(ls)
-        ls.add_argument("--dim", type=int, choices=[1, 2] if len(land) == 2 else ([1] if "curve" in land else [2]),
-                        default=1 if "curve" in land else 2, help="1: curves (metric curve), 2: a slice (surface)")
-        _setting_flags(ls, land)
-        ls.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
-        ls.add_argument("--npz", help="write the grid arrays here")
-        ls.set_defaults(fn=cmd_landscape)
 
-    if "flatness" in M.REGISTRY:
-        f = sub.add_parser("flatness", help="SWAD-style local flatness at several radii, with 95%% CIs",
-                           description="Defaults cost, per checkpoint and split of the digits model: "
-                                       f"{_cost(['flatness'])}.")
-        _measure_args(f, split_default="both")
-        _setting_flags(f, ["flatness"])
-        f.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
-        f.set_defaults(fn=cmd_flatness)
+def _landscape_flags(ls):
+    names = M.names("landscape")
+    _measure_flags(ls, "landscape", all_choice=False)
+    dims = sorted({M.get(n).dim for n in names})
+    ls.add_argument("--dim", type=int, choices=dims, default=dims[0],
+                    help="; ".join(f"{M.get(n).dim}: {n}" for n in names) + " (default %(default)s)")
+    ls.add_argument("--metric", choices=names, help="the landscape metric (default: the one --dim names)")
+    ls.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
+    ls.add_argument("--npz", help="write the grid arrays here")
 
+
+def _flatness_flags(f):
+    _measure_flags(f, "flatness", split_default="both")
+    f.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
+
+
+def _sharpness_flags(s):
+    _measure_flags(s, "sharpness")
+    s.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
+
+
+def _compare_flags(c):
     allm = M.names()
-    c = sub.add_parser("compare", help="is one model (or method) flatter than another, by how much, how sure?",
-                       description="Checkpoints A B ...: measurement noise of these models (paired / Welch tests "
-                                   "against the first). --group NAME CKPT... (twice or more): training noise, the "
-                                   "checkpoints of a group are its seeds (Welch over checkpoints). Verdicts use "
-                                   "Holm-adjusted p-values over every row printed. Defaults cost, on the digits "
-                                   f"model, per checkpoint and split: {_cost(allm)}.")
     c.add_argument("checkpoints", nargs="*", help="checkpoints compared with the first")
     c.add_argument("--group", nargs="+", action="append", metavar=("NAME", "CKPT"),
                    help="a named group of checkpoints (seeds of one method); repeat for each group")
@@ -604,36 +553,121 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="(default %(default)s)")
     _axis_flag(c)
     _import_flags(c)
-    c.set_defaults(fn=cmd_compare)
 
-    im = sub.add_parser("import", help="convert a DomainBed / QT-DoG / SWAD file or a torchvision state dict into "
-                                       "a flatlens checkpoint, provenance recorded")
+
+def _import_command_flags(im):
     im.add_argument("checkpoint", help="the foreign file")
     im.add_argument("--out", required=True, help="the flatlens checkpoint to write")
     _import_flags(im)
-    im.set_defaults(fn=cmd_import)
 
-    r = sub.add_parser("reproduce", help="the paper's question end to end on rotated digits (the main job)")
-    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 40 s on 2 CPU cores)")
+
+def _reproduce_flags(r):
+    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 40 s on "
+                                                        "an idle 2-core machine)")
     r.add_argument("--out", default="results/reproduce", help="output folder (default %(default)s)")
     r.add_argument("--device", default="cpu", help="(default %(default)s)")
     r.add_argument("--jobs", type=int, default=2, help="worker processes on CPU (default %(default)s)")
-    r.set_defaults(fn=cmd_reproduce)
 
-    fg = sub.add_parser("figures", help="draw the figures from a reproduce run's results.json")
+
+def _figures_flags(fg):
     fg.add_argument("--results", default="results/reproduce", help="a run folder or its results.json "
                                                                   "(default %(default)s)")
     fg.add_argument("--out", help="output folder (default: the run folder's figures/)")
     fg.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
                     help="(default png pdf)")
-    fg.set_defaults(fn=cmd_figures)
 
-    rp = sub.add_parser("report", help="write report.md (and the README's summary block) from a run's results")
+
+def _report_flags(rp):
     rp.add_argument("--results", default="results/reproduce", help="a run folder or its results.json "
                                                                   "(default %(default)s)")
     rp.add_argument("--out", help="report path (default: the run folder's report.md)")
     rp.add_argument("--readme", help="also replace the generated summary block of this README")
-    rp.set_defaults(fn=cmd_report)
+
+
+# ----------------------------------------------------------------------------- the table of commands
+def _run_results_file(args) -> str:
+    return os.path.join(args.results, "results.json") if os.path.isdir(args.results) else args.results
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its flags, what it reads and writes (argument names; checked before any work), its
+    handler. `inputs`: arguments naming files it reads (lists and groups flattened), or callables of the parsed
+    arguments; `files` / `folders`: arguments naming the files / folders it writes."""
+    name: str
+    help: str
+    flags: Callable
+    handler: Callable
+    description: Callable[[], str] | None = None
+    measures: bool = False          # measures registry entries named after it (left out when none is registered)
+    inputs: tuple = ()
+    files: tuple = ()
+    folders: tuple = ()
+
+
+COMMANDS = (
+    Command("train", "train an ERM or QAT model on a leave-one-domain-out protocol", _train_flags, cmd_train,
+            inputs=("config",), files=("out",)),
+    Command("evaluate", "print a checkpoint's accuracy per domain", _evaluate_flags, cmd_evaluate,
+            inputs=("checkpoint",), files=("json",)),
+    Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
+            cmd_ensemble, inputs=("checkpoints",), files=("json",)),
+    Command("hessian", "Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint", _hessian_flags,
+            cmd_hessian, lambda: f"Defaults cost, per checkpoint and split of the digits model: "
+                                 f"{_cost(M.names('hessian'))}.", inputs=("checkpoint", "data"), files=("json",), measures=True),
+    Command("landscape", "1D curves or a 2D slice along random directions", _landscape_flags, cmd_landscape,
+            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('landscape'))}.",
+            inputs=("checkpoint", "data"), files=("json", "npz"), folders=("resume_dir",), measures=True),
+    Command("flatness", "SWAD-style local flatness at several radii, with 95%% CIs", _flatness_flags, cmd_flatness,
+            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('flatness'))}.",
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+    Command("sharpness", "worst-case and adaptive sharpness, or the quantization-noise test, of a checkpoint",
+            _sharpness_flags, cmd_sharpness,
+            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('sharpness'))}.",
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+    Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
+            cmd_compare,
+            lambda: ("Checkpoints A B ...: measurement noise of these models (paired / Welch tests against the first). "
+                     "--group NAME CKPT... (twice or more): training noise, the checkpoints of a group are its seeds "
+                     "(Welch over checkpoints). Verdicts use Holm-adjusted p-values over every row printed. "
+                     f"Defaults cost, on the digits model, per checkpoint and split: {_cost(M.names())}."),
+            inputs=("checkpoints", "group", "data"), files=("json", "csv", "plot"),
+            folders=(lambda a: None if a.no_cache else a.results,)),
+    Command("import", "convert a DomainBed / QT-DoG / SWAD file or a torchvision state dict into a flatlens "
+                      "checkpoint, provenance recorded", _import_command_flags, cmd_import,
+            inputs=("checkpoint",), files=("out",)),
+    Command("reproduce", "the paper's question end to end on rotated digits (the main job)", _reproduce_flags,
+            cmd_reproduce, folders=("out",)),
+    Command("figures", "draw the figures from a reproduce run's results.json", _figures_flags, cmd_figures,
+            inputs=(_run_results_file,), folders=("out",)),
+    Command("report", "write report.md (and the README's summary block) from a run's results", _report_flags,
+            cmd_report, inputs=(_run_results_file,), files=("out", "readme")),
+)
+
+
+def command(name: str) -> Command:
+    return next(c for c in COMMANDS if c.name == name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flatlens", description="How flat is a minimum? Hessian spectra, loss landscapes, "
+                                             "sharpness, and quantization-aware training (QT-DoG).")
+    p.add_argument("--version", action="version", version=f"flatlens {__version__}")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    common = _Parser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or messages")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an internal error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for c in COMMANDS:
+        if c.measures and not M.names(c.name):
+            continue  # every entry of this command was removed from the registry
+        sp = sub.add_parser(c.name, help=c.help, parents=[common],
+                            description=c.description() if c.description else None)
+        c.flags(sp)
+        sp.set_defaults(fn=c.handler)
     return p
 
 
@@ -661,33 +695,29 @@ def _writable_place(path: str, flag: str, *, folder: bool) -> None:
         raise FlatlensError(f"{flag} {path}: {up} is not writable")
 
 
+def _paths(args, names) -> list[str]:
+    """The paths the arguments `names` hold (lists and --group's NAME CKPT... flattened; callables applied)."""
+    out = []
+    for n in names:
+        v = n(args) if callable(n) else getattr(args, n, None)
+        if n == "group":
+            v = [q for g in (v or []) for q in g[1:]]
+        out += [x for x in (v if isinstance(v, list) else [v]) if x]
+    return out
+
+
 def _preflight(args) -> None:
-    """Everything that can be checked before any work: the device, and every output path (writable, of the
-    right kind, never one of the inputs, never two outputs on one file)."""
-    if hasattr(args, "device"):
+    """Everything that can be checked before any work: the device, and every output path the command's table
+    entry names (writable, of the right kind, never one of its inputs, never two outputs on one file)."""
+    if getattr(args, "device", None) is not None:  # train's is None unless given (its config may name one)
         args.device = _device(args)  # resolved once ("auto" -> what is here): every later use sees a real device
-    inputs = [p for p in ([getattr(args, "checkpoint", None)] + list(getattr(args, "checkpoints", None) or [])
-                          + [q for g in (getattr(args, "group", None) or []) for q in g[1:]]
-                          + [getattr(args, "data", None), getattr(args, "config", None)]) if p]
-    files = [(f"--{k}", getattr(args, k)) for k in ("json", "csv", "plot", "npz") if getattr(args, k, None)]
-    folders = [("--resume-dir", args.resume_dir)] if getattr(args, "resume_dir", None) else []
-    if args.command in ("train", "import"):
-        files.append(("--out", args.out))
-    elif args.command == "reproduce":
-        folders.append(("--out", args.out))
-    elif args.command == "figures" and args.out:
-        folders.append(("--out", args.out))
-    if args.command in ("report", "figures"):
-        inputs.append(os.path.join(args.results, "results.json") if os.path.isdir(args.results) else args.results)
-    if args.command == "report":
-        if args.out:
-            files.append(("--out", args.out))
-        if args.readme:
-            if not os.path.isfile(args.readme):
-                raise FlatlensError(f"--readme {args.readme}: no such file")
-            files.append(("--readme", args.readme))
-    elif args.command == "compare" and not args.no_cache:
-        folders.append(("--results", args.results))
+    c = command(args.command)
+    if "readme" in c.files and args.readme and not os.path.isfile(args.readme):
+        raise FlatlensError(f"--readme {args.readme}: no such file")
+    inputs = _paths(args, c.inputs)
+    named = lambda names: [(f"--{n.replace('_', '-')}" if isinstance(n, str) else "--results", p)  # noqa: E731
+                           for n in names for p in _paths(args, [n])]
+    files, folders = named(c.files), named(c.folders)
     for flag, path in files + folders:
         _writable_place(path, flag, folder=(flag, path) in folders)
         for inp in inputs:

@@ -22,12 +22,12 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from . import fmt
 from . import metrics as M
 from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
-from .measure import MetricRecord, check_data, load_data_file, measure, select_data, versions
-from .progress import overall
+from .measure import MetricRecord, versions
 from .results import Result, register
 
 QUESTION = {
@@ -127,56 +127,30 @@ def _pair_test(a: M.Row, b: M.Row):
     return None, None, None, "not tested (no CI)"
 
 
-def _apply_holm(rows: list[ComparisonRow]) -> dict:
-    tested = [r for r in rows if r.p is not None and not math.isnan(r.p)]
-    m = max(len(tested), 1)
-    for r, adj in zip(tested, stats.holm([r.p for r in tested])):
-        r.p_holm = adj
-        r.verdict = _verdict(r.direction, r.diff, adj)
-        # detectable at alpha / m, the level Holm guarantees to suffice for every row of the family
-        r.mde80 = stats.detectable_difference(r.diff_stderr, r.test_df, alpha=stats.ALPHA / m)
-    return {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA, "mde_alpha": stats.ALPHA / m,
-            "note": "verdicts use Holm-adjusted p-values over every tested row printed together; MDE80 is the "
-                    "difference detected with 80 % power at alpha / size (the level Holm guarantees suffices)"}
-
-
-def _qnoise_steps(ckpts, settings: M.Settings):
-    """`--qnoise-steps learned`: the learned steps of the first quantized checkpoint, for every model."""
-    if "qnoise" not in settings.metrics or settings.of("qnoise").steps != "learned":
-        return None
-    q = next((c for c in ckpts if c.get("quant")), None)
-    if q is None:
-        raise FlatlensError("--qnoise-steps learned needs at least one quantized checkpoint in the comparison")
-    settings.of("qnoise").steps_source = q["sha256"]
-    return dict(q["quant"]["steps"])
+def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -> dict:
+    """Holm over every tested row printed together (`tests`: row index -> its test); verdicts and MDE80s."""
+    tested = [i for i, r in enumerate(rows) if r.p is not None and not math.isnan(r.p)]
+    adj, family = stats.holm_family([tests[i] for i in tested])
+    for i, p in zip(tested, adj):
+        r = rows[i]
+        r.p_holm, r.mde80 = p, tests[i].mde80
+        r.verdict = _verdict(r.direction, r.diff, p)
+    return {**family, "note": "verdicts use Holm-adjusted p-values over every tested row printed together; MDE80 is "
+                              "the difference detected with 80 % power at alpha / size (the level Holm guarantees "
+                              "suffices)"}
 
 
 def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress, axis="auto"):
-    """Every checkpoint, metric and split on the same samples: {(split, metric): [record per checkpoint]}."""
+    """Every checkpoint, metric and split on the same samples (the first checkpoint's protocol, or the file's):
+    {(split, metric): [record per checkpoint]}."""
+    from .pipeline import DataSource, Target, measure_all
     if data_file is None:
         check_compatible(ckpts)
-    for name in metric_names:
-        M.get(name)
-    steps = _qnoise_steps(ckpts, settings)
-    datas = {}
-    for split in splits:  # every input checked before any work
-        datas[split] = load_data_file(data_file) if data_file else select_data(
-            ckpts[0]["data"], split, settings.common.samples, settings.common.seed)
-        if data_file:
-            for c in ckpts:
-                check_data(c, *datas[split])
-    out = {}
-    with overall(len(splits) * len(metric_names) * len(ckpts), "compare", progress) as bar:
-        for split in splits:
-            data = datas[split]
-            for name in metric_names:
-                out[(split, name)] = []
-                for c in ckpts:
-                    out[(split, name)].append(measure(c, name, split, settings, cache=cache, device=device,
-                                                      data=data, progress=progress, axis=axis,
-                                                      qnoise_steps=steps if name == "qnoise" else None))
-                    bar.update(1)
-    return out
+    done = measure_all([Target(c, list(metric_names), settings) for c in ckpts], list(splits),
+                       source=DataSource(data_file, shared=True), cache=cache, device=device, progress=progress,
+                       label="compare", axis=axis)
+    return {(split, name): [done.get(i, split, name) for i in range(len(ckpts))]
+            for split in splits for name in metric_names}
 
 
 def _row_base(metric, split, key, subject, **kw) -> ComparisonRow:
@@ -194,7 +168,7 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
         raise FlatlensError("compare needs at least one checkpoint")
     measured = _measure_all(ckpts, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
                             progress=progress, axis=axis)
-    rows, records = [], []
+    rows, records, tests = [], [], {}
     for (split, name), recs in measured.items():
         records += recs
         ref = recs[0]
@@ -213,8 +187,9 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
                     else:
                         row.test, row.statistic, row.test_df, row.p = t.test, t.statistic, t.df, t.p
                         row.diff_stderr = t.stderr
+                        tests[len(rows)] = t
                 rows.append(row)
-    family = _apply_holm(rows)
+    family = _apply_holm(rows, tests)
     return Comparison(mode="checkpoints", question=QUESTION["checkpoints"], rows=rows, records=records,
                       settings=settings, checkpoints=[_ckpt_info(c) for c in ckpts], family=family,
                       versions=versions(), cache=cache.stats())
@@ -234,7 +209,7 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
                             progress=progress, axis=axis)
     names = list(groups)
     sizes = [len(groups[g]) for g in names]
-    rows, records = [], []
+    rows, records, tests = [], [], {}
     for (split, name), recs in measured.items():
         records += recs
         by_group, start = {}, 0
@@ -246,13 +221,10 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
             for g in names:
                 per = [rec.row(r0.key) for rec in by_group[g]]
                 vals = [p.value for p in per]
-                e = stats.t_interval(vals, source=stats.over_seeds(len(vals)))
-                ses = [p.stderr for p in per]
-                within = (math.sqrt(sum(s * s for s in ses)) / len(ses)
-                          if all(s is not None and math.isfinite(s) for s in ses) else None)
+                e = stats.over_seeds_estimate(vals, [p.stderr for p in per])
                 ests[g] = e
                 row = _row_base(name, split, r0.key, g, value=e.value, interval=e.ci95, interval_kind="ci95",
-                                source=e.source, n=e.n, df=e.df, within_stderr=within, values=vals,
+                                source=e.source, n=e.n, df=e.df, within_stderr=e.within_stderr, values=vals,
                                 cached=all(rec.cached for rec in by_group[g]))
                 if g != names[0]:
                     t = stats.welch(ests[names[0]], e)
@@ -260,10 +232,11 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
                     row.diff, row.diff_interval, row.diff_interval_kind = t.estimate, t.ci95, "ci95"
                     row.test, row.statistic, row.test_df, row.p = "Welch t over checkpoints", t.statistic, t.df, t.p
                     row.diff_stderr = t.stderr
+                    tests[len(rows)] = t
                     if row.p is None or math.isnan(row.p):
                         row.verdict = "not tested (no spread)"
                 rows.append(row)
-    family = _apply_holm(rows)
+    family = _apply_holm(rows, tests)
     return Comparison(mode="groups", question=QUESTION["groups"], rows=rows, records=records, settings=settings,
                       checkpoints=[_ckpt_info(c) for c in allc],
                       groups={g: [c["path"] for c in cs] for g, cs in groups.items()}, family=family,
@@ -277,16 +250,11 @@ def _ckpt_info(c: dict) -> dict:
 
 # --------------------------------------------------------------------------- output
 def _fmt(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    a = abs(v)
-    return f"{v:.4g}" if (a >= 1e-3 or a == 0) else f"{v:.3e}"
+    return fmt.num(v, 4, sci=3, missing="-")
 
 
 def _p(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.2g}" if v >= 1e-4 else f"{v:.1e}"
+    return fmt.pval(v, missing="-")
 
 
 def format_table(rep: Comparison) -> str:

@@ -1,6 +1,6 @@
-"""From checkpoints to typed records: the data selection, the Objective of a checkpoint, and `measure`, which
-computes one registered metric of one checkpoint on one split (through the cache) as a `MetricRecord`.
-`compare`, `reproduce` and the measuring commands all go through here."""
+"""From one checkpoint to one typed record: the data selection, the Objective of a checkpoint, and `measure`,
+which computes one registered metric of one checkpoint on one split (through the cache) as a `MetricRecord`.
+Many checkpoints, metrics and splits go through `pipeline.measure_all`, which chooses and checks the data once."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +18,8 @@ from ._util import FlatlensError
 from .checkpoint import build_model, weights_label
 from .data import for_protocol, protocol_split
 from .data.domains import gather
-from .objective import Objective, tensor_bytes
+from .objective import Objective
+from .resident import tensor_bytes
 from .parallel import all_min_int, group_info
 from .progress import measurement as progress_line
 from .results import Result, register, to_plain
@@ -144,10 +145,11 @@ def versions() -> dict:
 
 
 def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
-            progress=False, store: str | None = None, qnoise_steps: dict | None = None,
-            axis: str = "auto") -> MetricRecord:
-    """A registered metric of a checkpoint on a split, through the cache. `data`: (x, y, info) overrides the
-    checkpoint's own data selection. `store`: a folder for resumable chunks (perturbation metrics).
+            progress=False, store: str | None = None, prepared=None, axis: str = "auto") -> MetricRecord:
+    """A registered metric of a checkpoint on a split, through the cache. `data`: (x, y, info), samples the
+    caller chose and checked for this checkpoint (`pipeline.DataSource`); default: the checkpoint's own
+    selection. `store`: a folder for resumable chunks (perturbation metrics). `prepared`: what the entry's
+    `prepare` made for every checkpoint of the call.
 
     Under torch.distributed (torchrun), `axis` says how the ranks share the work: "data" (each rank holds a
     shard of the samples; losses, gradients and HVPs are summed over ranks), "points" (each rank evaluates some
@@ -156,8 +158,6 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     m = M.get(metric)
     common = settings.common
     x, y, info = data if data is not None else select_data(ckpt["data"], split, common.samples, common.seed)
-    if info.get("dataset") == "file":
-        check_data(ckpt, x, y, info)
     parts = {"ckpt": ckpt["sha256"], "metric": metric, "settings": settings.key(metric), "data": info,
              "version": __version__, "device_type": torch.device(device).type}
     world = group_info()[1]
@@ -180,7 +180,7 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size,
                         data_parallel=data_axis)
     # one live line per measurement (the estimators' own chunk bars stay off under it)
-    ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, qnoise_steps=qnoise_steps)
+    ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, prepared=prepared)
     s = settings.of(metric)
     name = os.path.basename(ckpt.get("path") or "checkpoint")
     with progress_line(obj, f"{metric} {name} ({split})", progress):

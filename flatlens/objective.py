@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import time
 from typing import Callable, Mapping
 
 import torch

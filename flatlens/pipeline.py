@@ -97,7 +97,7 @@ def prepare(targets: list[Target]) -> dict[str, dict]:
         m = M.get(name)
         if m.prepare is not None:
             users = [t for t in targets if name in t.metrics]
-            out[name] = m.prepare([t.ckpt for t in users], users[0].settings)
+            out[name] = m.prepare([t.ckpt for t in users], [t.settings for t in users])
     return out
 
 

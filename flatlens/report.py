@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 
+from . import fmt
 from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
 from .analysis import ACCURACY, CONTRADICTED, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED, Analysis, analyze
@@ -15,22 +16,15 @@ README_END = "<!-- flatlens:summary:end -->"
 
 
 def _f(x, digits=3):
-    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
-        return "n/a"
-    a = abs(x)
-    if a != 0 and (a < 1e-3 or a >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.{digits}g}"
+    return fmt.num(x, digits)
 
 
 def _ci(ci, digits=3):
-    return "no finite CI" if ci is None else f"[{_f(ci[0], digits)}, {_f(ci[1], digits)}]"
+    return fmt.interval(ci, digits)
 
 
 def _p(p):
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "n/a"
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+    return fmt.pval(p)
 
 
 def _est(agg, digits=3):
@@ -41,9 +35,10 @@ def _est(agg, digits=3):
 
 
 def _analysis(run) -> Analysis:
-    """The run's seed-level tests, recomputed from its typed records for the metrics registered now (the
-    results.json copy is the same computation at write time)."""
-    return analyze(run)
+    """The run's seed-level tests as results.json stores them (computed from its records if it stores none),
+    for the metrics registered now."""
+    an = run.analysis if isinstance(run.analysis, Analysis) else analyze(run)
+    return an.registered()
 
 
 def _label(plan, c):

@@ -22,7 +22,8 @@ from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
 from .checkpoint import load_checkpoint
-from .measure import MetricRecord, measure, versions
+from .measure import MetricRecord, versions
+from .pipeline import Target, measure_all
 from .quant.convert import QuantErrorResult
 from .results import Result, register
 
@@ -30,24 +31,16 @@ CONFIGS = (("fp32", None), ("q8", 8), ("q7", 7), ("q4", 4), ("q2", 2))
 SPLITS = ("train", "test")
 
 
+def plan_settings(plan: str, samples: int) -> M.Settings:
+    """The measurement settings of the plan `plan` ("full": sized so the main job's models are measured in
+    minutes on 2 CPU cores; "quick": the smoke test): each registered entry's own, on `samples` samples per split
+    (entries in the role "extra" are not measured)."""
+    return M.Settings(common=M.Common(samples=samples),
+                      metrics={n: m.plan_settings(plan) for n, m in M.REGISTRY.items() if m.role != "extra"})
+
+
 def default_settings() -> M.Settings:
-    """The main job's measurement settings: sized so 50 models are measured in minutes on 2 CPU cores."""
-    return _registered(M.Settings(common=M.Common(samples=256), metrics={
-        "hessian-eig": M.EigSettings(tol=1e-3, bottom=False),  # the density (one seed) shows the negative end
-        "hessian-trace": M.TraceSettings(rtol=0.1),
-        "hessian-density": M.DensitySettings(n_iter=20, n_runs=2),
-        "flatness": M.FlatnessSettings(radii=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0), n_directions=20),
-        "curve": M.CurveSettings(range=(-0.5, 0.5), points=11, n_directions=6),
-        "surface": M.SurfaceSettings(range=(-0.5, 0.5), points=17),
-        "sharpness": M.SharpnessSettings(steps=8, batches=4),
-        "qnoise": M.QnoiseSettings(n_samples=60, pred_rtol=0.1, bits=7),
-    }))
-
-
-def _registered(s: M.Settings) -> M.Settings:
-    """Only the settings of registered metrics (an entry removed from the registry leaves the plan too)."""
-    s.metrics = {k: v for k, v in s.metrics.items() if k in M.REGISTRY}
-    return s
+    return plan_settings("full", 256)
 
 
 @dataclass
@@ -77,15 +70,7 @@ class Plan:
 
 def quick_plan() -> Plan:
     return Plan(domains=("75",), seeds=(0, 1), steps=150, quant_start=60, eval_every=30,
-                settings=_registered(M.Settings(common=M.Common(samples=128), metrics={
-                    "hessian-eig": M.EigSettings(tol=1e-2, bottom=False),
-                    "hessian-trace": M.TraceSettings(rtol=0.2),
-                    "hessian-density": M.DensitySettings(n_iter=12, n_runs=2),
-                    "flatness": M.FlatnessSettings(radii=(0.0, 1.0, 2.0, 4.0), n_directions=10),
-                    "curve": M.CurveSettings(range=(-0.5, 0.5), points=7, n_directions=3),
-                    "surface": M.SurfaceSettings(range=(-0.5, 0.5), points=7),
-                    "sharpness": M.SharpnessSettings(steps=4, batches=2),
-                    "qnoise": M.QnoiseSettings(n_samples=20, pred_rtol=0.2, bits=7)})))
+                settings=plan_settings("quick", 128))
 
 
 @dataclass
@@ -226,11 +211,9 @@ def _job(args) -> dict:
                           arch_kwargs={"width": plan.width}, device=device)
         train(cfg, path, resume=True, quiet=True)
     t_train = time.perf_counter() - t0
-    ckpt = load_checkpoint(path)
     cache = ResultCache(os.path.join(out, "cache"))
-    for split in SPLITS:
-        for metric in metrics_for(plan, spec["seed"]):
-            measure(ckpt, metric, split, plan.settings, cache=cache, device=device)
+    measure_all([Target(load_checkpoint(path), metrics_for(plan, spec["seed"]), plan.settings)], list(SPLITS),
+                cache=cache, device=device)
     return {"spec": spec, "train_seconds": t_train, "measure_seconds": time.perf_counter() - t0 - t_train,
             "cache": cache.stats()}
 
@@ -312,11 +295,12 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
     from .quant import quantization_error
     from .train import ensemble_accuracy
     cache = ResultCache(os.path.join(out, "cache"))
+    ckpts = [load_checkpoint(ckpt_path(out, spec)) for spec in specs]
+    done = measure_all([Target(c, metrics_for(plan, spec["seed"]), plan.settings) for c, spec in zip(ckpts, specs)],
+                       list(SPLITS), cache=cache, device=device)
     models = []
-    for spec in specs:
-        ckpt = load_checkpoint(ckpt_path(out, spec))
-        meas = {split: {m: measure(ckpt, m, split, plan.settings, cache=cache, device=device)
-                        for m in metrics_for(plan, spec["seed"])} for split in SPLITS}
+    for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
+        meas = {split: {r.metric: r for r in done.of(i, split)} for split in SPLITS}
         qerr = quantization_error(ckpt["state_dict"], ckpt["quant"]) if ckpt["quant"] else None
         models.append(ModelRun(domain=spec["domain"], config=spec["config"], bits=spec["bits"], seed=spec["seed"],
                                checkpoint=os.path.relpath(ckpt["path"], out), sha256=ckpt["sha256"],

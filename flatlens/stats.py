@@ -184,6 +184,30 @@ def one_sample(values: Sequence[float], mu0: float = 0.0, *, source: str = MEASU
                       source, detectable_difference(e.stderr, e.df))
 
 
+def over_seeds_estimate(values: Sequence[float], within: Sequence[float | None] | None = None) -> Estimate:
+    """A method's value over its S independently trained models (seeds): the t-interval of the per-seed values
+    on S - 1 df (the between-seed variance covers the measurement noise of each value), with the measurement part
+    reported beside it:  within_stderr = sqrt(sum_s se_s^2) / S   (None unless every seed has a finite se)."""
+    out = t_interval(values, source=over_seeds(len(values)))
+    ses = list(within or [])
+    out.within_stderr = (math.sqrt(sum(s * s for s in ses)) / len(ses)
+                         if ses and len(ses) == len(values) and all(s is not None and math.isfinite(s) for s in ses)
+                         else None)
+    return out
+
+
+def holm_family(tests: Sequence[TestResult]) -> tuple[list[float | None], dict]:
+    """Holm's adjustment over a family of tests printed together (untestable ones, p NaN, do not count), and
+    each test's smallest detectable difference at alpha / m, the level Holm guarantees to suffice for every
+    member. Returns the adjusted p-values (None where untestable) and the family's description."""
+    adj = holm([t.p for t in tests])
+    m = sum(1 for p in adj if not math.isnan(p))
+    for t in tests:
+        t.mde80 = detectable_difference(t.stderr, t.df, alpha=ALPHA / max(m, 1))
+    return ([None if math.isnan(p) else p for p in adj],
+            {"correction": "Holm", "size": m, "alpha": ALPHA, "mde_alpha": ALPHA / max(m, 1)})
+
+
 def two_level(per_seed: Sequence[Sequence[float]]) -> Estimate:
     """Seeds x directions: the seed is the unit of replication.
 
@@ -191,16 +215,9 @@ def two_level(per_seed: Sequence[Sequence[float]]) -> Estimate:
         CI = estimate +- t_{0.975, S-1} * sd(m_s) / sqrt(S)              (between-seed variance)
         within_stderr = sqrt(sum_s se_s^2) / S                            (the measurement part, reported)
     Directions drawn on one model are never pooled with other seeds' draws as independent replicates."""
-    means, ses = [], []
-    for v in per_seed:
-        e = t_interval(v)
-        means.append(e.value)
-        ses.append(e.stderr)
-    S = len(means)
-    out = t_interval(means, source=over_seeds(S))
+    per = [t_interval(v) for v in per_seed]
+    out = over_seeds_estimate([e.value for e in per], [e.stderr for e in per])
     out.method = "two-level (mean of per-seed means)"
-    finite = [s for s in ses if math.isfinite(s)]
-    out.within_stderr = math.sqrt(sum(s * s for s in finite)) / S if finite and len(finite) == S else None
     return out
 
 

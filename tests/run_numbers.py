@@ -44,12 +44,12 @@ def same(x, y, rel: float = REL, abs_: float = ABS) -> bool:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """Paths whose values differ (floats beyond the layout tolerance; a NaN equals a NaN), or that only one side
-    has."""
+    """Paths whose values differ (floats beyond the layout tolerance; a NaN equals a NaN), or that the stored run
+    has and the new one lacks (a new field moves no stored number)."""
     out = []
-    for k in sorted(set(a) | set(b)):
-        if k not in a or k not in b:
-            out.append(f"{k}: only in {'new' if k in b else 'stored'}")
+    for k in sorted(a):
+        if k not in b:
+            out.append(f"{k}: only in the stored run")
         elif not same(a[k], b[k]):
             out.append(f"{k}: stored {a[k]!r}, now {b[k]!r}")
     return out

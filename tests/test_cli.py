@@ -75,7 +75,7 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
     j = tmp_path / "h.json"
     assert main(["hessian", ckpts["q4"], "--samples", "64", "--metric", "all", "--density-iter", "10",
                  "--json", str(j), "--quiet"]) == 0
-    from flatlens.cli import MeasurementRun
+    from flatlens.pipeline import MeasurementRun
     h = MeasurementRun.from_json(j)
     assert h.weights.startswith("deployed 4-bit")
     assert {r.metric for r in h.records} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag"}
@@ -97,7 +97,7 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
 
 
 def test_bottom_flag_adds_the_most_negative_eigenvalue_to_the_top_one(tmp_path, ckpts):
-    from flatlens.cli import MeasurementRun
+    from flatlens.pipeline import MeasurementRun
     runs = {}
     for extra in ([], ["--bottom"]):
         j = tmp_path / f"eig{len(extra)}.json"

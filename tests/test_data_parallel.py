@@ -106,7 +106,7 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_hessian_writes_the_single_process_json(tmp_path):
-    from flatlens.cli import MeasurementRun
+    from flatlens.pipeline import MeasurementRun
     from flatlens.train import TrainConfig, train
     ck = tmp_path / "m.pt"
     train(TrainConfig(steps=20, eval_every=20, arch_kwargs={"width": 4}), str(ck), quiet=True)

@@ -144,11 +144,11 @@ def test_bf16_precision_reports_its_error():
 
 
 def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
-    from flatlens.perturb import evaluator as evmod
+    from flatlens.perturb.calibration import PickStore
     torch.manual_seed(0)
     m = BNNet()
     x, y = image_data(300, 0, torch.float32)
-    evmod._PICKS.clear()
+    PickStore.memo.clear()
     for bn in ("eval", "train"):
         obj = Objective(m, nn.CrossEntropyLoss(), (x, y), bn=bn)
         ev = Evaluator(obj, strategy="auto")
@@ -165,10 +165,10 @@ def test_auto_recuts_batches_only_when_the_loss_is_unchanged():
 def test_auto_never_picks_a_layout_that_changes_the_centre_loss(monkeypatch):
     # channels_last over the resident batches made fastest, but (simulated) off by 1e-3 at the centre: a
     # layout other than the objective's own is used only if it reproduces F
-    from flatlens.perturb import evaluator as evmod
-    monkeypatch.setattr(evmod, "_PICKS", {})
-    monkeypatch.setattr(evmod, "_store_pick", lambda *a: None)
-    monkeypatch.setattr(evmod, "_stored_picks", lambda: {})
+    from flatlens.perturb.calibration import PickStore
+    monkeypatch.setattr(PickStore, "memo", {})
+    monkeypatch.setattr(PickStore, "put", classmethod(lambda cls, *a: None))
+    monkeypatch.setattr(PickStore, "stored", classmethod(lambda cls: {}))
     _, obj = bnnet_objective()
     real = Evaluator._forward_all
 
@@ -205,21 +205,22 @@ def test_evaluator_accuracy_follows_the_objectives_classification_rule():
 
 def test_auto_pick_is_recorded_and_reused_so_reruns_give_identical_numbers(monkeypatch):
     from flatlens.perturb import evaluator as ev_mod
+    from flatlens.perturb.calibration import PickStore
     from nets import image_data, tiny_cnn
     from flatlens import Objective
     from torch import nn
     x, y = image_data(n=200, dtype=torch.float32)
     obj = Objective(tiny_cnn(dtype=torch.float32), nn.CrossEntropyLoss(), (x, y))
     D = landscape.DirectionSpace(obj, "filter").make(0, range(4))
-    monkeypatch.setattr(ev_mod, "_PICKS", {})
+    monkeypatch.setattr(PickStore, "memo", {})
     first = landscape.Evaluator(obj)(D)[0]
-    assert len(ev_mod._stored_picks()) >= 1
+    assert len(PickStore.stored()) >= 1
     # a new process (simulated: the in-memory picks forgotten) must not re-time: it reads the recorded pick
 
     def no_timing(*a, **k):
         raise AssertionError("re-timed instead of reusing the recorded pick")
 
-    monkeypatch.setattr(ev_mod, "_PICKS", {})
+    monkeypatch.setattr(PickStore, "memo", {})
     monkeypatch.setattr(ev_mod.Evaluator, "_time_prefix", no_timing)
     again = landscape.Evaluator(obj)
     assert torch.equal(again(D)[0], first) and again.describe()["calibration"]["reused"]
@@ -246,16 +247,16 @@ def test_compiled_loop_matches_the_eager_loop_at_every_point_and_records_its_com
 def test_a_recorded_pick_is_not_reused_where_it_changes_the_loss(monkeypatch):
     # picks are keyed by model and batch shapes, not by the loss: re-cut batches recorded for a mean loss
     # would change a sum-reduced loss, so they are checked at the centre and recalibrated
-    from flatlens.perturb import evaluator as evmod
+    from flatlens.perturb.calibration import PickStore
     from nets import tiny_cnn
     x, y = image_data(200, 0, torch.float32)
     obj = Objective(tiny_cnn(dtype=torch.float32), nn.CrossEntropyLoss(reduction="sum"), (x, y))
-    monkeypatch.setattr(evmod, "_store_pick", lambda *a: None)
-    monkeypatch.setattr(evmod, "_stored_picks", lambda: {})
+    monkeypatch.setattr(PickStore, "put", classmethod(lambda cls, *a: None))
+    monkeypatch.setattr(PickStore, "stored", classmethod(lambda cls: {}))
     ev = Evaluator(obj)
     sig = ev._signature()
-    monkeypatch.setattr(evmod, "_PICKS", {sig: {"picked": "loop", "channels_last": False, "batch_size": 64,
-                                                "seconds_per_point": {}, "vmap_chunk": None}})
+    monkeypatch.setattr(PickStore, "memo", {sig: {"picked": "loop", "channels_last": False, "batch_size": 64,
+                                                  "seconds_per_point": {}, "vmap_chunk": None}})
     D = DirectionSpace(obj, "filter").make(0, range(2)) * 0.3
     lo, _ = ev(D)
     assert "reused" not in ev.calibration and ev.batch_size is None

@@ -140,17 +140,21 @@ def test_renaming_a_display_label_changes_no_number_in_the_report(run_dir, monke
         # a lookup by label text (the old `row(..., prefix)`) would miss every renamed row and print n/a
         reg[name] = M.Metric(**{**m.__dict__, "specs": tuple(
             M.RowSpec(s.key, "RENAMED " + s.label, s.unit, s.direction, s.prefix) for s in m.specs)})
-    monkeypatch.setattr(M, "REGISTRY", reg)
-    after = write_report(run)
+    with M.swapped(reg):
+        after = write_report(run)
     assert "RENAMED" in after and "RENAMED" not in before
     assert _numbers(after.replace("RENAMED", "")) == _numbers(before)
 
 
-def test_removing_a_registry_entry_removes_the_metric_everywhere(run_dir, monkeypatch, tmp_path, capsys):
+def test_removing_a_registry_entry_removes_the_metric_everywhere(run_dir, tmp_path, capsys):
+    keep = ("hessian-trace", "flatness")
+    with M.swapped({n: m for n, m in M.REGISTRY.items() if n in keep}):
+        _only_kept_metrics_anywhere(run_dir, tmp_path, capsys, keep)
+
+
+def _only_kept_metrics_anywhere(run_dir, tmp_path, capsys, keep):
     from flatlens.plots import FIGURES
     from flatlens.report import write_report
-    keep = ("hessian-trace", "flatness")
-    monkeypatch.setattr(M, "REGISTRY", {n: m for n, m in M.REGISTRY.items() if n in keep})
     # the CLI: choices, flags and subcommands come from the registry
     parser = build_parser()
     assert main(["compare", "x.pt", "--metric", "qnoise", "--quiet"]) == 2

@@ -135,7 +135,8 @@ def test_sharpness_metric_measures_the_objectives_own_loss_and_batchnorm_mode(mo
         seen.append((sub.loss_fn, sub.bn, sub.names))
         return real(sub, *a, **k)
 
-    monkeypatch.setattr(sharpness, "worst_case", spy)
+    import sys
+    monkeypatch.setattr(sys.modules["flatlens.sharpness.worst_case"], "worst_case", spy)  # what batch_sharpness calls
     loss = nn.CrossEntropyLoss(label_smoothing=0.1)
     obj = Objective(tiny_cnn(), loss, image_data(), bn="train")
     res = metrics.REGISTRY["sharpness"].compute(obj, metrics.SharpnessSettings(steps=1, batches=2), metrics.Context())

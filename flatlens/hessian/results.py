@@ -81,3 +81,19 @@ class DiagonalResult(Result):
     seconds: float = 0.0
     seed: int = 0
     objective: dict = field(default_factory=dict)
+
+
+@register
+@dataclass
+class ExtremeEigenvalues(Result):
+    """Extreme eigenvalues of H: the asked end (`main`) and, optionally, the most negative one (`bottom`)."""
+    main: EigenResult
+    bottom: EigenResult | None = None
+
+
+@register
+@dataclass
+class DiagonalSummary(Result):
+    """The Hessian diagonal and its per-probe sums g'Hg (the trace's Hutchinson samples)."""
+    diagonal: DiagonalResult
+    probe_sums: list[float]

@@ -33,3 +33,23 @@ class SurfaceResult(PerturbedResult):
     losses: list[list[float]]       # (len(ys), len(xs))
     accuracies: list[list[float]] | None
     direction: dict
+
+
+def write_npz(path: str, records) -> None:
+    """The grids of landscape records as one .npz (atomically): `xs` (the steps along the first axis), and per
+    split `{split}_losses` and `{split}_accuracies` (where the loss has an accuracy)."""
+    import io
+
+    import numpy as np
+
+    from .._util import atomic_write_bytes
+    arrays = {}
+    for rec in records:
+        r = rec.result
+        arrays["xs"] = np.asarray(r.alphas if isinstance(r, CurvesResult) else r.xs)
+        arrays[f"{rec.split}_losses"] = np.asarray(r.losses)
+        if r.accuracies is not None:
+            arrays[f"{rec.split}_accuracies"] = np.asarray(r.accuracies)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

@@ -3,7 +3,7 @@ parameter space, the batched evaluator of perturbed models (the hot path), and t
 run resumable and shards it over torch.distributed ranks. It uses the Objective's public interface only."""
 from .directions import KINDS, DirectionSpace, as_flat_direction, directions, orthogonal_pair
 from .evaluator import Evaluator
-from .runner import dist_info, init_distributed, max_points, run_chunks, tensor_digest
+from .runner import init_distributed, max_points, run_chunks, tensor_digest
 
 __all__ = ["KINDS", "DirectionSpace", "as_flat_direction", "directions", "orthogonal_pair", "Evaluator",
-           "dist_info", "init_distributed", "max_points", "run_chunks", "tensor_digest"]
+           "init_distributed", "max_points", "run_chunks", "tensor_digest"]

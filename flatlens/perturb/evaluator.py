@@ -23,56 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
-import os
 import time
 
 import torch
 from torch.func import vmap
 
-from .._util import FlatlensError, atomic_write_text, synchronize
+from .._util import FlatlensError, synchronize
 from ..objective import Objective
 from ..parallel import all_sum
+from .calibration import Layout, PickStore, loop_candidates
 
 STRATEGIES = ("auto", "loop", "vmap", "compiled")
 PRECISIONS = ("fp32", "tf32", "bf16")
-_PICKS: dict = {}  # calibration results per (model, size, device, dtype, precision, batch shapes)
-
-
-# `auto` picks a layout by timing, and layouts differ in float summation order (up to ~1e-5 relative). So that
-# two runs on one machine (or a resumed run) give the same numbers, the first pick of a model shape on a
-# machine is recorded on disk and reused: $FLATLENS_CACHE_DIR (default ~/.cache/flatlens)/evaluator-picks.json.
-def _picks_file() -> str:
-    folder = os.environ.get("FLATLENS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "flatlens")
-    return os.path.join(folder, "evaluator-picks.json")
-
-
-def _pick_key(sig) -> str:
-    import platform
-    machine = (platform.node(), platform.machine(), platform.processor(), os.cpu_count(), torch.__version__,
-               torch.get_num_threads())
-    return hashlib.sha256(repr((sig, machine)).encode()).hexdigest()[:24]
-
-
-def _stored_picks() -> dict:
-    try:
-        with open(_picks_file()) as fh:
-            d = json.load(fh)
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _store_pick(key: str, pick: dict) -> None:
-    picks = _stored_picks()
-    picks[key] = {k: v for k, v in pick.items() if k != "seconds_per_point"} | {
-        "seconds_per_point": {k: (None if math.isinf(v) else v) for k, v in pick["seconds_per_point"].items()}}
-    try:
-        atomic_write_text(_picks_file(), json.dumps(picks, indent=1))
-    except FlatlensError:
-        pass  # a read-only home: the pick holds for this process only
 
 
 class Evaluator:
@@ -115,6 +78,9 @@ class Evaluator:
         return self._accuracy
 
     # ----------------------------------------------------------------- layout of model and data
+    def _use(self, layout: Layout) -> None:
+        self._configure(layout.channels_last and self._images, layout.batch_size)
+
     def _configure(self, channels_last: bool, batch_size: int | None) -> None:
         obj = self.obj
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -305,35 +271,27 @@ class Evaluator:
     def _calibrate(self) -> None:
         obj = self.obj
         sig = self._signature()
-        if sig not in _PICKS:
-            stored = _stored_picks().get(_pick_key(sig))
-            if stored is not None:
-                _PICKS[sig] = stored
-        if sig in _PICKS:
-            pick = _PICKS[sig]
-            self._configure(pick["channels_last"], pick["batch_size"])
+        pick = PickStore.get(sig)
+        if pick is not None:
+            layout = Layout.of_pick(pick)
+            self._use(layout)
             # the key names shapes, not the loss: a recorded layout is used only if it reproduces this F too
-            own = pick["picked"] == "loop" and not pick["channels_last"] and pick["batch_size"] is None
-            if own or self._reproduces_centre_loss(pick["picked"]):
+            if layout.is_objectives_own or self._reproduces_centre_loss(layout.strategy):
                 self.calibration = {**pick, "reused": True}
-                self.strategy = pick["picked"]
+                self.strategy = layout.strategy
                 return
-            self._configure(False, None)
-        timings = {}
+            self._use(Layout())
+        timings: dict[Layout, float] = {}
         if obj.custom_loss:
-            timings["loop|contiguous|resident"] = 0.0
+            timings[Layout()] = 0.0
         else:
             biggest = max(len(b[1]) for b in obj.data.batches)
-            sizes = [None] + [s for s in (128, 64) if s < biggest]
-            formats = [False, True] if self._images and self._cl_request is None else [bool(self._cl_request)]
             prefix = min(obj.n_samples, max(biggest, 128))
-            for cl in formats:
-                for bs in sizes:
-                    self._configure(cl and self._images, bs)
-                    timings[f"loop|{'channels_last' if cl else 'contiguous'}|{bs or 'resident'}"] = \
-                        self._time_prefix(prefix) * obj.n_samples
+            for layout in loop_candidates(biggest, self._images, self._cl_request):
+                self._use(layout)
+                timings[layout] = self._time_prefix(prefix) * obj.n_samples
         if obj.device.type == "cuda" and not obj.custom_loss:
-            self._configure(False, None)
+            self._use(Layout())
             zeros = torch.zeros(min(self.chunk, 8), obj.num_params, device=obj.device, dtype=obj.dtype)
             try:
                 self._vmap(zeros)
@@ -341,44 +299,37 @@ class Evaluator:
                 t0 = time.perf_counter()
                 self._vmap(zeros)
                 synchronize(obj.device)
-                timings["vmap|contiguous|resident"] = (time.perf_counter() - t0) / len(zeros)
+                timings[Layout("vmap")] = (time.perf_counter() - t0) / len(zeros)
             except Exception as e:  # a model vmap cannot trace (data-dependent control flow, ...)
                 self.calibration["vmap_error"] = f"{type(e).__name__}: {str(e)[:100]}"
         if obj.device.type == "cuda":
-            best_loop = min((k for k in timings if k.startswith("loop|")), key=timings.get)
-            _, fmt, bs = best_loop.split("|")
-            self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
+            best_loop = min((k for k in timings if k.strategy == "loop"), key=timings.get)
+            compiled = Layout("compiled", best_loop.channels_last, best_loop.batch_size)
+            self._use(compiled)
             try:  # over all the data, so every batch shape is compiled in the warm-up (compile_seconds)
-                timings[f"compiled|{fmt}|{bs}"] = self._time_prefix(None, compiled=True) * obj.n_samples
+                timings[compiled] = self._time_prefix(None, compiled=True) * obj.n_samples
             except Exception as e:  # no compiler for this model or device: the loop stays
                 self.calibration["compile_error"] = f"{type(e).__name__}: {str(e)[:100]}"
-        reference = "loop|contiguous|resident"  # the objective's own layout: F itself
         chosen = None
-        for best in sorted(timings, key=timings.get):
-            if math.isinf(timings[best]):
+        for layout in sorted(timings, key=timings.get):
+            if math.isinf(timings[layout]):
                 break
-            strategy, fmt, bs = best.split("|")
-            self._configure(fmt == "channels_last", None if bs == "resident" else int(bs))
-            if best == reference:
-                chosen = best
+            self._use(layout)
+            # every layout but the objective's own (re-cut batches: mean loss, BN in eval mode; channels_last;
+            # vmap; compiled code) must reproduce F
+            if layout.is_objectives_own or self._reproduces_centre_loss(layout.strategy):
+                chosen = layout
                 break
-            # every other layout (re-cut batches: mean loss, BN in eval mode; channels_last; vmap; compiled code)
-            # must reproduce F
-            if self._reproduces_centre_loss(strategy):
-                chosen = best
-                break
-            timings[best] = math.inf
+            timings[layout] = math.inf
         if chosen is None:  # nothing else reproduced F (or only unchecked layouts were asked for)
-            chosen = reference
-            self._configure(False, None)
-        strategy, fmt, bs = chosen.split("|")
-        pick = {"picked": strategy, "channels_last": fmt == "channels_last",
-                "batch_size": None if bs == "resident" else int(bs), "seconds_per_point": timings,
-                "vmap_chunk": self._chunk, "compile_seconds": self.compile_seconds}
-        _PICKS[sig] = pick
-        _store_pick(_pick_key(sig), pick)
+            chosen = Layout()
+            self._use(chosen)
+        pick = {"picked": chosen.strategy, "channels_last": chosen.channels_last, "batch_size": chosen.batch_size,
+                "seconds_per_point": {k.key: v for k, v in timings.items()}, "vmap_chunk": self._chunk,
+                "compile_seconds": self.compile_seconds}
+        PickStore.put(sig, pick)
         self.calibration = dict(pick)
-        self.strategy = strategy
+        self.strategy = chosen.strategy
 
     # ----------------------------------------------------------------- public
     def __call__(self, deltas: torch.Tensor):

@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 
 from .._util import FlatlensError, atomic_torch_save, atomic_write_text
-from ..objective import tensor_bytes
-from ..parallel import all_min_int
+from ..resident import tensor_bytes
+from ..parallel import all_min_int, group_info
 
 
 def max_points(obj, budget: int = 512 << 20) -> int:
@@ -25,13 +25,6 @@ def max_points(obj, budget: int = 512 << 20) -> int:
     is materialized as an (m, P) matrix, so large models get small chunks."""
     per = obj.num_params * obj.center[obj.names[0]].element_size()
     return max(1, budget // max(1, per))
-
-
-def dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def init_distributed() -> tuple[int, int]:
@@ -45,7 +38,7 @@ def init_distributed() -> tuple[int, int]:
         # a rank that fails leaves the others waiting in a collective: they give up after this long, not hang
         timeout = datetime.timedelta(seconds=float(os.environ.get("FLATLENS_DIST_TIMEOUT", "600")))
         dist.init_process_group(backend, timeout=timeout)
-    return dist_info()
+    return group_info()
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -103,8 +96,8 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
             shard = not evaluator.obj.group.enabled
     shard = True if shard is None else shard
 
-    true_rank = dist_info()[0]
-    rank, world = dist_info() if shard else (0, 1)
+    true_rank = group_info()[0]
+    rank, world = group_info() if shard else (0, 1)
     key = args_key(args)
     folder = os.path.join(store, key) if store else None
     if folder:
@@ -122,7 +115,7 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
     bar = tqdm(total=len(mine), disable=not progress or true_rank != 0, desc=desc, leave=False)
     # shard=False under torch.distributed: every rank computes every chunk in collectives, so all ranks must
     # load alike (a chunk one rank cannot read, say on a node-local store, is recomputed by all)
-    agree = not shard and dist_info()[1] > 1
+    agree = not shard and group_info()[1] > 1
     device = evaluator.obj.device if evaluator is not None else torch.device("cpu")
     for i in mine:
         path = _chunk_path(folder, i) if folder else None

@@ -30,7 +30,10 @@ def _palette(plan):
 
 
 def _an(run) -> Analysis:
-    return analyze(run)  # recomputed for the metrics registered now
+    """The run's stored seed-level analysis (computed from its records if it stores none), for the metrics
+    registered now."""
+    an = run.analysis if isinstance(run.analysis, Analysis) else analyze(run)
+    return an.registered()
 
 
 def _first(run, domain, config, split, metric):
@@ -49,9 +52,11 @@ def fig_flatness(run):
     """(1) Local flatness against radius, train and test panels (the form of the paper's Fig. 3): mean and
     95 % CI over seeds (the two-level estimate)."""
     plan, an = run.plan, _an(run)
-    if "flatness" not in M.REGISTRY:
+    drawn = M.drawn_in("fig1_local_flatness")
+    if not drawn:
         return None
-    radii = [r for r in plan.settings.of("flatness").radii]
+    metric = drawn[0]
+    radii = [r for r in plan.settings.of(metric).radii]
     pal = _palette(plan)
     fig, axes = plt.subplots(len(plan.domains), 2, figsize=(10, 3.6 * len(plan.domains)), squeeze=False)
     for i, d in enumerate(plan.domains):
@@ -63,7 +68,7 @@ def fig_flatness(run):
                     if r == 0:
                         xs.append(0.0), ms.append(0.0), lo.append(0.0), hi.append(0.0)
                         continue
-                    a = an.aggregate(d, c, split, "flatness", f"r={r:g}")
+                    a = an.aggregate(d, c, split, metric, f"r={r:g}")
                     if a is None or a.estimate.ci95 is None:
                         continue
                     xs.append(r), ms.append(a.estimate.value), lo.append(a.estimate.ci95[0]), hi.append(
@@ -84,8 +89,8 @@ def fig_curvature(run):
     """(2) Top eigenvalue and trace per seed (with its bound / measurement CI) and the mean over seeds with
     its 95 % CI (black)."""
     plan, an = run.plan, _an(run)
-    specs = [(n, k, lab) for n, k, lab in (("hessian-eig", "LA1", "top Hessian eigenvalue λ₁"),
-                                           ("hessian-trace", "trace", "Hessian trace tr(H)")) if n in M.REGISTRY]
+    specs = [(n, k, M.get(n).label(k)) for n in M.drawn_in("fig2_eigenvalue_trace")
+             for k in [M.get(n).summary_row(plan.settings.of(n))]]
     if not specs:
         return None
     pal = _palette(plan)
@@ -115,23 +120,33 @@ def fig_curvature(run):
         ax.set_ylabel(f"{ylabel} (train split)")
         ax.set_xlabel("model, test domain")
     fig.suptitle(f"Coloured dots: the {len(plan.seeds)} seeds; black: mean and 95 % CI over seeds", fontsize=9)
-    titles = {"hessian-eig": "Top eigenvalue (dots: Lanczos residual bounds)",
-              "hessian-trace": "Trace (dots: Hutch++ 95 % CI of the measurement)"}
-    for ax, (metric, _, _) in zip(axes[0], specs):
-        ax.set_title(titles[metric])
+    for ax, (metric, key, label) in zip(axes[0], specs):
+        kinds = {r.row(key).interval_kind for m in run.models for r in [m.record("train", metric)]
+                 if r is not None and r.has_row(key)} - {None}
+        what = " / ".join(sorted(M.interval_label(k) for k in kinds)) or "no interval"
+        ax.set_title(f"{label[:1].upper() + label[1:]} (dots: {what} of each measurement)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def _drawn(figure: str) -> str | None:
+    """The metric the figure `figure` draws (the first registry entry naming it), or None."""
+    names = M.drawn_in(figure)
+    return names[0] if names else None
+
+
 def fig_density(run):
     """(3) Hessian spectral densities (SLQ, Gaussian broadening) on a log scale, one seed per model."""
+    metric = _drawn("fig3_spectral_density")
+    if metric is None:
+        return None
     plan = run.plan
     d = plan.domains[0]
     pal = _palette(plan)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn = 0
     for c, _ in plan.configs:
-        m, rec = _first(run, d, c, "train", "hessian-density")
+        m, rec = _first(run, d, c, "train", metric)
         if rec is None:
             continue
         r = rec.result
@@ -151,13 +166,16 @@ def fig_density(run):
 
 def fig_curves(run):
     """(4) Filter-normalized 1D curves: mean and 95 % band over random directions (measurement), one seed."""
+    metric = _drawn("fig4_filter_normalized_curves")
+    if metric is None:
+        return None
     plan = run.plan
     pal = _palette(plan)
     fig, axes = plt.subplots(1, len(plan.domains), figsize=(5.5 * len(plan.domains), 4), squeeze=False)
     drawn = 0
     for ax, d in zip(axes[0], plan.domains):
         for c, _ in plan.configs:
-            m, rec = _first(run, d, c, "train", "curve")
+            m, rec = _first(run, d, c, "train", metric)
             if rec is None:
                 continue
             r = rec.result
@@ -177,12 +195,15 @@ def fig_curves(run):
     return fig
 
 
-def _surfaces(run):
+def _surfaces(run, figure: str):
     plan = run.plan
     d = plan.domains[0]
     out = []
+    metric = _drawn(figure)
+    if metric is None:
+        return d, out
     for c, _ in plan.configs:
-        m, rec = _first(run, d, c, "train", "surface")
+        m, rec = _first(run, d, c, "train", metric)
         if rec is not None:
             out.append((c, m, rec.result))
     return d, out
@@ -191,7 +212,7 @@ def _surfaces(run):
 def fig_surfaces(run):
     """(5) 2D contour slices side by side (shared levels and axes), one seed per model."""
     plan = run.plan
-    d, surfs = _surfaces(run)
+    d, surfs = _surfaces(run, "fig5_surfaces_2d")
     if not surfs:
         return None
     fig, axes = plt.subplots(1, len(surfs), figsize=(3.0 * len(surfs) + 1.2, 3.4), squeeze=False,
@@ -215,7 +236,7 @@ def fig_surfaces(run):
 def fig_surface_3d(run):
     """(5b) The full-precision loss surface in 3D, seen from above its minimum."""
     plan = run.plan
-    d, surfs = _surfaces(run)
+    d, surfs = _surfaces(run, "fig5b_surface_3d")
     pick = next(((c, m, s) for c, m, s in surfs if dict(plan.configs)[c] is None), surfs[0] if surfs else None)
     if pick is None:
         return None

@@ -1,8 +1,8 @@
 """Sharpness measures: local flatness, worst-case (and adaptive) sharpness, the quantization-noise test."""
 from .flatness import local_flatness
-from .qnoise import quantization_noise, step_vector
-from .results import FlatnessResult, QuantNoiseResult, WorstCaseResult
-from .worst_case import worst_case
+from .qnoise import noise_steps, quantization_noise, step_vector
+from .results import FlatnessResult, QuantNoiseResult, SharpnessResult, WorstCaseResult
+from .worst_case import batch_sharpness, worst_case
 
-__all__ = ["local_flatness", "worst_case", "quantization_noise", "step_vector", "FlatnessResult",
-           "WorstCaseResult", "QuantNoiseResult"]
+__all__ = ["local_flatness", "worst_case", "batch_sharpness", "quantization_noise", "noise_steps", "step_vector",
+           "FlatnessResult", "WorstCaseResult", "QuantNoiseResult", "SharpnessResult"]

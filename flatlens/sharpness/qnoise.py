@@ -107,3 +107,26 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 100, see
                             seed=seed, n_noisy_params=int((S > 0).sum()), steps_rule=steps_rule,
                             steps_sha256=tensor_digest(S), samples=inc.tolist(), center_loss=f0,
                             evaluator=ev.describe(), seconds=elapsed(), objective=obj.describe())
+
+
+def noise_steps(obj: Objective, *, rule: str, bits: int, ckpt: dict | None = None, given: dict | None = None,
+                given_source: str = ""):
+    """(steps, description) for the quantization-noise test, by one rule for every model compared:
+    `given` steps (the learned steps of one checkpoint, applied to every model); rule "learned": the checkpoint's
+    own learned steps; rule "lsq-init": the LSQ-initial per-channel step s = 2 mean|w| / sqrt(Q_P) at `bits` of
+    the measured weights, on every conv / linear layer but the classifier."""
+    from ..quant import default_layers, init_step
+    if given is not None:
+        return given, f"learned {bits if not ckpt else ((ckpt.get('quant') or {}).get('bits'))}-bit steps of " \
+                      f"checkpoint {given_source[:12] or '(given)'} applied to every model"
+    if rule == "learned":
+        if not ckpt or not ckpt.get("quant"):
+            raise FlatlensError("--qnoise-steps learned needs a quantized checkpoint's steps; this one is full "
+                                "precision (use lsq-init, or compare it with a quantized one)")
+        return dict(ckpt["quant"]["steps"]), f"its own learned {ckpt['quant']['bits']}-bit steps"
+    layers = default_layers(obj.model)
+    steps = {f"{n}.weight": init_step(obj.center[f"{n}.weight"], bits, True) for n in layers
+             if f"{n}.weight" in obj.center}
+    if not steps:
+        raise FlatlensError("the quantization-noise test found no conv/linear layer (but the classifier) to perturb")
+    return steps, f"LSQ-initial {bits}-bit per-channel steps of the measured weights (all conv/linear but the last)"

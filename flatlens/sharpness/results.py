@@ -59,3 +59,12 @@ class QuantNoiseResult(PerturbedResult):
     steps_rule: str                            # how the steps s_i were chosen
     steps_sha256: str
     samples: list[float]                       # per-draw increases (paired across models with the same seed)
+
+
+@register
+@dataclass
+class SharpnessResult(Result):
+    """Worst-case sharpness per data batch (tml-epfl's protocol), plain and adaptive."""
+    worst_case: list[WorstCaseResult]
+    adaptive: list[WorstCaseResult]
+    batches: int

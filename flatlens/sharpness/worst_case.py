@@ -10,7 +10,7 @@ import torch
 from .._util import FlatlensError, generator
 from .._util import timer
 from ..objective import Objective
-from .results import WorstCaseResult
+from .results import SharpnessResult, WorstCaseResult
 
 
 def worst_case(obj: Objective, rho: float, *, adaptive: bool = False, steps: int = 20, restarts: int = 1,
@@ -57,3 +57,18 @@ def worst_case(obj: Objective, rho: float, *, adaptive: bool = False, steps: int
                            scaled_norm=float(best["eps"].norm()), steps=steps, restarts=restarts, seed=seed,
                            trajectory=[float(t) for t in best["traj"]], n_grad=n_grad, seconds=elapsed(),
                            objective=obj.describe())
+
+
+def batch_sharpness(obj: Objective, rho: float, *, batches: int, steps: int = 20, seed: int = 0) -> SharpnessResult:
+    """Worst-case sharpness (ball rho) and adaptive sharpness (ball rho / 10) of each of `batches` contiguous
+    slices of the objective's data, each optimized separately (tml-epfl's protocol): the spread over slices is
+    the measurement's CI. Each slice's objective keeps the measured one's loss, BatchNorm mode and parameters."""
+    xs = torch.cat([b[0] for b in obj.data.batches]).cpu()
+    ys = torch.cat([b[1] for b in obj.data.batches]).cpu()
+    wc, ad = [], []
+    for idx in torch.tensor_split(torch.arange(obj.n_samples), batches):
+        sub = Objective(obj.model, obj.loss_fn, (xs[idx], ys[idx]), device=obj.device, params=obj.names, bn=obj.bn)
+        sub.on_progress = obj.on_progress
+        wc.append(worst_case(sub, rho, steps=steps, seed=seed))
+        ad.append(worst_case(sub, rho / 10, adaptive=True, steps=steps, seed=seed))
+    return SharpnessResult(worst_case=wc, adaptive=ad, batches=batches)
