@@ -1,30 +1,58 @@
 """The seed-level tests of a reproduce run: what the report, the README summary and the figures say comes from
-here, and nowhere else.
+here, and nowhere else (results.json stores it).
 
-The unit of replication is the independently trained model (seed). Per (test domain, configuration):
-- every headline row is aggregated over seeds (mean of per-seed values, t-interval on S - 1 df; for local
-  flatness this is the two-level estimate, the directions' measurement part reported beside it);
-- accuracies likewise.
-Claims compare two configurations by Welch's test over seeds (EoQ: a one-sample test of the ensemble's margin
-over its members), each with its smallest detectable difference at 80 % power; the whole family of claims is
-Holm-adjusted. The quantization-noise prediction is checked per model-split by Fieller's interval for the ratio
-measured / predicted: "within a factor of two" holds for the run only if every ratio interval lies inside
-[1/2, 2] (an intersection-union test: no multiplicity adjustment needed). Quantization-error histograms are
-compared with the uniform law by a bias-corrected KL divergence and the G-test (Holm over the fits).
+The unit of replication is the independently trained model (seed). Configurations of one seed are pairs: they
+share initialisation, data order and the full-precision prefix, and were measured with the same samples,
+directions, probes and noise draws (common random numbers), drawn afresh for every seed.
+- Aggregates: every measured row of every configuration over its seeds (the mean of per-seed values, t-interval
+  on S - 1 df, the measurement part reported beside it).
+- The confirmatory family, stated in the plan before the run: each claim compares configuration b with a over
+  the seeds both ran, each seed's value the mean over the test domains (seed the unit, domains averaged within
+  it), by the paired t-test of b - a and by TOST against the plan's margin. The family's 2K hypotheses are
+  adjusted together by Holm with the logical constraint that one claim's "no difference" and "not equivalent"
+  nulls cannot both be true (Shaffer 1986). A claim ends shown different (in the predicted direction or against
+  it), shown equivalent within the margin, both (a real difference inside the margin), or inconclusive.
+- Exploratory, with raw p-values and labelled so: every claim per test domain, the other configurations and
+  splits against full precision, too few bits against the paper's bit-width, EoQ against its members, the
+  quantization-noise test, the quantization error against the uniform law.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import metrics as M
 from . import stats
 from .results import Result, register
 
 ACCURACY = "accuracy"          # the pseudo-metric of training-time accuracies in aggregates
-SUPPORTED, CONTRADICTED, NOT_SUPPORTED, NOT_TESTABLE = ("supported", "contradicted", "not supported",
-                                                        "not testable")
+POOLED = "pooled"              # the claims' domain: each seed's mean over the test domains
+# verdicts of a confirmatory claim
+SUPPORTED = "supported"                      # shown different, in the direction the paper predicts
+CONTRADICTED = "contradicted"                # shown different, against it
+EQUIVALENT = "equivalent"                    # shown equivalent within the margin
+SMALL = "different, within the margin"       # a difference shown, and equivalence within the margin shown
+INCONCLUSIVE = "inconclusive"
+NOT_TESTABLE = "not testable"
+
+
+@dataclass
+class ClaimSpec:
+    """One confirmatory claim, stated in the plan before any run: configuration b against a on one row of one
+    metric (or out-of-domain accuracy), the direction the paper predicts, and the equivalence margin."""
+    key: str
+    metric: str                 # a registry name, or "accuracy"
+    split: str                  # "train" / "test", or "" for accuracy
+    row: str                    # the row key ("trace", "LA1", "r=4"), or "ood"
+    a: str                      # the reference configuration (full precision)
+    b: str
+    expected: str               # "lower" or "higher": the sign of b - a the claim predicts
+    margin: float               # the equivalence margin: a fraction of a's mean (relative) or in the row's unit
+    relative: bool
+    statement: str              # "{b} ... than {a}", worded from the plan
 
 
 @dataclass
@@ -41,20 +69,48 @@ class Aggregate:
 
 
 @dataclass
-class Claim:
+class Paired:
+    """b against a over the seeds both ran (paired), on one domain or pooled over the test domains."""
     key: str
-    domain: str
-    statement: str              # worded from the plan's settings
-    expected: str               # "lower" or "higher": the sign of (b - a) the claim predicts
-    a: str                      # configuration names (or "members" / "EoQ")
+    domain: str                 # a test domain, or POOLED
+    metric: str
+    split: str
+    row: str
+    a: str
     b: str
+    seeds: list[int]
     a_values: list[float]
     b_values: list[float]
     unit: str
-    test: stats.TestResult
-    p_holm: float | None = None
-    verdict: str = NOT_TESTABLE
-    metric: str = ""            # the registry name it tests, or "accuracy" ("" in runs written before it was stored)
+    difference: stats.TestResult            # paired t of b - a
+    equivalence: stats.TestResult | None    # TOST against the margin (None where no margin applies)
+    relative: float | None                  # mean(b) / mean(a) - 1 (None unless a's mean is positive)
+    margin: float | None = None
+    margin_relative: bool = True
+
+
+@dataclass
+class Claim:
+    """A confirmatory claim and its verdict (its two p-values adjusted over the family)."""
+    spec: ClaimSpec
+    statement: str
+    test: Paired
+    p_diff_adj: float | None
+    p_equiv_adj: float | None
+    verdict: str
+    mde80: float | None          # the smallest difference the family's test detects with 80 % power
+    margin80: float | None       # the smallest margin TOST at the family's level shows with 80 % power at 0
+
+
+@dataclass
+class Exploratory:
+    """A comparison outside the confirmatory family: its raw p-value, not adjusted, labelled exploratory."""
+    key: str
+    statement: str
+    test: Paired | None = None
+    one_sample: stats.TestResult | None = None     # EoQ: the ensemble's margin over its members
+    domain: str = ""
+    values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -106,17 +162,19 @@ class Analysis(Result):
     aggregates: list[Aggregate]
     claims: list[Claim]
     family: dict
+    exploratory: list[Exploratory]
     noise: NoiseSummary | None
     quant_error: list[QuantErrorFit]
-    claim_radius: float
 
     def registered(self) -> "Analysis":
-        """This analysis with only what the registry knows now: aggregates and claims of a metric whose entry was
-        removed are left out (what a report or figure of this flatlens may show)."""
+        """This analysis with only what the registry knows now: aggregates, claims and comparisons of a metric
+        whose entry was removed are left out (what a report or figure of this flatlens may show)."""
         known = set(M.REGISTRY) | {ACCURACY}
-        return dataclasses.replace(self, aggregates=[a for a in self.aggregates if a.metric in known],
-                                   claims=[c for c in self.claims if c.metric in known or not c.metric],
-                                   noise=self.noise if "qnoise" in M.REGISTRY else None)
+        return dataclasses.replace(
+            self, aggregates=[a for a in self.aggregates if a.metric in known],
+            claims=[c for c in self.claims if c.spec.metric in known],
+            exploratory=[e for e in self.exploratory if e.test is None or e.test.metric in known],
+            noise=self.noise if "qnoise" in M.REGISTRY else None)
 
     def aggregate(self, domain, config, split, metric, key) -> Aggregate | None:
         for a in self.aggregates:
@@ -125,13 +183,41 @@ class Analysis(Result):
         return None
 
 
-def _aggregate(domain, config, split, metric, key, values, seeds, within=None) -> Aggregate:
-    e = stats.over_seeds_estimate(values, within)
-    if metric == "flatness":
-        e.method = "two-level (mean of per-seed means over directions)"
-    return Aggregate(domain, config, split, metric, key, e, [float(v) for v in values], list(seeds))
+# --------------------------------------------------------------------------- per-seed values
+def value(m, split: str, metric: str, key: str) -> float | None:
+    """A model's value of one row (accuracies in %), or None where it was not measured."""
+    if metric == ACCURACY:
+        return 100 * (m.training.mean_test_acc if key == "ood" else m.training.mean_val_acc)
+    rec = m.record(split, metric)
+    return rec.row(key).value if rec is not None and rec.has_row(key) else None
 
 
+def stderr(m, split: str, metric: str, key: str) -> float | None:
+    rec = None if metric == ACCURACY else m.record(split, metric)
+    return rec.row(key).stderr if rec is not None and rec.has_row(key) else None
+
+
+def per_seed(run, domain: str, config: str, split: str, metric: str, key: str) -> dict[int, float]:
+    out = {}
+    for m in run.runs(domain, config):
+        v = value(m, split, metric, key)
+        if v is not None:
+            out[m.seed] = v
+    return out
+
+
+def pooled(run, config: str, split: str, metric: str, key: str) -> dict[int, float]:
+    """Each seed's value averaged over the plan's test domains (seeds missing a domain left out)."""
+    doms = [per_seed(run, d, config, split, metric, key) for d in run.plan.domains]
+    seeds = set.intersection(*(set(d) for d in doms)) if doms else set()
+    return {s: float(np.mean([d[s] for d in doms])) for s in sorted(seeds)}
+
+
+def unit_of(metric: str, key: str) -> str:
+    return "percentage points" if metric == ACCURACY else M.get(metric).spec(key).unit
+
+
+# --------------------------------------------------------------------------- aggregates
 def aggregates(run) -> list[Aggregate]:
     out = []
     plan = run.plan
@@ -140,10 +226,10 @@ def aggregates(run) -> list[Aggregate]:
             ms = run.runs(d, c)
             if not ms:
                 continue
-            seeds = [m.seed for m in ms]
-            out.append(_aggregate(d, c, "", ACCURACY, "ood", [100 * m.training.mean_test_acc for m in ms], seeds))
-            out.append(_aggregate(d, c, "", ACCURACY, "in-domain", [100 * m.training.mean_val_acc for m in ms],
-                                  seeds))
+            for key in ("ood", "in-domain"):
+                vals = [value(m, "", ACCURACY, key) for m in ms]
+                out.append(Aggregate(d, c, "", ACCURACY, key, stats.over_seeds_estimate(vals), vals,
+                                     [m.seed for m in ms]))
             for name, metric in M.REGISTRY.items():
                 if metric.role != "headline":
                     continue
@@ -154,78 +240,135 @@ def aggregates(run) -> list[Aggregate]:
                         continue
                     for row in recs[0][1].rows:
                         per = [(s, r.row(row.key)) for s, r in recs if r.has_row(row.key)]
-                        out.append(_aggregate(d, c, split, name, row.key, [p.value for _, p in per],
-                                              [s for s, _ in per], [p.stderr for _, p in per]))
+                        e = stats.over_seeds_estimate([p.value for _, p in per], [p.stderr for _, p in per])
+                        if name == "flatness":
+                            e.method = "two-level (mean of per-seed means over directions)"
+                        out.append(Aggregate(d, c, split, name, row.key, e, [p.value for _, p in per],
+                                             [s for s, _ in per]))
     return out
 
 
-def _claim_specs(plan, radius: float):
-    """(key, metric, split, row key, a config, b config, expected sign of b - a, statement template)."""
+# --------------------------------------------------------------------------- paired comparisons
+def paired(key: str, domain: str, metric: str, split: str, row: str, a: str, b: str, av: dict, bv: dict,
+           margin: float | None = None, relative: bool = True) -> Paired:
+    """b - a over the seeds in both (common random numbers within each seed): paired t, and TOST when a margin
+    is given."""
+    seeds = sorted(set(av) & set(bv))
+    A, B = [av[s] for s in seeds], [bv[s] for s in seeds]
+    src = stats.over_seeds(len(seeds))
+    diff = stats.paired(A, B, source=src)
+    diff.test = "paired t over seeds"
+    eq = stats.tost_paired(A, B, margin, relative=relative, source=src) if margin is not None else None
+    rel = (float(np.mean(B) / np.mean(A) - 1) if seeds and np.mean(A) > 0 else None)
+    return Paired(key, domain, metric, split, row, a, b, seeds, A, B, unit_of(metric, row), diff, eq, rel,
+                  margin, relative)
+
+
+def _verdict(c: Claim) -> str:
+    t = c.test
+    if not t.difference.testable or (t.equivalence is not None and not t.equivalence.testable):
+        return NOT_TESTABLE
+    diff = c.p_diff_adj is not None and c.p_diff_adj < stats.ALPHA
+    equiv = c.p_equiv_adj is not None and c.p_equiv_adj < stats.ALPHA
+    if diff and equiv:
+        return SMALL
+    if equiv:
+        return EQUIVALENT
+    if diff:
+        sign = "lower" if t.difference.estimate < 0 else "higher"
+        return SUPPORTED if sign == c.spec.expected else CONTRADICTED
+    return INCONCLUSIVE
+
+
+def confirmatory(run) -> tuple[list[Claim], dict]:
+    """The plan's family, pooled over the test domains, adjusted as one family of 2K hypotheses."""
+    plan = run.plan
+    tests = []
+    for spec in plan.family:
+        av = pooled(run, spec.a, spec.split, spec.metric, spec.row)
+        bv = pooled(run, spec.b, spec.split, spec.metric, spec.row)
+        tests.append(paired(spec.key, POOLED, spec.metric, spec.split, spec.row, spec.a, spec.b, av, bv,
+                            spec.margin, spec.relative))
+    ps, groups = [], []
+    for i, t in enumerate(tests):
+        ps += [t.difference.p, t.equivalence.p if t.equivalence is not None else math.nan]
+        groups += [i, i]
+    adj = stats.holm(ps, exclusive=groups)
+    K = len(tests)
+    level = stats.ALPHA / max(K, 1)  # what the first step of the adjustment asks of every claim
+    out = []
+    for i, (spec, t) in enumerate(zip(plan.family, tests)):
+        pd, pe = adj[2 * i], adj[2 * i + 1]
+        se, df = t.difference.stderr, t.difference.df
+        c = Claim(spec, spec.statement.format(a=plan.label(spec.a), b=plan.label(spec.b)), t,
+                  None if math.isnan(pd) else pd, None if math.isnan(pe) else pe, "",
+                  stats.detectable_difference(se, df, alpha=level),
+                  stats.equivalence_margin80(se, df, alpha=level))
+        c.verdict = _verdict(c)
+        out.append(c)
+    family = {"correction": "Holm with the logical constraint (Shaffer): a claim's no-difference and "
+                            "not-equivalent nulls cannot both hold", "claims": K, "hypotheses": 2 * K,
+              "alpha": stats.ALPHA, "mde_alpha": level, "pooled_over": list(plan.domains),
+              "keys": [s.key for s in plan.family]}
+    return out, family
+
+
+def exploratory(run) -> list[Exploratory]:
+    """Everything outside the family, with raw p-values: each claim per test domain; every other configuration
+    against full precision on the family's rows (and on the test split where measured); too few bits against the
+    paper's bit-width out of domain; EoQ against its members."""
+    plan = run.plan
+    out = []
     fp = plan.config_with_bits(None)
     paper = plan.config_with_bits(plan.paper_bits)
-    lowest = min((c for c, b in plan.configs if b is not None), key=lambda c: plan.bits(c), default=None)
-    r = f"r={radius:g}"
-    specs = []
-    if fp and paper:
-        specs += [
-            ("flatness-train", "flatness", "train", r, fp, paper, "lower",
-             "{b} models are flatter than {a} by local flatness (train split, r = %g)" % radius),
-            ("flatness-test", "flatness", "test", r, fp, paper, "lower",
-             "{b} models are flatter than {a} by local flatness (test split, r = %g)" % radius),
-            ("trace", "hessian-trace", "train", "trace", fp, paper, "lower",
-             "{b} models have a lower Hessian trace than {a} (train split)"),
-            ("top-eigenvalue", "hessian-eig", "train", "LA1", fp, paper, "lower",
-             "{b} models have a lower top Hessian eigenvalue than {a} (train split)"),
-            ("ood-accuracy", ACCURACY, "", "ood", fp, paper, "higher",
-             "{b} QAT improves out-of-domain accuracy over {a}"),
-        ]
-    if paper and lowest and lowest != paper:
-        specs.append(("too-few-bits", ACCURACY, "", "ood", paper, lowest, "lower",
-                      "too few bits over-regularize: {b} models are less accurate out of domain than {a} models"))
-    if fp and lowest and lowest != paper:
-        specs.append(("flatness-lowest-bits", "flatness", "train", r, fp, lowest, "lower",
-                      "{b} models are flatter than {a} by local flatness (train split, r = %g)" % radius))
-    return specs
-
-
-def _verdict(test: stats.TestResult, p_holm, expected) -> str:
-    if p_holm is None or math.isnan(p_holm):
-        return NOT_TESTABLE
-    if p_holm >= stats.ALPHA:
-        return NOT_SUPPORTED
-    sign = "lower" if test.estimate < 0 else "higher"
-    return SUPPORTED if sign == expected else CONTRADICTED
-
-
-def claims(run, aggs: list[Aggregate], radius: float) -> tuple[list[Claim], dict]:
-    plan = run.plan
-    find = {(a.domain, a.config, a.split, a.metric, a.key): a for a in aggs}
-    out = []
+    control = plan.config_with_bits(plan.control_bits)
+    rows = list(dict.fromkeys((s.metric, s.split, s.row, s.margin, s.relative) for s in plan.family))
     for d in plan.domains:
-        for key, metric, split, rkey, ca, cb, expected, text in _claim_specs(plan, radius):
-            A, B = find.get((d, ca, split, metric, rkey)), find.get((d, cb, split, metric, rkey))
-            if A is None or B is None:
+        for spec in plan.family:
+            t = paired(spec.key, d, spec.metric, spec.split, spec.row, spec.a, spec.b,
+                       per_seed(run, d, spec.a, spec.split, spec.metric, spec.row),
+                       per_seed(run, d, spec.b, spec.split, spec.metric, spec.row), spec.margin, spec.relative)
+            out.append(Exploratory(f"{spec.key}@{d}", spec.statement.format(a=plan.label(spec.a),
+                                                                           b=plan.label(spec.b)), t, domain=d))
+        for c, _ in plan.configs:
+            if c in (fp, paper, control) or fp is None:
                 continue
-            unit = "percentage points" if metric == ACCURACY else M.get(metric).spec(rkey).unit
-            test = stats.welch_samples(A.values, B.values, source=stats.over_seeds(min(len(A.values),
-                                                                                         len(B.values))))
-            test.test = "Welch t over seeds"
-            out.append(Claim(f"{key}@{d}", d, text.format(a=plan.label(ca), b=plan.label(cb)), expected, ca, cb,
-                             A.values, B.values, unit, test, metric=metric))
+            for metric, split, row, margin, relative in rows:
+                t = paired(f"{c}-{metric}@{d}", d, metric, split, row, fp, c,
+                           per_seed(run, d, fp, split, metric, row), per_seed(run, d, c, split, metric, row),
+                           margin, relative)
+                if t.seeds:
+                    out.append(Exploratory(t.key, f"{plan.label(c)} against {plan.label(fp)}: "
+                                                  f"{_row_label(metric, row)}" + (f" ({split} split)" if split else ""),
+                                           t, domain=d))
+        for metric, _, row, margin, relative in rows:  # the test split, where it was measured
+            if metric == ACCURACY or fp is None or paper is None:
+                continue
+            t = paired(f"{metric}-test@{d}", d, metric, "test", row, fp, paper,
+                       per_seed(run, d, fp, "test", metric, row), per_seed(run, d, paper, "test", metric, row),
+                       margin, relative)
+            if len(t.seeds) >= 2:
+                out.append(Exploratory(t.key, f"{plan.label(paper)} against {plan.label(fp)}: "
+                                              f"{_row_label(metric, row)} (test split)", t, domain=d))
+        if paper and control:
+            t = paired(f"too-few-bits@{d}", d, ACCURACY, "", "ood", paper, control,
+                       per_seed(run, d, paper, "", ACCURACY, "ood"), per_seed(run, d, control, "", ACCURACY, "ood"))
+            out.append(Exploratory(t.key, f"too few bits over-regularize: {plan.label(control)} models are less "
+                                          f"accurate out of domain than {plan.label(paper)} models", t, domain=d))
         e = run.eoq.get(d)
         if e is not None:
             members = [100 * v for v in e.member_mean_test_acc()]
             ens = 100 * e.mean_test_acc
-            test = stats.one_sample([ens - v for v in members], source=stats.over_seeds(len(members)))
-            test.test = "one-sample t over members"
-            out.append(Claim(f"eoq@{d}", d, f"EoQ ({len(members)} x {e.bits} bit) is more accurate out of domain "
-                             f"than a single {e.bits}-bit model", "higher", "members", "EoQ", members,
-                             [ens], "percentage points", test, metric=ACCURACY))
-    adj, family = stats.holm_family([c.test for c in out])
-    for c, p in zip(out, adj):
-        c.p_holm = p
-        c.verdict = _verdict(c.test, c.p_holm, c.expected)
-    return out, family
+            test = stats.one_sample([ens - v for v in members], source=f"over {len(members)} members")
+            test.test = "one-sample t over members (conditional on this one ensemble)"
+            out.append(Exploratory(f"eoq@{d}", f"EoQ ({len(members)} x {e.bits} bit) is more accurate out of "
+                                               f"domain than a single {e.bits}-bit model", None, test, d,
+                                   [ens] + members))
+    return out
+
+
+def _row_label(metric: str, row: str) -> str:
+    return "out-of-domain accuracy" if metric == ACCURACY else M.get(metric).label(row)
 
 
 def noise_summary(run) -> NoiseSummary | None:
@@ -268,16 +411,7 @@ def quant_error_fits(run) -> list[QuantErrorFit]:
     return fits
 
 
-def claim_radius(plan) -> float:
-    """The radius of the flatness claims: the largest measured (the paper reads its figure at a large one)."""
-    if "flatness" not in M.REGISTRY or "flatness" not in plan.settings.metrics:
-        return math.nan
-    return float(max(plan.settings.of("flatness").radii))
-
-
 def analyze(run) -> Analysis:
-    aggs = aggregates(run)
-    radius = claim_radius(run.plan)
-    cl, family = claims(run, aggs, radius)
-    return Analysis(aggregates=aggs, claims=cl, family=family, noise=noise_summary(run),
-                    quant_error=quant_error_fits(run), claim_radius=radius)
+    claims, family = confirmatory(run)
+    return Analysis(aggregates=aggregates(run), claims=claims, family=family, exploratory=exploratory(run),
+                    noise=noise_summary(run), quant_error=quant_error_fits(run))

@@ -122,10 +122,25 @@ def validate(ckpt: dict) -> None:
     if data is not None or not imported:
         _validate_data(data)
     _validate_quant(ckpt["quant"], sd)
+    if ckpt.get("pairing") is not None:
+        _validate_pairing(ckpt["pairing"])
     _need(isinstance(ckpt["history"], list), "history is not a list")
     _need(isinstance(ckpt["train"], dict), "train is not a mapping")
     if ckpt["metrics"] is not None or not imported:  # imported files record no training metrics
         _validate_metrics(ckpt["metrics"])
+
+
+def _validate_pairing(p) -> None:
+    """Which runs this one is paired with: its seed and the shared full-precision prefix it branched from."""
+    _need(isinstance(p, dict) and set(p) == {"seed", "prefix_step", "prefix_sha256"},
+          "pairing is not {seed, prefix_step, prefix_sha256}")
+    _need(_is_int(p["seed"]) and p["seed"] >= 0, f"pairing.seed {p['seed']!r} is not an integer >= 0")
+    _need(p["prefix_step"] is None or (_is_int(p["prefix_step"]) and p["prefix_step"] >= 0),
+          f"pairing.prefix_step {p['prefix_step']!r} is not an integer >= 0")
+    h = p["prefix_sha256"]
+    _need(h is None or (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)),
+          "pairing.prefix_sha256 is not a sha256 hex digest")
+    _need((h is None) == (p["prefix_step"] is None), "pairing names a prefix step without its hash, or the reverse")
 
 
 def _validate_data(data) -> None:

@@ -55,7 +55,7 @@ def _splits(split):
 
 # ----------------------------------------------------------------------------- training
 TRAIN_FLAGS = ("dataset", "data_root", "image_size", "arch", "pretrained", "freeze_bn", "quant_start", "steps",
-               "lr", "weight_decay", "batch_size", "eval_every", "seed", "split_seed", "device")
+               "lr", "weight_decay", "batch_size", "eval_every", "seed", "split_seed", "device", "select")
 
 
 def train_config(args):
@@ -87,8 +87,11 @@ def train_config(args):
 
 
 def cmd_train(args):
-    from .train import train
-    ckpt = train(train_config(args), args.out, resume=args.resume, quiet=not args.progress)
+    from .train import train, train_prefix
+    cfg = train_config(args)
+    if args.prefix:  # the full-precision prefix this seed's runs share: trained once, then branched from
+        train_prefix(cfg, args.prefix, quiet=not args.progress)
+    ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress, prefix=args.prefix)
     m = ckpt["metrics"]
     _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
@@ -298,10 +301,12 @@ def cmd_compare(args):
             if g[0] in groups:
                 raise FlatlensError(f"group {g[0]!r} given twice")
             groups[g[0]] = [_load(args, p) for p in g[1:]]
-        rep = compare_groups(groups, names, _splits(args.split), settings, **kw)
+        rep = compare_groups(groups, names, _splits(args.split), settings, paired=args.paired, **kw)
     else:
         if not args.checkpoints:
             raise FlatlensError("compare needs checkpoints (A.pt B.pt ...) or --group NAME CKPT... twice")
+        if args.paired:
+            raise FlatlensError("--paired compares groups of seeds: give --group NAME CKPT... twice")
         rep = compare([_load(args, p) for p in args.checkpoints], names, _splits(args.split), settings, **kw)
     if group_info()[0] != 0:  # every rank holds the same comparison; rank 0 prints and writes it
         return
@@ -336,10 +341,22 @@ def _import_opts_from(args):
 
 
 def cmd_reproduce(args):
-    from .reproduce import run
+    from .reproduce import full_plan, quick_plan, run
     if args.jobs < 1:
         raise FlatlensError(f"--jobs must be >= 1; got {args.jobs}")
-    res = run(args.out, quick=args.quick, device=args.device, quiet=not args.progress, jobs=args.jobs)
+    if args.plan:  # power and cost, before any training
+        from .power import default_pilot_path, format_plan, load_pilot
+        plan = quick_plan(args.dataset) if args.quick else full_plan(args.dataset)
+        path = args.pilot or default_pilot_path(plan.dataset)
+        if not os.path.exists(path):
+            raise FlatlensError(f"no pilot for {plan.dataset} at {path}; give --pilot RUN (a reproduce run's folder "
+                                "or results.json)")
+        print(format_plan(plan, load_pilot(path, plan), args.jobs))
+        return
+    if args.pilot:
+        raise FlatlensError("--pilot is read by --plan only")
+    res = run(args.out, quick=args.quick, device=args.device, quiet=not args.progress, jobs=args.jobs,
+              dataset=args.dataset)
     _out(args, f"wrote {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'report.md')} and "
                f"{len(res.figures)} figure files in {os.path.join(args.out, 'figures')} "
                f"({res.seconds['total']:.0f} s; measurements: {res.cache['measure']['misses']} computed, "
@@ -490,6 +507,12 @@ def _train_flags(t):
     t.add_argument("--seed", type=int, help="(default 0)")
     t.add_argument("--split-seed", type=int, help="seed of the 80/20 domain splits (default 0)")
     t.add_argument("--device", help="(default cpu)")
+    t.add_argument("--select", choices=("best-val", "last"),
+                   help="which step the checkpoint keeps: the best in-domain validation accuracy (default; QAT: among "
+                        "quantized steps) or the last (the same step for every run of a seed: pairs stay pairs)")
+    t.add_argument("--prefix", help="a shared full-precision prefix (a training state up to --quant-start): trained "
+                                    "and saved here if absent, else branched from, so runs of one seed share their "
+                                    "first steps bit for bit (recorded as the checkpoint's pairing)")
     t.add_argument("--out", required=True, help="checkpoint path")
     t.add_argument("--resume", action="store_true", help="continue from OUT.partial after an interruption")
 
@@ -539,7 +562,10 @@ def _compare_flags(c):
     allm = M.names()
     c.add_argument("checkpoints", nargs="*", help="checkpoints compared with the first")
     c.add_argument("--group", nargs="+", action="append", metavar=("NAME", "CKPT"),
-                   help="a named group of checkpoints (seeds of one method); repeat for each group")
+                   help="a named group of checkpoints (seeds of one method, at least 3); repeat for each group")
+    c.add_argument("--paired", action="store_true",
+                   help="groups: pair the checkpoints by seed and shared training prefix (recorded by flatlens "
+                        "train / reproduce), measure each pair with its own seed, and test the paired difference")
     c.add_argument("--metric", default="hessian-trace", choices=allm + ["all"], help="(default %(default)s)")
     c.add_argument("--split", choices=["train", "test", "both"], default="train", help="(default %(default)s)")
     _common_flags(c)
@@ -565,8 +591,17 @@ def _reproduce_flags(r):
     r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 40 s on "
                                                         "an idle 2-core machine)")
     r.add_argument("--out", default="results/reproduce", help="output folder (default %(default)s)")
+    from .reproduce import DATASETS as REPRODUCE_SETS
+    r.add_argument("--dataset", default="digits-dg", choices=list(REPRODUCE_SETS),
+                   help="digits-dg (default: real digits from five sources, embedded) or rotated-digits "
+                        "(scikit-learn's 8x8 digits rotated into six domains)")
     r.add_argument("--device", default="cpu", help="(default %(default)s)")
     r.add_argument("--jobs", type=int, default=2, help="worker processes on CPU (default %(default)s)")
+    r.add_argument("--plan", action="store_true",
+                   help="print the plan before any work: seeds per configuration, each confirmatory claim's smallest "
+                        "detectable difference from a pilot's spreads, and the expected time; train nothing")
+    r.add_argument("--pilot", help="with --plan: the pilot (a reproduce run's folder or results.json, or a pilot "
+                                   "JSON; default: the one flatlens ships for the data set)")
 
 
 def _figures_flags(fg):
@@ -591,9 +626,10 @@ def _run_results_file(args) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its flags, what it reads and writes (argument names; checked before any work), its
-    handler. `inputs`: arguments naming files it reads (lists and groups flattened), or callables of the parsed
-    arguments; `files` / `folders`: arguments naming the files / folders it writes."""
+    """One subcommand: its flags, what it reads and writes (checked before any work), its handler. `inputs`:
+    arguments naming files it reads (lists and groups flattened); `files` / `folders`: arguments naming the files
+    / folders it writes. Each is an argument's name, or (flag, function of the parsed arguments) where the path
+    is derived."""
     name: str
     help: str
     flags: Callable
@@ -607,7 +643,7 @@ class Command:
 
 COMMANDS = (
     Command("train", "train an ERM or QAT model on a leave-one-domain-out protocol", _train_flags, cmd_train,
-            inputs=("config",), files=("out",)),
+            inputs=("config",), files=("out", "prefix")),
     Command("evaluate", "print a checkpoint's accuracy per domain", _evaluate_flags, cmd_evaluate,
             inputs=("checkpoint",), files=("json",)),
     Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
@@ -628,20 +664,22 @@ COMMANDS = (
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,
             lambda: ("Checkpoints A B ...: measurement noise of these models (paired / Welch tests against the first). "
-                     "--group NAME CKPT... (twice or more): training noise, the checkpoints of a group are its seeds "
-                     "(Welch over checkpoints). Verdicts use Holm-adjusted p-values over every row printed. "
+                     "--group NAME CKPT... (twice or more, at least 3 each): training noise, the checkpoints of a group "
+                     "are its seeds (Welch over checkpoints; with --paired, the paired t over seeds matched by their "
+                     "recorded seed and training prefix). Verdicts use Holm-adjusted p-values over every row printed. "
                      f"Defaults cost, on the digits model, per checkpoint and split: {_cost(M.names())}."),
             inputs=("checkpoints", "group", "data"), files=("json", "csv", "plot"),
-            folders=(lambda a: None if a.no_cache else a.results,)),
+            folders=(("--results", lambda a: None if a.no_cache else a.results),)),
     Command("import", "convert a DomainBed / QT-DoG / SWAD file or a torchvision state dict into a flatlens "
                       "checkpoint, provenance recorded", _import_command_flags, cmd_import,
             inputs=("checkpoint",), files=("out",)),
-    Command("reproduce", "the paper's question end to end on rotated digits (the main job)", _reproduce_flags,
-            cmd_reproduce, folders=("out",)),
+    Command("reproduce", "the paper's question end to end, a paired design with a stated confirmatory family "
+                         "(the main job)", _reproduce_flags, cmd_reproduce,
+            inputs=("pilot",), folders=(("--out", lambda a: None if a.plan else a.out),)),
     Command("figures", "draw the figures from a reproduce run's results.json", _figures_flags, cmd_figures,
-            inputs=(_run_results_file,), folders=("out",)),
+            inputs=(("--results", _run_results_file),), folders=("out",)),
     Command("report", "write report.md (and the README's summary block) from a run's results", _report_flags,
-            cmd_report, inputs=(_run_results_file,), files=("out", "readme")),
+            cmd_report, inputs=(("--results", _run_results_file),), files=("out", "readme")),
 )
 
 
@@ -696,10 +734,10 @@ def _writable_place(path: str, flag: str, *, folder: bool) -> None:
 
 
 def _paths(args, names) -> list[str]:
-    """The paths the arguments `names` hold (lists and --group's NAME CKPT... flattened; callables applied)."""
+    """The paths the arguments `names` hold (lists and --group's NAME CKPT... flattened; derived ones computed)."""
     out = []
     for n in names:
-        v = n(args) if callable(n) else getattr(args, n, None)
+        v = n[1](args) if isinstance(n, tuple) else getattr(args, n, None)
         if n == "group":
             v = [q for g in (v or []) for q in g[1:]]
         out += [x for x in (v if isinstance(v, list) else [v]) if x]
@@ -715,7 +753,7 @@ def _preflight(args) -> None:
     if "readme" in c.files and args.readme and not os.path.isfile(args.readme):
         raise FlatlensError(f"--readme {args.readme}: no such file")
     inputs = _paths(args, c.inputs)
-    named = lambda names: [(f"--{n.replace('_', '-')}" if isinstance(n, str) else "--results", p)  # noqa: E731
+    named = lambda names: [(n[0] if isinstance(n, tuple) else f"--{n.replace('_', '-')}", p)  # noqa: E731
                            for n in names for p in _paths(args, [n])]
     files, folders = named(c.files), named(c.folders)
     for flag, path in files + folders:

@@ -35,6 +35,9 @@ QUESTION = {
                    "noise: directions, probes, noise draws on fixed samples); says nothing about training methods",
     "groups": "method vs method: does one training method give flatter models than another (training noise: "
               "the checkpoints of a group are its independent replicates)",
+    "pairs": "method vs method, paired: does one training method give flatter models than another (training noise: "
+             "the checkpoints of one seed share initialisation, data order and prefix, and are measured alike; the "
+             "paired difference over seeds is the sample)",
 }
 
 
@@ -141,12 +144,13 @@ def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -
 
 
 def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress, axis="auto"):
-    """Every checkpoint, metric and split on the same samples (the first checkpoint's protocol, or the file's):
-    {(split, metric): [record per checkpoint]}."""
+    """Every checkpoint, metric and split on the first checkpoint's protocol (or the file's samples), with
+    `settings` (one for all, or one per checkpoint): {(split, metric): [record per checkpoint]}."""
     from .pipeline import DataSource, Target, measure_all
     if data_file is None:
         check_compatible(ckpts)
-    done = measure_all([Target(c, list(metric_names), settings) for c in ckpts], list(splits),
+    per = settings if isinstance(settings, list) else [settings] * len(ckpts)
+    done = measure_all([Target(c, list(metric_names), s) for c, s in zip(ckpts, per)], list(splits),
                        source=DataSource(data_file, shared=True), cache=cache, device=device, progress=progress,
                        label="compare", axis=axis)
     return {(split, name): [done.get(i, split, name) for i in range(len(ckpts))]
@@ -195,19 +199,77 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
                       versions=versions(), cache=cache.stats())
 
 
+MIN_GROUP = 3  # fewer checkpoints per group: Welch's coverage fell to 0.89 (2 vs 5, unequal spread)
+
+
+def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
+    """The same model listed twice (in one group or in two) is one replicate, not two: refused."""
+    seen = {}
+    for g, cs in groups.items():
+        for c in cs:
+            if c["sha256"] in seen:
+                raise FlatlensError(f"{c['path']} (group {g!r}) is the same model as {seen[c['sha256']][1]} (group "
+                                    f"{seen[c['sha256']][0]!r}); each checkpoint is one replicate, list it once")
+            seen[c["sha256"]] = (g, c["path"])
+
+
+def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
+    """The training seeds that pair the groups' checkpoints, in the first group's order: every group holds one
+    checkpoint per seed, and checkpoints of one seed branched from the same full-precision prefix (their
+    `pairing` records both). Refused, with the reason, where they do not match."""
+    names = list(groups)
+    by_seed = {}
+    for g in names:
+        by_seed[g] = {}
+        for c in groups[g]:
+            p = c.get("pairing")
+            if not p:
+                raise FlatlensError(f"{c['path']} records no pairing (seed and shared prefix): trained by an older "
+                                    "flatlens or imported; compare it unpaired (--group without --paired)")
+            if p["seed"] in by_seed[g]:
+                raise FlatlensError(f"group {g!r} holds two checkpoints of seed {p['seed']}: "
+                                    f"{by_seed[g][p['seed']]['path']} and {c['path']}")
+            by_seed[g][p["seed"]] = c
+    seeds = list(by_seed[names[0]])
+    for g in names[1:]:
+        if set(by_seed[g]) != set(seeds):
+            raise FlatlensError(f"groups {names[0]!r} and {g!r} do not pair: seeds {sorted(seeds)} against "
+                                f"{sorted(by_seed[g])}")
+    for s in seeds:
+        prefixes = {(by_seed[g][s]["pairing"]["prefix_step"], by_seed[g][s]["pairing"]["prefix_sha256"])
+                    for g in names}
+        if len(prefixes) > 1:
+            raise FlatlensError(f"the checkpoints of seed {s} did not branch from one shared prefix "
+                                f"({', '.join(by_seed[g][s]['path'] for g in names)}): they are not a pair")
+    return seeds
+
+
 def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], splits: list[str],
                    settings: M.Settings, *, cache: ResultCache, device="cpu", data_file: str | None = None,
-                   progress=False, axis: str = "auto") -> Comparison:
-    """Method vs method (training noise): each group's checkpoints are its replicates; Welch over them."""
+                   progress=False, axis: str = "auto", paired: bool = False) -> Comparison:
+    """Method vs method (training noise): each group's checkpoints are its replicates. Unpaired: Welch over
+    checkpoints, every checkpoint measured alike. Paired (`paired`): checkpoints matched by seed and shared
+    prefix (`pairs_of`), each pair measured with its own measurement seed (the base seed plus the training seed:
+    common random numbers within a pair, fresh draws across pairs), compared by the paired t over pairs."""
     if len(groups) < 2:
         raise FlatlensError("--group needs at least two groups (one --group NAME CKPT... each)")
     for g, cs in groups.items():
-        if len(cs) < 2:
-            raise FlatlensError(f"group {g!r} has {len(cs)} checkpoint(s); seed-level inference needs >= 2 per group")
-    allc = [c for cs in groups.values() for c in cs]
-    measured = _measure_all(allc, metric_names, splits, settings, cache=cache, device=device, data_file=data_file,
-                            progress=progress, axis=axis)
+        if len(cs) < MIN_GROUP:
+            raise FlatlensError(f"group {g!r} has {len(cs)} checkpoint(s); seed-level inference needs >= {MIN_GROUP} "
+                                "per group")
+    _refuse_duplicates(groups)
     names = list(groups)
+    if paired:
+        seeds = pairs_of(groups)
+        groups = {g: sorted(cs, key=lambda c: seeds.index(c["pairing"]["seed"])) for g, cs in groups.items()}
+    allc = [c for cs in groups.values() for c in cs]
+    if paired:
+        per = {s: _with_seed(settings, settings.common.seed + s) for s in seeds}
+        target_settings = [per[c["pairing"]["seed"]] for c in allc]
+    else:
+        target_settings = [settings] * len(allc)
+    measured = _measure_all(allc, metric_names, splits, target_settings, cache=cache, device=device,
+                            data_file=data_file, progress=progress, axis=axis)
     sizes = [len(groups[g]) for g in names]
     rows, records, tests = [], [], {}
     for (split, name), recs in measured.items():
@@ -217,30 +279,42 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
             by_group[g] = recs[start:start + n]
             start += n
         for r0 in recs[0].rows:
-            ests = {}
+            ests, vals = {}, {}
             for g in names:
-                per = [rec.row(r0.key) for rec in by_group[g]]
-                vals = [p.value for p in per]
-                e = stats.over_seeds_estimate(vals, [p.stderr for p in per])
+                per_row = [rec.row(r0.key) for rec in by_group[g]]
+                vals[g] = [p.value for p in per_row]
+                e = stats.over_seeds_estimate(vals[g], [p.stderr for p in per_row])
                 ests[g] = e
                 row = _row_base(name, split, r0.key, g, value=e.value, interval=e.ci95, interval_kind="ci95",
-                                source=e.source, n=e.n, df=e.df, within_stderr=e.within_stderr, values=vals,
+                                source=e.source, n=e.n, df=e.df, within_stderr=e.within_stderr, values=vals[g],
                                 cached=all(rec.cached for rec in by_group[g]))
                 if g != names[0]:
-                    t = stats.welch(ests[names[0]], e)
+                    if paired:
+                        t = stats.paired(vals[names[0]], vals[g], source=stats.over_seeds(len(seeds)))
+                        t.test = "paired t over seeds"
+                    else:
+                        t = stats.welch(ests[names[0]], e)
+                        t.test = "Welch t over checkpoints"
                     row.reference = names[0]
                     row.diff, row.diff_interval, row.diff_interval_kind = t.estimate, t.ci95, "ci95"
-                    row.test, row.statistic, row.test_df, row.p = "Welch t over checkpoints", t.statistic, t.df, t.p
+                    row.test, row.statistic, row.test_df, row.p = t.test, t.statistic, t.df, t.p
                     row.diff_stderr = t.stderr
                     tests[len(rows)] = t
                     if row.p is None or math.isnan(row.p):
-                        row.verdict = "not tested (no spread)"
+                        row.verdict = f"not tested ({t.note or 'no spread'})"
                 rows.append(row)
     family = _apply_holm(rows, tests)
-    return Comparison(mode="groups", question=QUESTION["groups"], rows=rows, records=records, settings=settings,
-                      checkpoints=[_ckpt_info(c) for c in allc],
+    return Comparison(mode="pairs" if paired else "groups", question=QUESTION["pairs" if paired else "groups"],
+                      rows=rows, records=records, settings=settings, checkpoints=[_ckpt_info(c) for c in allc],
                       groups={g: [c["path"] for c in cs] for g, cs in groups.items()}, family=family,
                       versions=versions(), cache=cache.stats())
+
+
+def _with_seed(settings: M.Settings, seed: int) -> M.Settings:
+    import copy
+    s = copy.deepcopy(settings)
+    s.common.seed = int(seed)
+    return s
 
 
 def _ckpt_info(c: dict) -> dict:
@@ -258,7 +332,7 @@ def _p(v):
 
 
 def format_table(rep: Comparison) -> str:
-    groups = rep.mode == "groups"
+    groups = rep.mode in ("groups", "pairs")
     L = [f"question: {rep.question}"]
     head = (f"{'split':6} {'measure':40} {'group' if groups else 'checkpoint':20} {'value [interval]':34} {'n':>4}  "
             f"{'difference to the first [interval]':38} {'test, p, Holm p':36} {'MDE80':>9}  verdict")

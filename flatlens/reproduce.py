@@ -1,14 +1,24 @@
-"""`flatlens reproduce`: the paper's question, end to end, on rotated digits.
+"""`flatlens reproduce`: the paper's question end to end, as a paired design with a confirmatory family stated in
+the plan before any run.
 
-Trains full precision and 8/7/4/2-bit QAT models (delayed start at 40 % of training, as the paper's
-2000 of 5000) for 5 seeds and two test domains, plus an EoQ ensemble of the paper's bit-width; measures the
-registry's *headline* metrics on every seed and its *illustrative* ones on one seed, on the train split (source
-domains) and the test split (held-out domain); runs the seed-level tests (`analysis`) and writes results.json,
-report.md and the figures. Every stage is resumable: finished checkpoints are kept, an interrupted training
-resumes from its partial state, measurements come from the cache.
+Every seed trains one full-precision prefix up to the quantization start (40 % of training, as the paper's 2000
+of 5000); its full-precision and QAT runs branch from that prefix (the same initialisation, data order and first
+steps, bit for bit, recorded in each checkpoint's `pairing`) and are kept at the same step (`select`: the last).
+Every model of seed s is measured with measurement seed s: within a pair the same samples, directions, probes and
+noise draws (common random numbers), fresh ones for every seed (so intervals over seeds cover them too).
+
+The confirmatory family (`Plan.family`, at most 6 claims): the paper's bit-width against full precision on each
+registry entry that declares a claim (the Hessian trace, the top eigenvalue, local flatness: train split) and on
+out-of-domain accuracy, and a positive control (too few bits against full precision on local flatness). Each is
+tested by the paired t over seeds (each seed's value the mean over the test domains) and by TOST against the
+plan's margin; `analysis` adjusts the family (Holm with the logical constraint that a claim cannot be both
+equal and not equivalent). The other configurations, measures, splits and per-domain results are exploratory.
+Every stage is resumable: finished prefixes and checkpoints are kept, an interrupted training resumes from its
+partial state, measurements come from the cache.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -20,6 +30,7 @@ import torch
 
 from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
+from .analysis import ACCURACY, ClaimSpec
 from .cache import ResultCache
 from .checkpoint import load_checkpoint
 from .measure import MetricRecord, versions
@@ -45,17 +56,31 @@ def default_settings() -> M.Settings:
 
 @dataclass
 class Plan:
-    domains: tuple[str, ...] = ("75", "0")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    domains: tuple[str, ...] = ("printed", "optdigits")
+    seeds: tuple[int, ...] = tuple(range(16))   # every configuration of the family: its pairs (power: --plan)
+    explore_seeds: int = 2      # the first seeds: also the exploratory configurations, the test split, qnoise
     configs: tuple[tuple[str, int | None], ...] = CONFIGS
-    paper_bits: int = 7                    # the paper's bit-width: claims test it against full precision
+    paper_bits: int = 7         # the paper's bit-width: claims test it against full precision
+    control_bits: int = 2       # the positive control: too few bits, expected flatter than full precision
+    control_metric: str = "flatness"
     steps: int = 400
     quant_start: int = 160
-    eval_every: int = 50
+    eval_every: int = 100
     width: int = 16
     lr: float = 1e-3
+    select: str = "last"        # every run kept at its last step: the rule that keeps a pair at the same step
+    margin: float = 0.15        # equivalence margin of the flatness / curvature claims, relative to full precision
+    accuracy_margin: float = 2.0  # equivalence margin of the accuracy claim, percentage points
     illustrative_seeds: tuple[int, ...] = (0,)   # seeds on which the registry's illustrative metrics run
+    dataset: str = "digits-dg"
+    image_size: int | None = 16
+    data_root: str | None = None   # data sets on disk (rotated-fashion-mnist, DomainBed folders)
     settings: M.Settings = field(default_factory=default_settings)
+    family: list[ClaimSpec] = field(default_factory=list)   # stated by `with_family` before any run
+
+    def where(self, domain: str) -> str:
+        """How a test domain reads: an angle in degrees (rotated sets), or its name."""
+        return f"{domain}°" if str(domain).lstrip("-").isdigit() else str(domain)
 
     def label(self, config: str) -> str:
         bits = dict(self.configs)[config]
@@ -67,10 +92,76 @@ class Plan:
     def config_with_bits(self, bits: int | None) -> str | None:
         return next((c for c, b in self.configs if b == bits), None)
 
+    def confirmatory_configs(self) -> set[str]:
+        return {c.a for c in self.family} | {c.b for c in self.family}
 
-def quick_plan() -> Plan:
-    return Plan(domains=("75",), seeds=(0, 1), steps=150, quant_start=60, eval_every=30,
-                settings=plan_settings("quick", 128))
+    def seeds_of(self, config: str) -> tuple[int, ...]:
+        """The family's configurations run on every seed, the others on the first `explore_seeds`."""
+        return self.seeds if config in self.confirmatory_configs() else self.seeds[:self.explore_seeds]
+
+    def measured(self, config: str, seed: int, split: str) -> list[str]:
+        """The metrics measured on one model and split: the family's on every seed (train split); the other
+        headline metrics, and the test split, on the first `explore_seeds`; the illustrative ones on the train
+        split of `illustrative_seeds`."""
+        family = {c.metric for c in self.family if c.split == split}
+        early = seed in self.seeds[:self.explore_seeds]
+        out = []
+        for n, m in M.REGISTRY.items():
+            if (n in family and config in self.confirmatory_configs()) or (m.role == "headline" and early) or (
+                    m.role == "illustrative" and split == "train" and seed in self.illustrative_seeds):
+                out.append(n)
+        return out if split == "train" or early else []
+
+
+def with_family(plan: Plan) -> Plan:
+    """The plan with its confirmatory family stated: the paper's bit-width against full precision on each
+    registered entry that declares a claim (its summary row, train split) and on out-of-domain accuracy, and the
+    positive control: `control_bits` against full precision on `control_metric`."""
+    fp, paper = plan.config_with_bits(None), plan.config_with_bits(plan.paper_bits)
+    control = plan.config_with_bits(plan.control_bits)
+    fam = []
+    if fp and paper:
+        for n, m in M.REGISTRY.items():
+            if m.claim is None or n not in plan.settings.metrics:
+                continue
+            row = m.summary_row(plan.settings.of(n))
+            fam.append(ClaimSpec(n, n, "train", row, fp, paper, "lower", plan.margin, True,
+                                 f"{m.claim} ({m.label(row)}, train split)"))
+        fam.append(ClaimSpec("ood-accuracy", ACCURACY, "", "ood", fp, paper, "higher", plan.accuracy_margin, False,
+                             "{b} QAT improves out-of-domain accuracy over {a}"))
+    if fp and control and plan.control_metric in M.REGISTRY and plan.control_metric in plan.settings.metrics:
+        m = M.get(plan.control_metric)
+        row = m.summary_row(plan.settings.of(plan.control_metric))
+        fam.append(ClaimSpec("control", plan.control_metric, "train", row, fp, control, "lower", plan.margin, True,
+                             f"positive control: {m.claim or '{b} differs from {a} by ' + m.name} "
+                             f"({m.label(row)}, train split)"))
+    if len(fam) > 6:
+        raise FlatlensError(f"the confirmatory family has {len(fam)} claims; at most 6 (statistics.md)")
+    plan.family = fam
+    return plan
+
+
+# the data sets the main job runs on, and each one's test domains and image size (full plan, quick plan)
+DATASETS = {"digits-dg": {"domains": ("printed", "optdigits"), "quick": ("printed",), "image_size": 16},
+            "rotated-digits": {"domains": ("75", "0"), "quick": ("75",), "image_size": None}}
+
+
+def _dataset(name: str) -> dict:
+    if name not in DATASETS:
+        raise FlatlensError(f"reproduce runs on {', '.join(DATASETS)}; got {name!r}")
+    return DATASETS[name]
+
+
+def quick_plan(dataset: str = "digits-dg") -> Plan:
+    d = _dataset(dataset)
+    return with_family(Plan(dataset=dataset, domains=d["quick"], image_size=d["image_size"], seeds=(0, 1, 2),
+                            explore_seeds=2, steps=150, quant_start=60, eval_every=50,
+                            settings=plan_settings("quick", 128)))
+
+
+def full_plan(dataset: str = "digits-dg") -> Plan:
+    d = _dataset(dataset)
+    return with_family(Plan(dataset=dataset, domains=d["domains"], image_size=d["image_size"]))
 
 
 @dataclass
@@ -147,20 +238,54 @@ class ReproduceRun(Result):
     def runs(self, domain: str, config: str) -> list[ModelRun]:
         return [m for m in self.models if m.domain == domain and m.config == config]
 
+    @classmethod
+    def from_dict(cls, d: dict):
+        """A run read back through its types; a stored analysis of an older layout is dropped (the report and
+        figures then compute it from the run's records), everything else must parse."""
+        try:
+            return super().from_dict(d)
+        except (ValueError, TypeError, KeyError) as e:
+            if not (isinstance(d, dict) and isinstance(d.get("analysis"), dict)) or ".analysis" not in str(e):
+                raise
+            return super().from_dict({**d, "analysis": None})
+
 
 def model_specs(plan: Plan) -> list[dict]:
+    """Every model of the plan: each test domain and seed, with the configurations that seed runs."""
     return [{"domain": d, "config": name, "bits": bits, "seed": s}
-            for d in plan.domains for s in plan.seeds for name, bits in plan.configs]
+            for d in plan.domains for s in plan.seeds for name, bits in plan.configs if s in plan.seeds_of(name)]
 
 
 def ckpt_path(out: str, spec: dict) -> str:
     return os.path.join(out, "checkpoints", f"test{spec['domain']}", f"{spec['config']}_s{spec['seed']}.pt")
 
 
-def metrics_for(plan: Plan, seed: int) -> list[str]:
-    """The registry's headline metrics on every seed, its illustrative ones on `plan.illustrative_seeds`."""
-    return [n for n, m in M.REGISTRY.items()
-            if m.role == "headline" or (m.role == "illustrative" and seed in plan.illustrative_seeds)]
+def prefix_path(out: str, domain: str, seed: int) -> str:
+    return os.path.join(out, "checkpoints", f"test{domain}", f"prefix_s{seed}.state")
+
+
+def metrics_for(plan: Plan, seed: int, config: str | None = None, split: str = "train") -> list[str]:
+    """What is measured on a model of `config` (default: one of the family's) and `seed`, on `split`."""
+    config = config or next(iter(sorted(plan.confirmatory_configs())), plan.configs[0][0])
+    return plan.measured(config, seed, split)
+
+
+def measurement_settings(plan: Plan, seed: int) -> M.Settings:
+    """The plan's settings with measurement seed `seed`: every configuration of one training seed is measured
+    on the same samples with the same directions, probes and noise draws (common random numbers within a pair),
+    and each seed draws afresh."""
+    s = copy.deepcopy(plan.settings)
+    s.common.seed = int(seed)
+    return s
+
+
+def train_config(plan: Plan, spec: dict, device: str):
+    from .train import TrainConfig
+    return TrainConfig(dataset=plan.dataset, data_root=plan.data_root, image_size=plan.image_size,
+                       test_domains=[spec["domain"]],
+                       bits=spec["bits"], seed=spec["seed"], steps=plan.steps, quant_start=plan.quant_start,
+                       eval_every=plan.eval_every, lr=plan.lr, arch_kwargs={"width": plan.width}, device=device,
+                       select=plan.select)
 
 
 def plan_to_dict(plan: Plan) -> dict:
@@ -197,25 +322,34 @@ def _worker_init(parent: int) -> None:
 
 
 def _job(args) -> dict:
-    """Train (or resume) one model and measure it on both splits; runs in a worker process."""
-    spec, plan_dict, out, device, threads = args
+    """One test domain and seed: the shared full-precision prefix, then every configuration this seed runs,
+    branched from it (or resumed), each measured as the plan says; runs in a worker process."""
+    domain, seed, plan_dict, out, device, threads = args
     if threads:
         torch.set_num_threads(threads)
-    from .train import TrainConfig, train
+    from .data import load
+    from .train import train, train_prefix
     plan = plan_from_dict(plan_dict)
-    path = ckpt_path(out, spec)
+    specs = [s for s in model_specs(plan) if s["domain"] == domain and s["seed"] == seed]
     t0 = time.perf_counter()
-    if not os.path.exists(path):
-        cfg = TrainConfig(test_domains=[spec["domain"]], bits=spec["bits"], seed=spec["seed"], steps=plan.steps,
-                          quant_start=plan.quant_start, eval_every=plan.eval_every, lr=plan.lr,
-                          arch_kwargs={"width": plan.width}, device=device)
-        train(cfg, path, resume=True, quiet=True)
+    data = None
+    todo = [s for s in specs if not os.path.exists(ckpt_path(out, s))]
+    if todo:
+        data = load(plan.dataset, plan.data_root, seed=0, image_size=plan.image_size)
+        prefix = prefix_path(out, domain, seed)
+        train_prefix(train_config(plan, todo[0], device), prefix, data=data)
+        for spec in todo:
+            train(train_config(plan, spec, device), ckpt_path(out, spec), resume=True, quiet=True, data=data,
+                  prefix=prefix)
     t_train = time.perf_counter() - t0
     cache = ResultCache(os.path.join(out, "cache"))
-    measure_all([Target(load_checkpoint(path), metrics_for(plan, spec["seed"]), plan.settings)], list(SPLITS),
-                cache=cache, device=device)
-    return {"spec": spec, "train_seconds": t_train, "measure_seconds": time.perf_counter() - t0 - t_train,
-            "cache": cache.stats()}
+    settings = measurement_settings(plan, seed)
+    for split in SPLITS:
+        targets = [Target(load_checkpoint(ckpt_path(out, s)), plan.measured(s["config"], seed, split), settings)
+                   for s in specs]
+        measure_all([t for t in targets if t.metrics], [split], cache=cache, device=device)
+    return {"domain": domain, "seed": seed, "models": len(specs), "train_seconds": t_train,
+            "measure_seconds": time.perf_counter() - t0 - t_train, "cache": cache.stats()}
 
 
 def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
@@ -234,9 +368,9 @@ def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
 
 
 def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = False, jobs: int = 2,
-        figures: bool = True, plan: Plan | None = None) -> ReproduceRun:
+        figures: bool = True, plan: Plan | None = None, dataset: str = "digits-dg") -> ReproduceRun:
     from tqdm.auto import tqdm
-    plan = plan or (quick_plan() if quick else Plan())
+    plan = plan or (quick_plan(dataset) if quick else full_plan(dataset))
     plan.settings.check()
     os.makedirs(out, exist_ok=True)
     plan_dict = plan_to_dict(plan)
@@ -244,9 +378,11 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     t0 = time.perf_counter()
     specs = model_specs(plan)
     threads = 1 if jobs > 1 else 0
-    work = [(s, plan_dict, out, device, threads) for s in specs]
+    units = sorted({(s["domain"], s["seed"]) for s in specs}, key=lambda u: (plan.seeds.index(u[1]),
+                                                                              plan.domains.index(u[0])))
+    work = [(d, seed, plan_dict, out, device, threads) for d, seed in units]
     timings = []
-    bar = tqdm(total=len(specs), disable=quiet, desc="reproduce: train + measure models")
+    bar = tqdm(total=len(work), disable=quiet, desc=f"reproduce: {len(specs)} models, {len(work)} seed x domain jobs")
     if jobs > 1 and device == "cpu":
         import multiprocessing as mp
         from concurrent.futures.process import BrokenProcessPool
@@ -271,8 +407,10 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     results.cache["measure"] = {k: sum(t["cache"][k] for t in timings) for k in ("hits", "misses",
                                                                                 "corrupt_recomputed")}
     results.seconds = {"train_and_measure": t_collect - t0, "collect_and_analyze": time.perf_counter() - t_collect,
-                       "train_per_model": [t["train_seconds"] for t in timings],
-                       "measure_per_model": [t["measure_seconds"] for t in timings], "jobs": jobs}
+                       "train_per_job": [t["train_seconds"] for t in timings],
+                       "measure_per_job": [t["measure_seconds"] for t in timings],
+                       "models_per_job": [t["models"] for t in timings], "jobs": jobs,
+                       "cpus": os.cpu_count()}
     results.to_json(os.path.join(out, "results.json"), indent=1)
     from .report import write_report
     write_report(results, os.path.join(out, "report.md"))
@@ -296,11 +434,17 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
     from .train import ensemble_accuracy
     cache = ResultCache(os.path.join(out, "cache"))
     ckpts = [load_checkpoint(ckpt_path(out, spec)) for spec in specs]
-    done = measure_all([Target(c, metrics_for(plan, spec["seed"]), plan.settings) for c, spec in zip(ckpts, specs)],
-                       list(SPLITS), cache=cache, device=device)
+    meas_all = {}
+    for split in SPLITS:
+        targets = [Target(c, plan.measured(spec["config"], spec["seed"], split),
+                          measurement_settings(plan, spec["seed"])) for c, spec in zip(ckpts, specs)]
+        keep = [i for i, t in enumerate(targets) if t.metrics]
+        done = measure_all([targets[i] for i in keep], [split], cache=cache, device=device)
+        for j, i in enumerate(keep):
+            meas_all.setdefault(i, {})[split] = {r.metric: r for r in done.of(j, split)}
     models = []
     for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
-        meas = {split: {r.metric: r for r in done.of(i, split)} for split in SPLITS}
+        meas = meas_all.get(i, {})
         qerr = quantization_error(ckpt["state_dict"], ckpt["quant"]) if ckpt["quant"] else None
         models.append(ModelRun(domain=spec["domain"], config=spec["config"], bits=spec["bits"], seed=spec["seed"],
                                checkpoint=os.path.relpath(ckpt["path"], out), sha256=ckpt["sha256"],
@@ -309,7 +453,7 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
     eoq = {}
     paper = plan.config_with_bits(plan.paper_bits)
     for d in plan.domains:
-        member_specs = [s for s in specs if s["domain"] == d and s["config"] == paper]
+        member_specs = [s for s in specs if s["domain"] == d and s["config"] == paper][:5]  # EoQ: 5 members
         if len(member_specs) < 2:
             continue
         members = [load_checkpoint(ckpt_path(out, s)) for s in member_specs]

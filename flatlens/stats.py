@@ -42,9 +42,13 @@ class Estimate:
     within_stderr: float | None = None    # two-level estimates: the measurement part, reported beside
 
 
+NO_SPREAD = "not testable: no spread"   # zero variance is not certainty (statistics.md): never p = 0
+
+
 @dataclass
 class TestResult:
-    """A two-sided test of a difference (b - a, or a mean against mu0), with its CI and p-value."""
+    """A two-sided test of a difference (b - a, or a mean against mu0), with its CI and p-value. p is NaN, the CI
+    None and `note` says why where the data cannot be tested (no spread, fewer than two values)."""
     test: str
     estimate: float
     stderr: float
@@ -55,6 +59,11 @@ class TestResult:
     n: list[int] = field(default_factory=list)
     source: str = MEASUREMENT
     mde80: float | None = None            # smallest |difference| detected with 80 % power, at alpha / family size
+    note: str = ""
+
+    @property
+    def testable(self) -> bool:
+        return not math.isnan(self.p)
 
 
 @dataclass
@@ -145,9 +154,7 @@ def welch(a: Estimate, b: Estimate, *, source: str | None = None) -> TestResult:
     if not math.isfinite(se) or a.df <= 0 or b.df <= 0:
         return TestResult("Welch t", diff, se, 0.0, None, math.nan, math.nan, [a.n, b.n], src)
     if se == 0:
-        p = 0.0 if diff != 0 else 1.0
-        return TestResult("Welch t", diff, 0.0, math.inf, (diff, diff), math.copysign(math.inf, diff) if diff
-                          else 0.0, p, [a.n, b.n], src, 0.0)
+        return TestResult("Welch t", diff, 0.0, 0.0, None, math.nan, math.nan, [a.n, b.n], src, note=NO_SPREAD)
     df = satterthwaite(va, a.df, vb, b.df)
     t = diff / se
     return TestResult("Welch t", diff, se, df, _ci(diff, se, df), t, _p_two_sided(t, df), [a.n, b.n], src,
@@ -174,10 +181,10 @@ def one_sample(values: Sequence[float], mu0: float = 0.0, *, source: str = MEASU
     e = t_interval(values, source=source)
     diff = e.value - mu0
     if e.n < 2:
-        return TestResult(test, diff, math.inf, 0.0, None, math.nan, math.nan, [e.n], source)
+        return TestResult(test, diff, math.inf, 0.0, None, math.nan, math.nan, [e.n], source,
+                          note="not testable: fewer than 2 values")
     if e.stderr == 0:
-        return TestResult(test, diff, 0.0, e.df, (e.value, e.value), math.copysign(math.inf, diff) if diff
-                          else 0.0, 0.0 if diff else 1.0, [e.n], source, 0.0)
+        return TestResult(test, diff, 0.0, e.df, None, math.nan, math.nan, [e.n], source, note=NO_SPREAD)
     t = diff / e.stderr
     lo, hi = e.ci95
     return TestResult(test, diff, e.stderr, e.df, (lo - mu0, hi - mu0), t, _p_two_sided(t, e.df), [e.n],
@@ -247,22 +254,97 @@ def fieller(a: Estimate, b: Estimate, *, level: float = LEVEL) -> RatioEstimate:
     return RatioEstimate(value, (min(r1, r2), max(r1, r2)), True, df, source=src)
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment: sort p ascending, p_adj(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
-    NaN p-values (untestable rows) stay NaN and do not count in m."""
+def holm(pvalues: Sequence[float], exclusive: Sequence | None = None) -> list[float]:
+    """Holm's step-down adjustment: sort p ascending, p_adj(i) = max_{j<=i} min(1, t_j p_(j)), with t_j the
+    number of hypotheses that can still be true when the j - 1 smaller ones are false: m - j + 1 (Holm), or, with
+    `exclusive` (a group label per hypothesis, at most one true hypothesis per group: a claim's "no difference"
+    and "not equivalent" nulls), the number of groups with a hypothesis left (Shaffer 1986, S1). Either controls
+    the family-wise error under any dependence. NaN p-values (untestable rows) stay NaN and do not count."""
     p = np.asarray(pvalues, dtype=np.float64)
     ok = ~np.isnan(p)
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(ok)
-    m = idx.size
-    if m == 0:
+    if idx.size == 0:
         return out.tolist()
+    groups = list(range(len(p))) if exclusive is None else list(exclusive)
     order = idx[np.argsort(p[idx], kind="stable")]
+    left = set(int(i) for i in idx)
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
+    for i in order:
+        t = len({groups[j] for j in left})
+        running = max(running, min(1.0, t * p[i]))
         out[i] = running
+        left.discard(int(i))
     return out.tolist()
+
+
+def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, relative: bool,
+                source: str = MEASUREMENT) -> TestResult:
+    """Equivalence of paired values by two one-sided tests (Schuirmann 1987) against a margin stated in advance.
+    relative: |mean(b) / mean(a) - 1| < margin, tested exactly on the paired linear contrasts
+        upper:  H0 mean(b - (1 + m) a) >= 0   (t on the values b_i - (1 + m) a_i, n - 1 df)
+        lower:  H0 mean(b - (1 - m) a) <= 0
+    absolute: |mean(b - a)| < margin, the contrasts b_i - a_i -+ m. p = the larger one-sided p (an
+    intersection-union test: no adjustment between the two). The estimate is mean(b)/mean(a) - 1 (relative) or
+    mean(b - a); the CI is the 90 % interval that TOST at 0.05 checks against (-m, m): Fieller's paired interval
+    of the ratio minus 1, or the t-interval of the differences. Zero spread: not testable."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal lengths; got {a.size} and {b.size}")
+    n = a.size
+    name = f"TOST, paired, margin ±{100 * margin:g} %" if relative else f"TOST, paired, margin ±{margin:g}"
+    if relative:
+        upper, lower = b - (1 + margin) * a, b - (1 - margin) * a
+        est = float(b.mean() / a.mean() - 1) if a.mean() != 0 else math.nan
+        ci = paired_ratio_interval(a, b, level=1 - 2 * ALPHA)
+        ci = None if ci is None else (ci[0] - 1, ci[1] - 1)
+    else:
+        d = b - a
+        upper, lower = d - margin, d + margin
+        est = float(d.mean()) if n else math.nan
+        e = t_interval(d)
+        ci = _ci(e.value, e.stderr, e.df, 1 - 2 * ALPHA) if n >= 2 else None
+    if n < 2 or float(np.std(upper, ddof=1)) == 0 or float(np.std(lower, ddof=1)) == 0:
+        return TestResult(name, est, math.nan, max(n - 1, 0), None, math.nan, math.nan, [n], source,
+                          note=NO_SPREAD if n >= 2 else "not testable: fewer than 2 values")
+    se_u = float(np.std(upper, ddof=1) / math.sqrt(n))
+    se_l = float(np.std(lower, ddof=1) / math.sqrt(n))
+    t_u, t_l = float(upper.mean()) / se_u, float(lower.mean()) / se_l
+    p_u, p_l = float(stats.t.cdf(t_u, n - 1)), float(stats.t.sf(t_l, n - 1))
+    p = max(p_u, p_l)
+    se = float(np.std(b - a, ddof=1) / math.sqrt(n))
+    return TestResult(name, est, se, n - 1, ci, t_u if p_u >= p_l else t_l, p, [n], source)
+
+
+def paired_ratio_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL):
+    """Fieller's interval for theta = mean(b) / mean(a) from paired values: the theta whose contrast b - theta a
+    has a mean the t-test does not reject,
+        (B - theta A)^2 <= t^2 (s_bb - 2 theta s_ab + theta^2 s_aa) / n,
+    a quadratic in theta; None when it is unbounded (A's interval includes 0)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = a.size
+    if n < 2:
+        return None
+    A, B = float(a.mean()), float(b.mean())
+    C = np.cov(np.stack([a, b]), ddof=1)
+    t2 = t_crit(n - 1, level) ** 2 / n
+    qa = A * A - t2 * C[0, 0]
+    qb = -2 * (A * B - t2 * C[0, 1])
+    qc = B * B - t2 * C[1, 1]
+    if qa <= 0:
+        return None
+    disc = max(qb * qb - 4 * qa * qc, 0.0)
+    r1, r2 = (-qb - math.sqrt(disc)) / (2 * qa), (-qb + math.sqrt(disc)) / (2 * qa)
+    return (float(min(r1, r2)), float(max(r1, r2)))
+
+
+def equivalence_margin80(se: float, df: float, *, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest margin that TOST at `alpha` shows with probability `power` when the true difference is 0
+    (a planning figure, se treated as known):  P(T'(m/se) > t_{1-alpha}) = (1 + power) / 2 for each side, both
+    sides nearly independent of each other's miss when m is this large; m = (t_{1-alpha} + t_{(1+power)/2}) se."""
+    if not (se is not None and math.isfinite(se) and se > 0 and df and df > 0):
+        return None
+    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf((1 + power) / 2, df)) * se)
 
 
 def detectable_difference(se: float, df: float, *, alpha: float = ALPHA, power: float = POWER) -> float | None:

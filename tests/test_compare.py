@@ -89,18 +89,26 @@ def test_mismatched_datasets_refused_unless_data_given(tmp_path, ckpts, capsys):
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
-    """Two methods x three seeds of tiny models, trained here."""
+    """Two methods x three seeds of tiny models, trained here; each seed's two runs branch from one shared
+    full-precision prefix (pairs), and a seed-3 pair, and a seed-2 q2 run trained without the prefix."""
     from flatlens.data import rotated_digits
-    from flatlens.train import TrainConfig, train
+    from flatlens.train import TrainConfig, train, train_prefix
     data = rotated_digits()
     d = tmp_path_factory.mktemp("seeds")
-    out = {"fp": [], "q2": []}
-    for seed in range(3):
+    out = {"fp": [], "q2": [], "extra": {}}
+    for seed in range(4):
+        cfg = dict(steps=40, eval_every=20, quant_start=20, seed=seed, test_domains=["75"],
+                   arch_kwargs={"width": 8}, select="last")
+        prefix = str(d / f"prefix_{seed}.state")
+        train_prefix(TrainConfig(**cfg), prefix, data=data)
         for name, bits in (("fp", None), ("q2", 2)):
             p = d / f"{name}_{seed}.pt"
-            train(TrainConfig(steps=40, eval_every=20, quant_start=20, bits=bits, seed=seed, test_domains=["75"],
-                              arch_kwargs={"width": 8}), str(p), quiet=True, data=data)
-            out[name].append(str(p))
+            train(TrainConfig(bits=bits, **cfg), str(p), quiet=True, data=data, prefix=prefix)
+            (out[name] if seed < 3 else out["extra"].setdefault(name, [])).append(str(p))
+        if seed == 2:
+            p = d / "q2_2_noprefix.pt"
+            train(TrainConfig(bits=2, **cfg), str(p), quiet=True, data=data)
+            out["extra"]["noprefix"] = str(p)
     return out
 
 
@@ -124,10 +132,70 @@ def test_compare_groups_is_seed_level_with_holm(tmp_path, seeds, capsys):
     assert fp_r1.value == pytest.approx(sum(per) / 3) and fp_r1.values == pytest.approx(per)
 
 
-def test_compare_groups_needs_two_checkpoints_per_group(seeds, capsys):
-    assert main(["compare", "--group", "fp", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
-    assert "needs >= 2" in capsys.readouterr().err
+def test_compare_groups_needs_three_checkpoints_per_group_and_each_model_once(seeds, capsys):
+    assert main(["compare", "--group", "fp", *seeds["fp"][:2], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
+    assert "needs >= 3" in capsys.readouterr().err
     assert main(["compare", seeds["fp"][0], "--group", "q2", *seeds["q2"], "--quiet"]) == 2
+    capsys.readouterr()
+    # the same model twice, in one group or across groups, is one replicate: refused (it once gave p = 0)
+    for groups in ((seeds["fp"][:2] + seeds["fp"][:1], seeds["q2"]), (seeds["fp"], seeds["fp"])):
+        assert main(["compare", "--group", "a", *groups[0], "--group", "b", *groups[1], "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "same model" in err
+
+
+def test_compare_paired_equals_ttest_rel_on_the_per_seed_values(tmp_path, seeds, capsys):
+    from scipy import stats as ss
+    j = tmp_path / "p.json"
+    assert main(["compare", "--paired", "--group", "fp", *seeds["fp"], "--group", "q2", *reversed(seeds["q2"]),
+                 "--metric", "flatness", "--samples", "64", "--directions", "4", "--radii", "0", "1", "2",
+                 "--no-cache", "--json", str(j), "--quiet"]) == 0
+    rep = Comparison.from_json(j)
+    assert rep.mode == "pairs" and "paired" in rep.question
+    rows = [r for r in rep.rows if r.subject == "q2"]
+    assert rows and {r.test for r in rows} == {"paired t over seeds"}
+    for r in rows:
+        ref = next(x for x in rep.rows if x.subject == "fp" and x.key == r.key and x.split == r.split)
+        t = ss.ttest_rel(r.values, ref.values)  # the pairs matched by seed, whatever the order given
+        assert r.diff == pytest.approx(sum(a - b for a, b in zip(r.values, ref.values)) / 3)
+        assert r.test_df == 2 and r.p == pytest.approx(t.pvalue) and r.statistic == pytest.approx(t.statistic)
+    # each pair measured with its own seed (the base seed plus the training seed), the same within the pair
+    seeds_used = {(rec.checkpoint, rec.seed) for rec in rep.records}
+    assert {s for _, s in seeds_used} == {0, 1, 2} and len(seeds_used) == 6
+
+
+def test_compare_paired_refuses_what_is_not_a_pair(seeds, capsys):
+    fp, q2, extra = seeds["fp"], seeds["q2"], seeds["extra"]
+    cases = [([*fp], [*q2[:2], extra["q2"][0]], "do not pair"),                 # seeds 0, 1, 2 against 0, 1, 3
+             ([*fp], [*q2[:2], extra["noprefix"]], "shared prefix"),             # seed 2 trained without it
+             ([*fp[:2], extra["fp"][0]], [*q2[:2], extra["q2"][0]], None)]       # a good pairing: accepted
+    for a, b, why in cases:
+        code = main(["compare", "--paired", "--group", "a", *a, "--group", "b", *b, "--metric", "hessian-trace",
+                     "--samples", "32", "--rtol", "0.5", "--no-cache", "--quiet"])
+        err = capsys.readouterr().err
+        if why is None:
+            assert code == 0, err
+        else:
+            assert code == 2 and why in err and err.count("\n") == 1, err
+
+
+def test_compare_paired_zero_spread_is_not_testable(tmp_path, seeds, capsys):
+    # b's models are a's weights in other files: every paired difference is exactly 0, which is no evidence of
+    # equality: "not testable", never p = 0 or p = 1
+    import torch
+    from flatlens.checkpoint import save_checkpoint
+    copies = []
+    for i, p in enumerate(seeds["fp"]):
+        ck = torch.load(p, weights_only=True)
+        ck["history"] = ck["history"] + [{"note": "copy"}]
+        save_checkpoint(tmp_path / f"copy{i}.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+        copies.append(str(tmp_path / f"copy{i}.pt"))
+    j = tmp_path / "z.json"
+    assert main(["compare", "--paired", "--group", "fp", *seeds["fp"], "--group", "copy", *copies, "--metric",
+                 "hessian-eig", "--samples", "32", "--no-cache", "--json", str(j), "--quiet"]) == 0
+    r = next(r for r in Comparison.from_json(j).rows if r.subject == "copy")
+    assert r.diff == 0 and (r.p is None or math.isnan(r.p))
+    assert "not testable" in r.verdict
 
 
 def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsys, monkeypatch):  # noqa: F811

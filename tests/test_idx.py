@@ -121,3 +121,20 @@ def test_debian_fashion_mnist_loads_as_rotated_fashion_mnist():
     for d in data.domains:
         counts = np.bincount(data.tensors[d][1].numpy(), minlength=10)
         assert np.all(np.abs(counts / (len(data.tensors[d][1]) / 10) - 1) <= 0.10)
+
+
+def test_the_paired_design_runs_on_a_data_set_on_disk(tmp_path):
+    # what benchmarks/gpu_suite.py's fashion_paired section runs on a GPU, here on a tiny fake Fashion-MNIST folder
+    from flatlens.reproduce import Plan, plan_settings, run, with_family
+    root = tmp_path / "fm"
+    fake_fashion(root, n_train=300, n_test=60)
+    plan = with_family(Plan(dataset="rotated-fashion-mnist", data_root=str(root), image_size=16, domains=("75",),
+                            seeds=(0, 1), explore_seeds=1, configs=(("fp32", None), ("q7", 7), ("q2", 2)),
+                            steps=12, quant_start=6, eval_every=6, width=4, illustrative_seeds=(),
+                            settings=plan_settings("quick", 32)))
+    res = run(str(tmp_path / "out"), plan=plan, jobs=1, quiet=True, figures=False)
+    assert len(res.models) == 6 and {m.domain for m in res.models} == {"75"}
+    assert [c.spec.key for c in res.analysis.claims] == [c.key for c in plan.family]
+    import torch
+    ck = torch.load(tmp_path / "out" / "checkpoints" / "test75" / "q7_s1.pt", weights_only=True)
+    assert ck["data"]["root"] == str(root) and ck["pairing"]["prefix_step"] == 6

@@ -22,43 +22,85 @@ def run_dir(tmp_path_factory):
 
 
 def test_outputs_are_typed_and_round_trip(run_dir):
+    from flatlens.reproduce import model_specs
     raw = json.loads((run_dir / "results.json").read_text())
     run = ReproduceRun.from_dict(raw)
     assert run.to_dict() == raw  # results.json reads back through the same types, field for field
     plan = quick_plan()
-    assert len(run.models) == len(plan.seeds) * len(plan.configs)
+    assert len(run.models) == len(model_specs(plan))
     assert {m.config for m in run.models} == {c for c, _ in plan.configs}
-    m = run.models[0]
-    assert set(m.measurements) == {"train", "test"}
-    headline = {n for n, x in M.REGISTRY.items() if x.role == "headline"}
-    assert headline <= set(m.measurements["train"])
-    for mm in run.models:  # illustrative metrics on the illustrative seed only
+    for mm in run.models:  # what the plan says is measured on each model, no more, no less
+        for split in ("train", "test"):
+            assert set(mm.measurements.get(split, {})) == set(plan.measured(mm.config, mm.seed, split))
         has = "hessian-density" in mm.measurements["train"]
         assert has == (mm.seed in plan.illustrative_seeds)
-    assert run.eoq["75"].test_acc and run.analysis.claims
+    assert run.eoq["printed"].test_acc and run.analysis.claims
     report = (run_dir / "report.md").read_text()
-    for section in ("## Summary", "## Claims", "## Accuracy", "## Headline measures over seeds, train split",
-                    "quantization-noise test", "Holm-adjusted"):
+    for section in ("## Summary", "## Confirmatory claims", "## Exploratory comparisons", "## Accuracy",
+                    "## Headline measures over seeds, train split", "quantization-noise test", "adjusted p"):
         assert section in report
-    assert "over 2 seeds" in report and "torch" in report
+    assert "(3)" in report and "torch" in report
 
 
-def test_every_claim_names_its_test_n_and_adjusted_p(run_dir):
+def test_pairs_share_their_prefix_and_the_last_step(run_dir):
+    import torch
+    plan = quick_plan()
+    for seed in plan.seeds:
+        cks = [torch.load(run_dir / "checkpoints" / "testprinted" / f"{c}_s{seed}.pt", weights_only=True)
+               for c in sorted(plan.confirmatory_configs())]
+        assert len({c["pairing"]["prefix_sha256"] for c in cks}) == 1 and cks[0]["pairing"]["seed"] == seed
+        assert {c["metrics"]["selected_step"] for c in cks} == {plan.steps}  # one rule keeps the pair
+        # the shared prefix: identical history up to the quantization start
+        hist = [[h for h in c["history"] if h.get("step", 0) <= plan.quant_start and "event" not in h] for c in cks]
+        assert all(h == hist[0] for h in hist) and hist[0]
+    run = load_run(str(run_dir))
+    fp = [m for m in run.models if m.config == "fp32" and m.seed == 1][0]
+    q7 = [m for m in run.models if m.config == "q7" and m.seed == 1][0]
+    other = [m for m in run.models if m.config == "fp32" and m.seed == 2][0]
+    # common random numbers within a pair, fresh draws across seeds
+    assert fp.record("train", "flatness").seed == q7.record("train", "flatness").seed == 1
+    assert fp.record("train", "flatness").data == q7.record("train", "flatness").data
+    assert fp.record("train", "flatness").data != other.record("train", "flatness").data
+
+
+def test_the_family_in_results_is_the_plans_and_holm_runs_over_exactly_it(run_dir):
+    from flatlens import stats
+    run = load_run(str(run_dir))
+    plan = quick_plan()
+    assert [dataclasses_asdict(c) for c in run.plan.family] == [dataclasses_asdict(c) for c in plan.family]
+    assert 1 <= len(plan.family) <= 6
+    an = run.analysis
+    assert [c.spec.key for c in an.claims] == [c.key for c in plan.family] == an.family["keys"]
+    ps, groups = [], []
+    for i, c in enumerate(an.claims):
+        ps += [c.test.difference.p, c.test.equivalence.p]
+        groups += [i, i]
+    adj = stats.holm(ps, exclusive=groups)
+    for i, c in enumerate(an.claims):
+        assert c.p_diff_adj == pytest.approx(adj[2 * i]) and c.p_equiv_adj == pytest.approx(adj[2 * i + 1])
+    assert an.family["hypotheses"] == 2 * len(plan.family)
+
+
+def dataclasses_asdict(x):
+    import dataclasses
+    return dataclasses.asdict(x)
+
+
+def test_every_claim_names_its_tests_n_and_adjusted_p(run_dir):
+    from flatlens.report import VERDICTS
     run = load_run(str(run_dir))
     report = (run_dir / "report.md").read_text()
-    claims = [line for line in report.splitlines() if line.startswith("- ") and "Holm-adjusted p" in line]
+    claims = [line for line in report.splitlines() if line.startswith("- ") and "adjusted p" in line]
     assert len(claims) == len(run.analysis.claims)
     for c, line in zip(run.analysis.claims, claims):
-        assert c.test.test in line and "95 % CI" in line and "p = " in line
-        assert ("n = 2 + 2 seeds" in line) or ("over 2 members" in line)
-        word = {"supported": "**supported**", "not supported": "**not supported**",
-                "contradicted": "**contradicted**", "not testable": "**not testable**"}[c.verdict]
-        assert word in line
+        assert c.statement in line and "paired t over 3 seeds" in line and "95 % CI" in line and "TOST against" in line
+        assert line.count("adjusted p = ") == 2
+        assert VERDICTS[c.verdict].split("**")[1].split("{")[0].split("(")[0].strip() in line
         assert "80 % power" in line  # every claim (a null result above all) states what the run could detect
 
 
 def test_rerun_resumes_from_checkpoints_and_cache(run_dir):
-    ck = run_dir / "checkpoints" / "test75" / "q7_s0.pt"
+    ck = run_dir / "checkpoints" / "testprinted" / "q7_s0.pt"
     mtime = os.path.getmtime(ck)
     first = load_run(str(run_dir))
     n_measurements = sum(len(ms) for m in first.models for ms in m.measurements.values())
@@ -76,11 +118,15 @@ def test_figures_have_expected_axes(run_dir, tmp_path):
     run = load_run(str(run_dir))
     figs = {name: fn(run) for name, fn in FIGURES.items()}
     f1 = figs["fig1_local_flatness"].axes
-    assert [a.get_title() for a in f1[:2]] == ["train flatness, test domain 75°", "test flatness, test domain 75°"]
+    assert [a.get_title() for a in f1[:2]] == ["train flatness, test domain printed", "test flatness, test domain printed"]
     assert "radius" in f1[0].get_xlabel() and "loss increase" in f1[0].get_ylabel()
-    assert len(f1[0].get_lines()) == 5 and "over 2 seeds" in f1[0].get_legend().get_title().get_text()
-    f2 = figs["fig2_eigenvalue_trace"].axes
+    assert len(f1[0].get_lines()) == 5 and "over seeds" in f1[0].get_legend().get_title().get_text()
+    f2 = figs["fig2_per_seed_pairs"].axes
     assert "eigenvalue" in f2[0].get_ylabel() and "trace" in f2[1].get_ylabel().lower()
+    assert any(len(line.get_xdata()) >= 3 for line in f2[0].get_lines())  # a seed's models joined by a line
+    f9 = figs["fig9_confirmatory_claims"].axes
+    assert len(f9) == len(quick_plan().family) and "margin" in " ".join(
+        t.get_text() for t in f9[0].get_legend().get_texts())
     assert figs["fig3_spectral_density"].axes[0].get_yscale() == "log"
     assert "filter-normalized" in figs["fig4_filter_normalized_curves"].axes[0].get_xlabel()
     assert len(figs["fig5_surfaces_2d"].axes) == 6  # five panels and a colour bar
@@ -90,7 +136,7 @@ def test_figures_have_expected_axes(run_dir, tmp_path):
     assert any(line.get_label() == "y = x" for line in f6.get_lines())
     f7 = figs["fig7_accuracy_vs_bits"].axes
     assert f7[0].get_xlabel() == "weight bits" and f7[1].get_xlabel() == "training step"
-    assert "95 % CI over 2 seeds" in f7[0].get_title()
+    assert "95 % CI over seeds" in f7[0].get_title()
     assert "corrected" in figs["fig8_quantization_error"].axes[0].get_title()
     for f in figs.values():
         matplotlib.pyplot.close(f)
@@ -162,7 +208,7 @@ def _only_kept_metrics_anywhere(run_dir, tmp_path, capsys, keep):
     help_text = parser._subparsers._group_actions[0].choices["hessian"].format_help()
     assert "hessian-trace" in help_text and "hessian-eig" not in help_text and "--qnoise-samples" not in help_text
     assert "landscape" not in parser._subparsers._group_actions[0].choices
-    ck = run_dir / "checkpoints" / "test75"
+    ck = run_dir / "checkpoints" / "testprinted"
     j = tmp_path / "cmp.json"
     assert main(["compare", str(ck / "fp32_s0.pt"), str(ck / "q7_s0.pt"), "--metric", "all", "--samples", "64",
                  "--directions", "4", "--no-cache", "--quiet", "--json", str(j)]) == 0
@@ -266,3 +312,37 @@ def test_quick_run_numbers_and_report_equal_the_stored_reference(run_dir):
         moved = run_numbers.text_differences("\n".join(_stable_report_lines(fh.read())),
                                              "\n".join(_stable_report_lines((run_dir / "report.md").read_text())))
     assert not moved, moved[:3]
+
+
+def test_plan_prints_each_claims_mde_and_the_expected_time_before_any_work(run_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["reproduce", "--plan", "--quick", "--pilot", str(run_dir), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    plan = quick_plan()
+    for c in plan.family:
+        assert c.key in text
+    assert "MDE80" in text and "expected time" in text and "target" in text and not out.exists()
+    # the figure is the formula on the pilot's spread: the family's level, S - 1 df
+    from flatlens import stats
+    from flatlens.power import claim_power, load_pilot
+    pilot = load_pilot(str(run_dir), plan)
+    cp = next(c for c in claim_power(plan, pilot) if c.key == "hessian-trace")
+    sd = pilot.claims["hessian-trace"].sd_pooled
+    S = len(plan.seeds)
+    assert cp.mde == pytest.approx(stats.detectable_difference(sd / S ** 0.5, S - 1, alpha=0.05 / len(plan.family)))
+    # the default (full) plan with the pilot flatlens ships: a stated plan, no pilot argument needed
+    assert main(["reproduce", "--plan"]) == 0
+    assert "expected time" in capsys.readouterr().out
+
+
+def test_the_data_figures_show_every_domain_and_every_configuration(run_dir):
+    from flatlens.plots import FIGURES
+    run = load_run(str(run_dir))
+    f10 = FIGURES["fig10_domain_samples"](run)
+    labels = [ax.get_ylabel() for ax in f10.axes if ax.get_ylabel()]
+    assert labels == ["mnist", "mnist-photo", "mnist-rotated", "optdigits", "printed (test)"]
+    f11 = FIGURES["fig11_domain_accuracy"](run)
+    ticks = [t.get_text() for t in f11.axes[0].get_xticklabels()]
+    assert len(ticks) == 5 and "printed\n(held out)" in ticks
+    for f in (f10, f11):
+        matplotlib.pyplot.close(f)

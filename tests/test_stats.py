@@ -180,3 +180,124 @@ def test_detectable_difference_is_smooth_and_decreasing_in_df_at_a_family_level(
     a = stats.detectable_difference(0.657, 4.894132338752397, alpha=0.05 / 16)
     b = stats.detectable_difference(0.657, 4.894132328102661, alpha=0.05 / 16)
     assert a == pytest.approx(b, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the paired design ("A powered answer")
+@pytest.mark.parametrize("n", [5, 12])
+def test_paired_t_covers_the_mean_difference_of_correlated_pairs(n):
+    # full precision and QAT of one seed: correlation 0.9 between the pair's values, a true difference of 0.3
+    hits = 0
+    for i in range(N_SIM):
+        g = np.random.default_rng(40_000 + i)
+        shared = g.normal(0, 1, n)
+        a = 5 + shared * math.sqrt(0.9) + g.normal(0, math.sqrt(0.1), n)
+        b = 5.3 + shared * math.sqrt(0.9) + g.normal(0, math.sqrt(0.1), n)
+        ci = stats.paired(a, b).ci95
+        hits += ci[0] <= 0.3 <= ci[1]
+    assert 0.94 <= hits / N_SIM <= 0.96, hits / N_SIM
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_tost_type_i_error_at_the_margin_is_at_most_alpha(relative):
+    # the truth on the margin's edge (the null of non-equivalence at its least favourable point, where the level is
+    # exactly alpha): TOST declares equivalence in at most 5 % of runs, at 5 and at 12 pairs. 4,000 simulated data
+    # sets each; the allowance is the Monte Carlo error of a true 0.05 (2.33 binomial se, one-sided 99 %)
+    N = 4 * N_SIM
+    for n in (5, 12):
+        rej = 0
+        for i in range(N):
+            g = np.random.default_rng(50_000 + 7 * n + i)
+            a = 10 + g.normal(0, 1, n)
+            b = (a * 1.15 if relative else a + 0.15 * 10) + g.normal(0, 0.6, n)
+            rej += stats.tost_paired(a, b, 0.15, relative=relative).p < 0.05
+        assert rej / N <= 0.05 + 2.33 * math.sqrt(0.05 * 0.95 / N), (n, rej / N)
+
+
+def test_tost_shows_equivalence_when_the_difference_is_small_and_its_interval_is_the_ratios():
+    g = np.random.default_rng(3)
+    a = 10 + g.normal(0, 1, 40)
+    b = a * 1.02 + g.normal(0, 0.1, 40)
+    t = stats.tost_paired(a, b, 0.15, relative=True)
+    assert t.p < 1e-6 and -0.15 < t.ci95[0] < 0.02 < t.ci95[1] < 0.15
+    assert t.estimate == pytest.approx(b.mean() / a.mean() - 1)
+    # Fieller's paired interval is the set of ratios whose contrast the t-test does not reject
+    lo, hi = stats.paired_ratio_interval(a, b, level=0.90)
+    for theta, inside in ((lo + 1e-9, True), (hi - 1e-9, True), (lo - 1e-3, False), (hi + 1e-3, False)):
+        assert (stats.one_sample(b - theta * a).p >= 0.10) == inside
+
+
+def test_per_seed_directions_make_the_two_level_ci_cover_at_the_stored_runs_direction_effect():
+    # directions drawn afresh per seed: each seed's mean carries its own direction noise, so the between-seed
+    # spread covers it. Direction effect as in the stored run: a direction-sampling se about 3x the seed se
+    S, J, mu = 5, 20, 6.0
+    hits, shared_hits = 0, 0
+    for i in range(N_SIM):
+        g = np.random.default_rng(60_000 + i)
+        seed_effect = g.normal(0, 0.35, S)
+        dir_effect = g.normal(0, 2.2, (S, J))                 # fresh directions for every seed
+        per = [mu + seed_effect[s] + dir_effect[s] + g.normal(0, 0.3, J) for s in range(S)]
+        ci = stats.two_level(per).ci95
+        hits += ci[0] <= mu <= ci[1]
+        common = g.normal(0, 2.2, J)                          # the old layout: one set of directions for all seeds
+        old = [mu + seed_effect[s] + common + g.normal(0, 0.3, J) for s in range(S)]
+        ci = stats.two_level(old).ci95
+        shared_hits += ci[0] <= mu <= ci[1]
+    assert 0.93 <= hits / N_SIM <= 0.97, hits / N_SIM
+    assert shared_hits / N_SIM < 0.9  # shared directions: the "over S seeds" interval misses the direction noise
+
+
+def test_holm_with_the_logical_constraint_keeps_family_wise_error():
+    # five claims, each a paired difference test and a TOST: in every configuration at most one of a claim's two
+    # nulls is true. Truth: claims 0-1 no difference (their difference nulls true), claims 2-4 on the margin's edge
+    # (their equivalence nulls true)
+    K, n = 5, 12
+    err = 0
+    for i in range(N_SIM):
+        g = np.random.default_rng(70_000 + i)
+        ps, groups, true = [], [], []
+        for k in range(K):
+            a = 10 + g.normal(0, 1, n)
+            b = (a if k < 2 else a * 1.15) + g.normal(0, 0.5, n)
+            ps += [stats.paired(a, b).p, stats.tost_paired(a, b, 0.15, relative=True).p]
+            groups += [k, k]
+            true += [k < 2, k >= 2]
+        adj = stats.holm(ps, exclusive=groups)
+        err += any(p < 0.05 and t for p, t in zip(adj, true))
+    assert err / N_SIM <= 0.05, err / N_SIM
+
+
+def test_holm_with_the_logical_constraint_is_holm_without_groups_and_never_stricter():
+    p = [0.004, 0.03, 0.011, 0.5, float("nan"), 0.02]
+    np.testing.assert_array_equal(stats.holm(p, exclusive=range(6)), stats.holm(p))
+    grouped = stats.holm(p, exclusive=[0, 0, 1, 1, 2, 2])
+    for x, y in zip(grouped, stats.holm(p)):
+        assert (math.isnan(x) and math.isnan(y)) or x <= y
+    assert grouped[0] == pytest.approx(3 * 0.004)  # three claims can hold a true null, not five hypotheses
+
+
+@pytest.mark.parametrize("n", [5, 12])
+def test_the_plans_mde_has_80_percent_power_at_the_familys_level(n):
+    # reproduce --plan: MDE = detectable_difference(sd / sqrt(S), S - 1, alpha / K) for S pairs, K claims
+    sd, K = 1.3, 5
+    mde = stats.detectable_difference(sd / math.sqrt(n), n - 1, alpha=0.05 / K)
+    g = np.random.default_rng(80_000 + n)
+    d = g.normal(mde, sd, (N_SIM, n))
+    t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(n))
+    from scipy import stats as ss
+    power = np.mean(2 * ss.t.sf(np.abs(t), n - 1) < 0.05 / K)
+    assert 0.76 <= power <= 0.84, power
+    m80 = stats.equivalence_margin80(sd / math.sqrt(n), n - 1, alpha=0.05 / K)
+    hits = 0
+    for i in range(400):
+        a = 10 + g.normal(0, 1, n)
+        hits += stats.tost_paired(a, a + g.normal(0, sd, n), m80, relative=False).p < 0.05 / K
+    assert hits / 400 >= 0.72  # about 80 % (the planning formula treats both one-sided misses as exclusive)
+
+
+def test_zero_spread_is_not_testable_anywhere():
+    # a group with no spread once gave p = 0, df inf and a zero-width CI: "flatter" from two identical files
+    for t in (stats.welch_samples([1, 1], [2, 2]), stats.one_sample([3, 3, 3], mu0=1.0),
+              stats.paired([1, 2, 3], [2, 3, 4]), stats.tost_paired([1, 2, 3], [2, 3, 4], 0.1, relative=False)):
+        assert math.isnan(t.p) and t.ci95 is None and "not testable" in t.note and not t.testable
+    assert stats.one_sample([3, 3, 3], mu0=1.0).estimate == 2.0  # the difference, not the value
+    assert stats.welch(stats.estimate(1.0, 0.0, math.inf, 1), stats.estimate(2.0, 0.0, math.inf, 1)).note

@@ -45,6 +45,7 @@ register_metric(Metric(
     rows=_flatness_rows, specs=(RowSpec("r=", "local flatness r={rest}", "nats", LOWER, prefix=True),),
     brief=lambda r: f"{r.n_directions} directions, strategy {r.evaluator.get('strategy')}",
     cost="about 2 s (50 directions x 6 radii)", summary_row=lambda s: f"r={max(s.radii):g}",
+    claim="{b} models are flatter than {a} by local flatness",
     plans={"full": lambda: FlatnessSettings(radii=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0), n_directions=20),
            "quick": lambda: FlatnessSettings(radii=(0.0, 1.0, 2.0, 4.0), n_directions=10)},
-    figures=("fig1_local_flatness",)))
+    figures=("fig1_local_flatness", "fig2_per_seed_pairs")))

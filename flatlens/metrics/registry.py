@@ -165,6 +165,8 @@ class Metric:
     figures: tuple[str, ...] = ()    # the figures (plots.FIGURES names) that draw it
     prepare: Callable[[list, list], Any] | None = None  # (checkpoints, their settings) -> Context.prepared
     dim: int | None = None           # landscape entries: 1 (curves) or 2 (a slice), what `--dim` selects
+    claim: str | None = None         # its confirmatory claim in reproduce's plan ("{b} ... than {a}"; its summary row
+    #                                  on the train split, the paper's bit-width against full precision), or None
 
     def spec(self, key: str) -> RowSpec:
         for s in self.specs:

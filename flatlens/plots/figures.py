@@ -77,56 +77,109 @@ def fig_flatness(run):
                     continue
                 ax.plot(xs, ms, marker="o", ms=3, color=pal[c], label=plan.label(c))
                 ax.fill_between(xs, lo, hi, color=pal[c], alpha=0.18)
-            ax.set_title(f"{split} flatness, test domain {d}°")
+            ax.set_title(f"{split} flatness, test domain {plan.where(d)}")
             ax.set_xlabel("radius γ (L2 norm of the weight perturbation)")
             ax.set_ylabel("loss increase E[L(w+γu)] − L(w) (nats)")
-    axes[0, 0].legend(title=f"model (95 % CI over {len(plan.seeds)} seeds)", fontsize=7)
+    axes[0, 0].legend(title="model (95 % CI over seeds)", fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def fig_curvature(run):
-    """(2) Top eigenvalue and trace per seed (with its bound / measurement CI) and the mean over seeds with
-    its 95 % CI (black)."""
+def fig_per_seed(run):
+    """(2) Each declared metric's summary row per seed (train split, with its bound / measurement CI), each seed's
+    values joined by a grey line across the configurations of one test domain (the pairs: one prefix, one set of
+    directions and probes), and the mean over seeds with its 95 % CI (black)."""
     plan, an = run.plan, _an(run)
-    specs = [(n, k, M.get(n).label(k)) for n in M.drawn_in("fig2_eigenvalue_trace")
+    specs = [(n, k, M.get(n).label(k)) for n in M.drawn_in("fig2_per_seed_pairs")
              for k in [M.get(n).summary_row(plan.settings.of(n))]]
     if not specs:
         return None
     pal = _palette(plan)
-    fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(specs), figsize=(5.6 * len(specs), 4.2), squeeze=False)
     for ax, (metric, key, ylabel) in zip(axes[0], specs):
         xt, xl = [], []
         for k, d in enumerate(plan.domains):
+            lines: dict[int, list] = {}
             for ci, (c, _) in enumerate(plan.configs):
                 x = k * (len(plan.configs) + 1) + ci
-                runs = run.runs(d, c)
-                for i, m in enumerate(runs):
+                for m in run.runs(d, c):
                     rec = m.record("train", metric)
                     if rec is None or not rec.has_row(key):
                         continue
                     r = rec.row(key)
                     err = None if r.interval is None else [[r.value - r.interval[0]], [r.interval[1] - r.value]]
-                    ax.errorbar(x + 0.35 * (i / max(1, len(runs) - 1) - 0.5), r.value, yerr=err, fmt="o", ms=3,
-                                color=pal[c], capsize=1.5, alpha=0.75)
+                    ax.errorbar(x, r.value, yerr=err, fmt="o", ms=2.5, color=pal[c], capsize=1.2, alpha=0.75,
+                                zorder=3)
+                    lines.setdefault(m.seed, []).append((x, r.value))
                 a = an.aggregate(d, c, "train", metric, key)
                 if a is not None and a.estimate.ci95 is not None:
                     e = a.estimate
-                    ax.errorbar(x + 0.45, e.value, yerr=[[e.value - e.ci95[0]], [e.ci95[1] - e.value]], fmt="D",
-                                ms=4, color="k", capsize=3)
+                    ax.errorbar(x + 0.3, e.value, yerr=[[e.value - e.ci95[0]], [e.ci95[1] - e.value]], fmt="D",
+                                ms=4, color="k", capsize=3, zorder=4)
                 xt.append(x)
-                xl.append(f"{plan.label(c)}\n{d}°")
+                xl.append(f"{plan.label(c)}\n{plan.where(d)}")
+            for pts in lines.values():
+                if len(pts) > 1:
+                    ax.plot(*zip(*sorted(pts)), color="0.6", lw=0.6, alpha=0.6, zorder=2)
         ax.set_xticks(xt, xl, rotation=60, fontsize=7)
         ax.set_ylabel(f"{ylabel} (train split)")
         ax.set_xlabel("model, test domain")
-    fig.suptitle(f"Coloured dots: the {len(plan.seeds)} seeds; black: mean and 95 % CI over seeds", fontsize=9)
-    for ax, (metric, key, label) in zip(axes[0], specs):
         kinds = {r.row(key).interval_kind for m in run.models for r in [m.record("train", metric)]
                  if r is not None and r.has_row(key)} - {None}
         what = " / ".join(sorted(M.interval_label(k) for k in kinds)) or "no interval"
-        ax.set_title(f"{label[:1].upper() + label[1:]} (dots: {what} of each measurement)", fontsize=9)
+        ax.set_title(f"{ylabel[:1].upper() + ylabel[1:]} (dots: {what} of each measurement)", fontsize=9)
+    fig.suptitle("Coloured dots: seeds; grey lines join one seed's models (its pairs); black: mean and 95 % CI "
+                 "over seeds", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def fig_claims(run):
+    """(9) The confirmatory family: each seed's difference b - a (relative to a where the margin is relative),
+    each the mean over the test domains, the mean with its 95 % CI (the difference test) and its 90 % CI (what
+    TOST checks), against the equivalence margin (shaded) and 0."""
+    plan, an = run.plan, _an(run)
+    if not an.claims:
+        return None
+    fig, axes = plt.subplots(1, len(an.claims), figsize=(2.9 * len(an.claims), 4.2), squeeze=False)
+    for ax, c in zip(axes[0], an.claims):
+        t = c.test
+        A, B = np.asarray(t.a_values), np.asarray(t.b_values)
+        rel = t.margin_relative and A.size and A.mean() > 0
+        scale = 100 / A.mean() if rel else 1.0
+        d = (B - A) * scale
+        jitter = np.linspace(-0.18, 0.18, max(len(d), 1))
+        ax.scatter(jitter[:len(d)], d, s=12, color="0.35", zorder=3, label="seeds")
+        if t.margin is not None:
+            m = 100 * t.margin if rel else t.margin
+            ax.axhspan(-m, m, color="tab:green", alpha=0.12, lw=0, label=f"margin ±{m:g}{' %' if rel else ''}")
+        ax.axhline(0, color="k", lw=0.8)
+        dt = t.difference
+        if dt.ci95 is not None:
+            ax.errorbar(0.35, dt.estimate * scale, yerr=[[(dt.estimate - dt.ci95[0]) * scale],
+                                                         [(dt.ci95[1] - dt.estimate) * scale]],
+                        fmt="D", color="k", capsize=4, ms=5, label="mean, 95 % CI")
+        e = t.equivalence
+        if e is not None and e.ci95 is not None:
+            lo, hi = (100 * e.ci95[0], 100 * e.ci95[1]) if rel else e.ci95
+            ax.plot([0.5, 0.5], [lo, hi], color="tab:green", lw=4, solid_capstyle="butt", label="90 % CI (TOST)")
+        ax.set_xlim(-0.4, 0.8)
+        ax.set_xticks([])
+        ax.set_ylabel(("difference, % of " if rel else "difference, ") + (plan.label(t.a) if rel else t.unit))
+        ax.set_title(f"{plan.label(t.b)} vs {plan.label(t.a)}\n{_claim_label(c)}\n{c.verdict}", fontsize=8)
+    axes[0, 0].legend(fontsize=6, loc="best")
+    where = (f"each the mean over test domains {', '.join(plan.domains)}" if len(plan.domains) > 1
+             else f"test domain {plan.where(plan.domains[0])}")
+    fig.suptitle(f"Confirmatory family: paired differences over {len(plan.seeds)} seeds ({where}); title: the "
+                 f"verdict", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _claim_label(c) -> str:
+    if c.spec.metric == ACCURACY:
+        return "out-of-domain accuracy"
+    return M.get(c.spec.metric).label(c.spec.row) + (f", {c.spec.split}" if c.spec.split else "")
 
 
 def _drawn(figure: str) -> str | None:
@@ -158,7 +211,7 @@ def fig_density(run):
     ax.set_ylim(1e-8, None)
     ax.set_xlabel("eigenvalue λ of the Hessian")
     ax.set_ylabel("spectral density (log scale)")
-    ax.set_title(f"Hessian spectral density, train split, test domain {d}°")
+    ax.set_title(f"Hessian spectral density, train split, test domain {plan.where(d)}")
     ax.legend(title="model", fontsize=7)
     fig.tight_layout()
     return fig
@@ -186,7 +239,7 @@ def fig_curves(run):
         ax.set_yscale("log")
         ax.set_xlabel("step α along a filter-normalized direction")
         ax.set_ylabel("training loss L(w + α d) (nats, log scale)")
-        ax.set_title(f"1D curves, test domain {d}° (95 % band over directions)")
+        ax.set_title(f"1D curves, test domain {plan.where(d)} (95 % band over directions)")
     if not drawn:
         plt.close(fig)
         return None
@@ -228,7 +281,7 @@ def fig_surfaces(run):
         ax.set_xlabel("α (dx)")
         ax.locator_params(nbins=5)
     axes[0, 0].set_ylabel("β (dy)")
-    fig.suptitle(f"2D slices along filter-normalized directions, train split, test domain {d}°", fontsize=10)
+    fig.suptitle(f"2D slices along filter-normalized directions, train split, test domain {plan.where(d)}", fontsize=10)
     fig.colorbar(cs, ax=axes[0].tolist(), label="log10 training loss")
     return fig
 
@@ -253,7 +306,7 @@ def fig_surface_3d(run):
     ax.set_xlabel("α (dx)")
     ax.set_ylabel("β (dy)")
     ax.set_zlabel("log10 training loss")
-    ax.set_title(f"Loss surface, {plan.label(c)} (seed {m.seed}), test domain {d}°")
+    ax.set_title(f"Loss surface, {plan.label(c)} (seed {m.seed}), test domain {plan.where(d)}")
     return fig
 
 
@@ -316,18 +369,18 @@ def fig_accuracy(run):
             ys.append(a.estimate.value)
             lo.append(a.estimate.value - a.estimate.ci95[0])
             hi.append(a.estimate.ci95[1] - a.estimate.value)
-        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker=mk, capsize=3, label=f"out of domain, test {d}°")
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker=mk, capsize=3, label=f"out of domain, test {plan.where(d)}")
         e = run.eoq.get(d)
         if e:  # one ensemble per test domain: a star at its bit-width, named in the legend
             ens = 100 * e.mean_test_acc
             ax.plot([e.bits * (1 + 0.03 * j)], [ens], marker="*", ms=12, ls="none", color=line[0].get_color(),
-                    label=f"EoQ {len(e.members)} x {e.bits} bit, test {d}°: {ens:.1f}")
+                    label=f"EoQ {len(e.members)} x {e.bits} bit, test {plan.where(d)}: {ens:.1f}")
     ax.set_xscale("log", base=2)
     ticks = sorted({plan.bits(c) for c, _ in plan.configs})
     ax.set_xticks(ticks, [f"{b} (fp)" if b == 32 else str(b) for b in ticks])
     ax.set_xlabel("weight bits")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Out-of-domain accuracy (mean, 95 % CI over {len(plan.seeds)} seeds)")
+    ax.set_title("Out-of-domain accuracy (mean, 95 % CI over seeds)")
     ax.legend(fontsize=8, loc="lower right")
     ax = axes[1]
     d = plan.domains[0]
@@ -348,7 +401,7 @@ def fig_accuracy(run):
                         fontsize=7)
     ax.set_xlabel("training step")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Learning curves, test domain {d}°, seed {min(plan.seeds)}")
+    ax.set_title(f"Learning curves, test domain {plan.where(d)}, seed {min(plan.seeds)}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -385,9 +438,85 @@ def fig_quant_error(run):
     return fig
 
 
+def fig_domain_samples(run):
+    """(10) What the data look like: one image of each class from every domain (the first of its class), rows =
+    domains in the data set's order, the test domains marked. Drawn from the data set itself (embedded sets only:
+    a set on disk is not read by `figures`)."""
+    from ..data import dataset_spec, load
+    plan = run.plan
+    spec = dataset_spec(plan.dataset)
+    if spec.needs_root:
+        return None
+    data = load(plan.dataset, None, seed=0, image_size=plan.image_size)
+    classes = data.num_classes
+    fig, axes = plt.subplots(len(data.domains), classes, figsize=(0.9 * classes, 0.95 * len(data.domains)),
+                             squeeze=False)
+    for i, d in enumerate(data.domains):
+        x, y = data.tensors[d]
+        for k in range(classes):
+            ax = axes[i, k]
+            idx = (y == k).nonzero().flatten()
+            if len(idx):
+                img = x[int(idx[0])].squeeze(0).numpy()
+                ax.imshow(img, cmap="gray", vmin=float(img.min()), vmax=float(img.max()))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(d + (" (test)" if d in plan.domains else ""), rotation=0, ha="right", va="center",
+                              fontsize=8)
+    fig.suptitle(f"{plan.dataset}: one image per class and domain ({data.image_size} x {data.image_size} px; "
+                 f"test domains of the run marked)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig_domain_accuracy(run):
+    """(11) The accuracy of every configuration on every domain: the held-out test domain (out of domain) and each
+    training domain's 20 % validation split (in domain), mean and 95 % CI over the seeds, one panel per test
+    domain."""
+    from .. import stats
+    plan = run.plan
+    pal = _palette(plan)
+    fig, axes = plt.subplots(1, len(plan.domains), figsize=(6.5 * len(plan.domains), 3.8), squeeze=False)
+    drawn = 0
+    for ax, d in zip(axes[0], plan.domains):
+        ms0 = run.runs(d, plan.configs[0][0])
+        if not ms0:
+            continue
+        doms = list(ms0[0].training.val_acc) + list(ms0[0].training.test_acc)
+        width = 0.8 / len(plan.configs)
+        for j, (c, _) in enumerate(plan.configs):
+            ms = run.runs(d, c)
+            if not ms:
+                continue
+            means, err = [], [[], []]
+            for dom in doms:
+                vals = [100 * (m.training.test_acc if dom in m.training.test_acc else m.training.val_acc)[dom]
+                        for m in ms]
+                e = stats.t_interval(vals)
+                means.append(e.value)
+                lo, hi = e.ci95 if e.ci95 else (e.value, e.value)
+                err[0].append(e.value - lo)
+                err[1].append(hi - e.value)
+            xs = np.arange(len(doms)) + (j - (len(plan.configs) - 1) / 2) * width
+            ax.bar(xs, means, width=width, color=pal[c], yerr=err, capsize=1.5, label=f"{plan.label(c)} ({len(ms)})",
+                   error_kw={"lw": 0.7})
+            drawn += 1
+        ax.set_xticks(np.arange(len(doms)), [dom + ("\n(held out)" if dom == d else "") for dom in doms], fontsize=7)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"Test domain {plan.where(d)}: accuracy per domain (mean, 95 % CI over seeds)", fontsize=9)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0, 0].legend(title="model (seeds)", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "fig1_local_flatness": fig_flatness,
-    "fig2_eigenvalue_trace": fig_curvature,
+    "fig2_per_seed_pairs": fig_per_seed,
     "fig3_spectral_density": fig_density,
     "fig4_filter_normalized_curves": fig_curves,
     "fig5_surfaces_2d": fig_surfaces,
@@ -395,6 +524,9 @@ FIGURES = {
     "fig6_quantization_noise": fig_qnoise,
     "fig7_accuracy_vs_bits": fig_accuracy,
     "fig8_quantization_error": fig_quant_error,
+    "fig9_confirmatory_claims": fig_claims,
+    "fig10_domain_samples": fig_domain_samples,
+    "fig11_domain_accuracy": fig_domain_accuracy,
 }
 
 

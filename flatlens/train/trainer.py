@@ -12,6 +12,7 @@ new step sizes are added as a parameter group, unlike the paper's released code,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class TrainConfig:
     split_seed: int = 0
     seed: int = 0
     device: str = "cpu"
+    select: str = "best-val"  # "best-val": the evaluated step with the best in-domain validation accuracy (among
+    #                           quantized steps for QAT); "last": the final weights (keeps pairs of runs intact)
 
     @classmethod
     def paper_domainbed(cls, **kw) -> "TrainConfig":
@@ -78,6 +81,13 @@ class TrainConfig:
         if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
                                       or not 2 <= self.bits <= 8):
             raise FlatlensError(f"bits must be 2..8 (or 32 / none for full precision); got {self.bits!r}")
+        if self.select not in SELECT_RULES:
+            raise FlatlensError(f"select must be one of {', '.join(SELECT_RULES)}; got {self.select!r}")
+
+
+SELECT_RULES = ("best-val", "last")
+# what a shared prefix may differ in from the runs that branch off it: only what acts after the branch point
+BRANCH_FIELDS = ("bits", "per_channel", "select")
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -119,6 +129,7 @@ class Trainer:
         self.best: dict | None = None
         self.quantized_names: list[str] = []
         self.train_seconds = 0.0
+        self.prefix: dict | None = None  # the shared prefix this run branched from (step, content hash)
 
     # ------------------------------------------------------------------ data
     def _batch(self, domain: str):
@@ -197,12 +208,25 @@ class Trainer:
         return {"format": "flatlens-train-partial", "config": dataclasses.asdict(self.cfg), "step": self.step,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "quantized": bool(self.quantized_names), "rng": _rng_state(self.gen),
-                "history": self.history, "best": self.best, "train_seconds": self.train_seconds}
+                "history": self.history, "best": self.best, "train_seconds": self.train_seconds,
+                "prefix": self.prefix}
 
-    def load_partial(self, state: dict) -> None:
+    def load_partial(self, state: dict, *, branch: bool = False) -> None:
+        """Continue from a saved training state: an interrupted run of these settings, or (branch) the shared
+        full-precision prefix of a pair, saved at the quantization start step, which may differ from these
+        settings only in what acts after that step (BRANCH_FIELDS)."""
         if state.get("format") != "flatlens-train-partial":
             raise FlatlensError("the partial training file is not a flatlens training state")
-        if state["config"] != dataclasses.asdict(self.cfg):
+        mine = dataclasses.asdict(self.cfg)
+        theirs = dict(state["config"])
+        if branch:
+            if state["step"] != self.cfg.quant_start or state["quantized"]:
+                raise FlatlensError(f"the prefix ends at step {state['step']}, not at this run's quantization start "
+                                    f"{self.cfg.quant_start}")
+            for k in BRANCH_FIELDS:
+                mine.pop(k, None)
+                theirs.pop(k, None)
+        if theirs != mine:
             raise FlatlensError("the partial training state was made with other settings; remove it or "
                                 "rerun with the same arguments")
         if state["quantized"]:
@@ -216,6 +240,9 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
         self.train_seconds = state["train_seconds"]
+        self.prefix = state.get("prefix") or (prefix_identity(state) if branch else None)
+        if branch and self.cfg.bits is not None:
+            self.best = None  # a QAT run selects among its quantized steps only, as if it had run from step 0
 
     # ------------------------------------------------------------------ loop
     def run(self, *, partial_path: str | None = None, stop_at: int | None = None) -> bool:
@@ -251,7 +278,7 @@ class Trainer:
                 rec["loss"] = float(loss.detach())
                 self.history.append(rec)
                 bar.set_postfix(val=f"{rec['mean_val_acc']:.3f}", test=f"{rec['mean_test_acc']:.3f}")
-                eligible = cfg.bits is None or rec["quantized"]
+                eligible = (self.step == cfg.steps) if cfg.select == "last" else (cfg.bits is None or rec["quantized"])
                 if eligible and (self.best is None or rec["mean_val_acc"] > self.best["record"]["mean_val_acc"]):
                     self.best = {"record": rec, **self._snapshot()}
                 if partial_path:
@@ -280,6 +307,8 @@ class Trainer:
                      "split_seed": cfg.split_seed, "holdout": cfg.holdout, "image_size": self.data.image_size,
                      **({"content_sha256": self.data.content_sha256} if self.data.content_sha256 else {})},
             "train": dataclasses.asdict(cfg),
+            "pairing": {"seed": int(cfg.seed), "prefix_step": None if self.prefix is None else self.prefix["step"],
+                        "prefix_sha256": None if self.prefix is None else self.prefix["sha256"]},
             "history": self.history,
             "metrics": {"selected_step": rec["step"], "val_acc": rec["val_acc"], "test_acc": rec["test_acc"],
                         "mean_val_acc": rec["mean_val_acc"], "mean_test_acc": rec["mean_test_acc"],
@@ -288,14 +317,66 @@ class Trainer:
         }
 
 
+def prefix_identity(state: dict) -> dict:
+    """What names a shared prefix: its step and a content hash of its weights, optimizer moments and random state
+    (two runs that branch from equal prefixes took the same first steps, bit for bit)."""
+    from ..resident import tensor_bytes
+    h = hashlib.sha256(f"{state['step']}|{state['config']['seed']}".encode())
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            h.update(tensor_bytes(x))
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+
+    feed(state["model"])
+    feed(state["optimizer"])
+    feed(state["rng"])
+    return {"step": int(state["step"]), "sha256": h.hexdigest()}
+
+
+def train_prefix(cfg: TrainConfig, path: str, *, quiet: bool = True, data: DomainData | None = None) -> dict:
+    """The full-precision prefix that the runs of one seed share: `cfg` trained without quantization up to its
+    quantization start, saved (atomically) as a training state at `path` (reused when it is already there).
+    Returns its identity (step, content hash)."""
+    if not 0 < cfg.quant_start < cfg.steps:
+        raise FlatlensError(f"a shared prefix ends at the quantization start, which must lie inside training: "
+                            f"quant_start {cfg.quant_start} of {cfg.steps} steps")
+    if os.path.exists(path):
+        from ..checkpoint import safe_load
+        state = safe_load(path, what="training prefix")
+        if not isinstance(state, dict) or state.get("format") != "flatlens-train-partial" or not state.get("prefix"):
+            raise FlatlensError(f"{path}: not a flatlens training prefix")
+        return state["prefix"]
+    fp = dataclasses.replace(cfg, bits=None)
+    trainer = Trainer(fp, data, quiet=quiet)
+    trainer.run(stop_at=cfg.quant_start)
+    state = trainer.partial_state()
+    state["prefix"] = prefix_identity(state)
+    atomic_torch_save(state, path)
+    return state["prefix"]
+
+
 def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, quiet: bool = False,
-          data: DomainData | None = None, stop_at: int | None = None) -> dict | None:
+          data: DomainData | None = None, stop_at: int | None = None, prefix: str | None = None) -> dict | None:
     """Train and (if `out`) write the checkpoint atomically. With `resume`, continue from `out`.partial.
-    Returns the checkpoint dict, or None when stopped early at `stop_at`."""
+    `prefix`: start from the shared full-precision prefix saved there by `train_prefix` (unless resuming from a
+    partial state of this run), so runs of one seed share their first `quant_start` steps bit for bit and record
+    it (`pairing`). Returns the checkpoint dict, or None when stopped early at `stop_at`."""
     trainer = Trainer(cfg, data, quiet=quiet)
     partial = f"{out}.partial" if out else None
     if resume and partial and os.path.exists(partial):
         trainer.load_partial(torch.load(partial, map_location="cpu", weights_only=True))
+    elif prefix is not None:
+        from ..checkpoint import safe_load
+        trainer.load_partial(safe_load(prefix, what="training prefix"), branch=True)
     done = trainer.run(partial_path=partial, stop_at=stop_at)
     if not done:
         return None
