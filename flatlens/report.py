@@ -123,7 +123,8 @@ def paired_numbers(t, plan, *, raw_only: bool = False, p_diff_adj=None, p_equiv_
 VERDICTS = {SUPPORTED: "**shown different, as the paper predicts** ({way})",
             CONTRADICTED: "**shown different, against the paper's prediction** ({way})",
             EQUIVALENT: "**shown equivalent within {margin}**",
-            SMALL: "**shown different ({way}), and equivalent within {margin}**: a real difference smaller than the margin",
+            SMALL: "**shown different ({way}, {side}), and equivalent within {margin}**: a real difference smaller than "
+                   "the margin",
             INCONCLUSIVE: "**inconclusive**: neither a difference nor equivalence within {margin} shown",
             NOT_TESTABLE: "**not testable** (fewer than 2 seeds, or no spread)"}
 
@@ -131,7 +132,8 @@ VERDICTS = {SUPPORTED: "**shown different, as the paper predicts** ({way})",
 def claim_sentence(c, plan) -> str:
     t = c.test
     way = "lower" if t.difference.estimate < 0 else "higher"
-    word = VERDICTS[c.verdict].format(way=way, margin=_margin(t))
+    side = "as the paper predicts" if way == c.spec.expected else "against the paper's prediction"
+    word = VERDICTS[c.verdict].format(way=way, margin=_margin(t), side=side)
     nums = paired_numbers(t, plan, p_diff_adj=c.p_diff_adj, p_equiv_adj=c.p_equiv_adj)
     power = ""
     if c.mde80 is not None:

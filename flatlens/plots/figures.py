@@ -97,7 +97,7 @@ def fig_per_seed(run):
     pal = _palette(plan)
     fig, axes = plt.subplots(1, len(specs), figsize=(5.6 * len(specs), 4.2), squeeze=False)
     for ax, (metric, key, ylabel) in zip(axes[0], specs):
-        xt, xl = [], []
+        xt, xl, seen = [], [], []
         for k, d in enumerate(plan.domains):
             lines: dict[int, list] = {}
             for ci, (c, _) in enumerate(plan.configs):
@@ -121,6 +121,11 @@ def fig_per_seed(run):
             for pts in lines.values():
                 if len(pts) > 1:
                     ax.plot(*zip(*sorted(pts)), color="0.6", lw=0.6, alpha=0.6, zorder=2)
+            seen += [v for pts in lines.values() for _, v in pts]
+        if seen:  # the seeds' range: a mean over 2 seeds has a t-interval far wider than the data
+            lo, hi = min(seen), max(seen)
+            pad = 0.15 * (hi - lo or abs(hi) or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(xt, xl, rotation=60, fontsize=7)
         ax.set_ylabel(f"{ylabel} (train split)")
         ax.set_xlabel("model, test domain")
@@ -129,7 +134,7 @@ def fig_per_seed(run):
         what = " / ".join(sorted(M.interval_label(k) for k in kinds)) or "no interval"
         ax.set_title(f"{ylabel[:1].upper() + ylabel[1:]} (dots: {what} of each measurement)", fontsize=9)
     fig.suptitle("Coloured dots: seeds; grey lines join one seed's models (its pairs); black: mean and 95 % CI "
-                 "over seeds", fontsize=9)
+                 "over seeds (axes span the seeds' values: a CI over 2 seeds may leave them)", fontsize=9)
     fig.tight_layout()
     return fig
 
