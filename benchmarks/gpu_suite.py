@@ -198,10 +198,12 @@ def _section(res, path, budget, keys, fn):
     if time.perf_counter() - res["_t0"] > budget:
         where[key] = {"run": False, "reason": f"skipped: past the {budget:.0f} s budget"}
     else:
+        t0 = time.perf_counter()
         try:
             where[key] = fn()
         except Exception as e:  # a benchmark measures; one failing section must not lose the others
             where[key] = {"run": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        res.setdefault("section_seconds", {})["/".join(keys)] = time.perf_counter() - t0
     _write(res, path)
 
 
@@ -231,8 +233,11 @@ def main():
     raw = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
     xq = (torch.from_numpy(raw).float()[:, None] / 255.0 - 0.5) / 0.5
     cnn = trained_cnn(steps=20 if tiny else 150)
+    # tiny (the CPU test): no torch.compile, whose first compilation alone took tens of seconds here; the compiled
+    # path is tested by tests/test_landscape.py, and runs in the full suite
     run(["perturbation", "digits_cnn"], lambda: PT.run(cnn, xq, y, raw, 0.5, 0.5, dev, 8 if tiny else 256,
-                                                       f"digits CNN, {dev}", batch=64 if tiny else 256))
+                                                       f"digits CNN, {dev}", batch=64 if tiny else 256,
+                                                       compiled=not tiny))
     try:
         rn, xr, yr, rawr = resnet18_data(16 if tiny else 512, 16 if tiny else 32, dev)
     except ImportError:
@@ -242,12 +247,14 @@ def main():
         hx, hy = xr[: 8 if tiny else 256], yr[: 8 if tiny else 256]
         run(["perturbation", "resnet18"], lambda: PT.run(
             rn, xr, yr, rawr, 0.5, 0.25, dev, 4 if tiny else 32, f"ResNet-18, {dev}", batch=16 if tiny else 128,
-            compiled=not tiny))  # tiny: the digits CNN covers the compiled path
+            compiled=not tiny))
         run(["precision"], lambda: precision_modes(rn, xr, yr, dev, 4 if tiny else 32))
         run(["hvp"], lambda: hvp_section(rn, hx, hy, dev, 2 if tiny else 8))
-        run(["hessian"], lambda: HVP.run(rn, hx, hy, dev, 1, 12 if tiny else 64, f"ResNet-18, {dev}", parts="aef",
-                                         repeats=1 if tiny else 3, trace_rtol=0.5 if tiny else 0.02,
-                                         max_hvp=30 if tiny else 5000))
+        # tiny: the same code on the digits CNN (ResNet-18's HVPs took 76 s of the CPU test's 88)
+        run(["hessian"], lambda: HVP.run(cnn, xq[:64], y[:64], dev, 1, 12, f"digits CNN, {dev}", parts="aef",
+                                         repeats=1, trace_rtol=0.5, max_hvp=30) if tiny else
+            HVP.run(rn, hx, hy, dev, 1, 64, f"ResNet-18, {dev}", parts="aef", repeats=3, trace_rtol=0.02,
+                    max_hvp=5000))
     run(["sharding"], lambda: sharding_section(dev, tiny))
     run(["fashion_paired"], lambda: fashion_paired_section(dev, tiny, a.fashion_root,
                                                             os.path.dirname(os.path.abspath(path))))

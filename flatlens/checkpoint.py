@@ -7,6 +7,7 @@ split_seed, holdout}, train (config), history (list of eval records), metrics.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
@@ -110,24 +111,27 @@ def validate(ckpt: dict) -> None:
     sd = ckpt["state_dict"]
     _need(isinstance(sd, dict) and sd and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in sd.items()), "state_dict is not a non-empty name -> tensor map")
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
     _need(not bad, f"non-finite weights in {', '.join(bad[:3])}")
     arch = ckpt["arch"]
     _need(isinstance(arch, dict) and isinstance(arch.get("name"), str), "arch is not {name, kwargs}")
     kwargs = arch.get("kwargs", {})
     check_arch(arch["name"], kwargs)
-    _check_shapes(arch["name"], kwargs, sd)
+    model = _check_shapes(arch["name"], kwargs, sd)
+    bad_var = [k for k, v in sd.items() if k.endswith("running_var") and not bool((v > 0).all())]
+    _need(not bad_var, f"BatchNorm variances not all positive in {', '.join(bad_var[:3])}")
     imported = isinstance(ckpt.get("provenance"), dict)
     data = ckpt["data"]
     if data is not None or not imported:
         _validate_data(data)
-    _validate_quant(ckpt["quant"], sd)
+    _validate_quant(ckpt["quant"], sd, model)
     if ckpt.get("pairing") is not None:
         _validate_pairing(ckpt["pairing"])
-    _need(isinstance(ckpt["history"], list), "history is not a list")
-    _need(isinstance(ckpt["train"], dict), "train is not a mapping")
+    _need(isinstance(ckpt["history"], list) and all(isinstance(h, dict) for h in ckpt["history"]),
+          "history is not a list of records")
+    _validate_train(ckpt["train"])
     if ckpt["metrics"] is not None or not imported:  # imported files record no training metrics
-        _validate_metrics(ckpt["metrics"])
+        _validate_metrics(ckpt["metrics"], data)
 
 
 def _validate_pairing(p) -> None:
@@ -149,6 +153,8 @@ def _validate_data(data) -> None:
     ds = data.get("dataset")
     _need(ds in DATASETS, f"unknown dataset {ds!r} ({', '.join(DATASETS)})")
     known = domain_names(ds)
+    doms = data.get("domains", known)
+    _need(isinstance(doms, list) and all(isinstance(d, str) for d in doms), "data.domains is not a list of names")
     for key in ("train_domains", "test_domains"):
         doms = data.get(key)
         _need(isinstance(doms, list) and doms and all(isinstance(d, str) for d in doms),
@@ -166,7 +172,10 @@ def _validate_data(data) -> None:
     _need(size is None or (_is_int(size) and 8 <= size <= 1024), f"data.image_size {size!r} is not in [8, 1024]")
 
 
-def _validate_quant(q, sd) -> None:
+def _validate_quant(q, sd, model) -> None:
+    """Steps only on the weights flatlens quantizes (every conv / linear layer but the classifier), each of its
+    exact shape: (out channels,) per channel, () or (1,) per tensor; dense, floating, finite and positive."""
+    from .quant import default_layers
     from .quant.lsq import qrange
     if q is not None:
         _need(isinstance(q, dict) and isinstance(q.get("steps"), dict) and q["steps"], "quant has no steps")
@@ -174,25 +183,65 @@ def _validate_quant(q, sd) -> None:
         qrange(q["bits"])
         _need(q.get("start_step") is None or (_is_int(q["start_step"]) and q["start_step"] >= 0),
               "quant.start_step is not a step number")
+        _need(isinstance(q.get("per_channel", True), bool), f"quant.per_channel is not a boolean; got "
+                                                            f"{q.get('per_channel')!r}")
+        quantizable = {f"{n}.weight" for n in default_layers(model)}
         for name, step in q["steps"].items():
-            _need(isinstance(name, str) and name in sd, f"quantizer step for {name!r}, which is not a weight")
-            _need(isinstance(step, torch.Tensor) and step.is_floating_point(), f"step of {name} is not a tensor")
-            w = sd[name]
-            _need(step.numel() in (1, w.shape[0]), f"step of {name} has {step.numel()} entries; expected 1 or "
-                                                   f"{w.shape[0]} (one per output channel)")
+            _need(isinstance(name, str) and name in quantizable,
+                  f"quantizer step for {name!r}, which is not the weight of a quantized layer")
+            _need(isinstance(step, torch.Tensor) and step.layout == torch.strided and step.dtype == torch.float32,
+                  f"step of {name} is not a dense float32 tensor")
+            want = [(sd[name].shape[0],)] if q.get("per_channel", True) else [(), (1,)]
+            _need(tuple(step.shape) in want, f"step of {name} has shape {tuple(step.shape)}; expected "
+                                             f"{' or '.join(map(str, want))} (one per output channel)")
             _need(bool(torch.isfinite(step).all()) and bool((step > 0).all()),
                   f"step of {name} is not finite and positive")
 
 
-def _validate_metrics(m) -> None:
+def _validate_metrics(m, data) -> None:
+    """The training metrics: each of its type, every count and time finite and in range, every accuracy a fraction
+    of a domain the data protocol names."""
     _need(isinstance(m, dict), "metrics is not a mapping")
     for k, tp in METRIC_TYPES.items():
         v = m.get(k)
         ok = (_is_int(v) if tp is int else isinstance(v, (int, float)) and not isinstance(v, bool)
-              if tp is float else isinstance(v, tp))
-        _need(ok, f"metrics.{k} is missing or not a {tp.__name__}")
+              and math.isfinite(v) if tp is float else isinstance(v, tp))
+        _need(ok, f"metrics.{k} is missing or not a finite {tp.__name__}")
     for k in ("mean_val_acc", "mean_test_acc"):
         _need(0.0 <= m[k] <= 1.0, f"metrics.{k} = {m[k]} is not an accuracy")
+    _need(m["selected_step"] >= 0, f"metrics.selected_step {m['selected_step']} is negative")
+    for k in ("packed_bytes", "fp32_bytes"):
+        _need(m[k] > 0, f"metrics.{k} {m[k]} is not positive")
+    _need(m["train_seconds"] >= 0 and m["size_ratio"] > 0, "metrics.train_seconds or size_ratio out of range")
+    for k, where in (("val_acc", "train_domains"), ("test_acc", "test_domains")):
+        doms = (data or {}).get(where)
+        for d, a in m[k].items():
+            _need(isinstance(a, (int, float)) and not isinstance(a, bool) and 0.0 <= a <= 1.0,
+                  f"metrics.{k}[{d!r}] = {a!r} is not an accuracy")
+            _need(doms is None or d in doms, f"metrics.{k} names {d!r}, not one of data.{where}")
+
+
+def _validate_train(cfg) -> None:
+    """The training config, where it names TrainConfig's fields: each of the field's type (a boolean a boolean,
+    not the string "true")."""
+    import dataclasses
+    from .train import TrainConfig
+    _need(isinstance(cfg, dict), "train is not a mapping")
+    kinds = {f.name: type(f.default) if f.default is not dataclasses.MISSING and f.default is not None else None
+             for f in dataclasses.fields(TrainConfig)}
+    for k, v in cfg.items():
+        want = kinds.get(k)
+        if want is None or v is None:
+            continue
+        if want is bool:
+            ok = isinstance(v, bool)
+        elif want is int:
+            ok = _is_int(v)
+        elif want is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, want)
+        _need(ok, f"train.{k} = {v!r} is not a {want.__name__}")
 
 
 def _check_shapes(name, kwargs, sd) -> None:
@@ -201,7 +250,8 @@ def _check_shapes(name, kwargs, sd) -> None:
     from .models import build
     with torch.device("meta"):
         model = build(name, **kwargs)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ref = model.state_dict()
+    want = {k: tuple(v.shape) for k, v in ref.items()}
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     shapes = [f"{k} {tuple(sd[k].shape)} vs {want[k]}" for k in want if k in sd and tuple(sd[k].shape) != want[k]]
@@ -215,6 +265,10 @@ def _check_shapes(name, kwargs, sd) -> None:
             parts.append(f"shape {'; '.join(shapes[:2])}")
         raise FlatlensError(f"weights do not fit {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}): "
                             + "; ".join(parts))
+    # the architecture's dtypes exactly: a weight of another dtype is not silently cast (an int copy lost the model)
+    dtypes = [f"{k} {sd[k].dtype} vs {ref[k].dtype}" for k in ref if sd[k].dtype != ref[k].dtype]
+    _need(not dtypes, f"weights of another dtype than {name}'s: {'; '.join(dtypes[:2])} (cast them explicitly)")
+    return model
 
 
 def build_model(ckpt: dict, weights: str = "deployed") -> nn.Module:

@@ -107,9 +107,15 @@ def _config_from_file(path):
             raw = json.load(fh)
     except FileNotFoundError:
         raise FlatlensError(f"{path}: no such config file") from None
-    except ValueError as e:
-        raise FlatlensError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FlatlensError(f"{path}: not valid JSON ({str(e)[:80]})") from None
+    except OSError as e:
+        raise FlatlensError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if not isinstance(raw, dict):
+        raise FlatlensError(f"{path}: a config is a JSON object of training settings; got a {type(raw).__name__}")
     train_cfg = raw.get("train", raw)
+    if not isinstance(train_cfg, dict):
+        raise FlatlensError(f"{path}: \"train\" is a {type(train_cfg).__name__}, not an object of settings")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(train_cfg) - names
     if unknown:
@@ -459,8 +465,10 @@ def _axis_flag(p):
                         "or auto: each metric's own (default)")
 
 
-def _cost(names) -> str:
-    return "; ".join(f"{n}: {M.get(n).cost}" for n in names)
+def _costs(command: str | None) -> str:
+    """What the defaults of a command's metrics cost (each entry's `cost`, measured on an idle 2-core machine)."""
+    return ("Defaults cost, per checkpoint and split of the digits model on an idle 2-core machine: "
+            + "; ".join(f"{n}: {M.get(n).cost}" for n in M.names(command)) + ".")
 
 
 def _measure_flags(p, command: str, *, split_default="train", all_choice=True):
@@ -588,8 +596,8 @@ def _import_command_flags(im):
 
 
 def _reproduce_flags(r):
-    r.add_argument("--quick", action="store_true", help="two seeds, one test domain, short training (about 40 s on "
-                                                        "an idle 2-core machine)")
+    r.add_argument("--quick", action="store_true", help="three seeds, one test domain, 150 steps (about 40 s on an "
+                                                        "idle 2-core machine)")
     r.add_argument("--out", default="results/reproduce", help="output folder (default %(default)s)")
     from .reproduce import DATASETS as REPRODUCE_SETS
     r.add_argument("--dataset", default="digits-dg", choices=list(REPRODUCE_SETS),
@@ -643,23 +651,22 @@ class Command:
 
 COMMANDS = (
     Command("train", "train an ERM or QAT model on a leave-one-domain-out protocol", _train_flags, cmd_train,
-            inputs=("config",), files=("out", "prefix")),
+            inputs=("config",), files=("out", "prefix", ("--out", lambda a: a.out and a.out + ".partial"))),
     Command("evaluate", "print a checkpoint's accuracy per domain", _evaluate_flags, cmd_evaluate,
             inputs=("checkpoint",), files=("json",)),
     Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
             cmd_ensemble, inputs=("checkpoints",), files=("json",)),
     Command("hessian", "Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint", _hessian_flags,
-            cmd_hessian, lambda: f"Defaults cost, per checkpoint and split of the digits model: "
-                                 f"{_cost(M.names('hessian'))}.", inputs=("checkpoint", "data"), files=("json",), measures=True),
+            cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",), measures=True),
     Command("landscape", "1D curves or a 2D slice along random directions", _landscape_flags, cmd_landscape,
-            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('landscape'))}.",
+            lambda: _costs("landscape"),
             inputs=("checkpoint", "data"), files=("json", "npz"), folders=("resume_dir",), measures=True),
     Command("flatness", "SWAD-style local flatness at several radii, with 95%% CIs", _flatness_flags, cmd_flatness,
-            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('flatness'))}.",
+            lambda: _costs("flatness"),
             inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
     Command("sharpness", "worst-case and adaptive sharpness, or the quantization-noise test, of a checkpoint",
             _sharpness_flags, cmd_sharpness,
-            lambda: f"Defaults cost, per checkpoint and split of the digits model: {_cost(M.names('sharpness'))}.",
+            lambda: _costs("sharpness"),
             inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,
@@ -667,15 +674,18 @@ COMMANDS = (
                      "--group NAME CKPT... (twice or more, at least 3 each): training noise, the checkpoints of a group "
                      "are its seeds (Welch over checkpoints; with --paired, the paired t over seeds matched by their "
                      "recorded seed and training prefix). Verdicts use Holm-adjusted p-values over every row printed. "
-                     f"Defaults cost, on the digits model, per checkpoint and split: {_cost(M.names())}."),
+                     + _costs(None)),
             inputs=("checkpoints", "group", "data"), files=("json", "csv", "plot"),
-            folders=(("--results", lambda a: None if a.no_cache else a.results),)),
+            folders=(("--results", lambda a: None if a.no_cache else a.results),
+                     ("--results", lambda a: None if a.no_cache else os.path.join(a.results, "cache")))),
     Command("import", "convert a DomainBed / QT-DoG / SWAD file or a torchvision state dict into a flatlens "
                       "checkpoint, provenance recorded", _import_command_flags, cmd_import,
             inputs=("checkpoint",), files=("out",)),
     Command("reproduce", "the paper's question end to end, a paired design with a stated confirmatory family "
                          "(the main job)", _reproduce_flags, cmd_reproduce,
-            inputs=("pilot",), folders=(("--out", lambda a: None if a.plan else a.out),)),
+            inputs=("pilot",), folders=(("--out", lambda a: None if a.plan else a.out),) + tuple(
+                ("--out", (lambda a, sub=sub: None if a.plan else os.path.join(a.out, sub)))
+                for sub in ("cache", "checkpoints", "figures"))),
     Command("figures", "draw the figures from a reproduce run's results.json", _figures_flags, cmd_figures,
             inputs=(("--results", _run_results_file),), folders=("out",)),
     Command("report", "write report.md (and the README's summary block) from a run's results", _report_flags,
@@ -717,31 +727,22 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _writable_place(path: str, flag: str, *, folder: bool) -> None:
-    """`path` can be written: a file output is not a folder, a folder output is not a file, and the nearest
-    existing folder above it is writable."""
-    if folder and os.path.isfile(path):
-        raise FlatlensError(f"{flag} {path}: is a file; give a folder")
-    if not folder and os.path.isdir(path):
-        raise FlatlensError(f"{flag} {path}: is a folder; give a file path")
-    up = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(up):
-        up = os.path.dirname(up)
-    if not os.path.isdir(up):
-        raise FlatlensError(f"{flag} {path}: {up} is a file, not a folder")
-    if not os.access(up, os.W_OK):
-        raise FlatlensError(f"{flag} {path}: {up} is not writable")
-
-
 def _paths(args, names) -> list[str]:
-    """The paths the arguments `names` hold (lists and --group's NAME CKPT... flattened; derived ones computed)."""
+    """The paths the arguments `names` hold (lists and --group's NAME CKPT... flattened; derived ones computed).
+    An empty string is kept (a path given as "" is refused, never silently ignored)."""
     out = []
     for n in names:
         v = n[1](args) if isinstance(n, tuple) else getattr(args, n, None)
         if n == "group":
             v = [q for g in (v or []) for q in g[1:]]
-        out += [x for x in (v if isinstance(v, list) else [v]) if x]
+        out += [x for x in (v if isinstance(v, list) else [v]) if x is not None]
     return out
+
+
+def _model_file(args) -> str | None:
+    """The source file of --model's module (an input: no output may overwrite it)."""
+    from .paths import module_file
+    return module_file(args.model) if getattr(args, "model", None) else None
 
 
 def _preflight(args) -> None:
@@ -752,12 +753,16 @@ def _preflight(args) -> None:
     c = command(args.command)
     if "readme" in c.files and args.readme and not os.path.isfile(args.readme):
         raise FlatlensError(f"--readme {args.readme}: no such file")
-    inputs = _paths(args, c.inputs)
+    from .paths import check_input, check_output
     named = lambda names: [(n[0] if isinstance(n, tuple) else f"--{n.replace('_', '-')}", p)  # noqa: E731
                            for n in names for p in _paths(args, [n])]
+    ins = named(c.inputs + (("--model", _model_file),))
+    for flag, path in ins:
+        check_input(path, flag, folder_ok=flag in ("--pilot", "--results"))
+    inputs = [p for _, p in ins]
     files, folders = named(c.files), named(c.folders)
     for flag, path in files + folders:
-        _writable_place(path, flag, folder=(flag, path) in folders)
+        check_output(path, flag, folder=(flag, path) in folders)
         for inp in inputs:
             if _same_file(path, inp):
                 raise FlatlensError(f"{flag} {path} is also an input; it would be overwritten")

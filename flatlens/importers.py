@@ -67,9 +67,11 @@ def register_format(f: ImportFormat) -> ImportFormat:
     return f
 
 
-def _plain_dict(x):
+def _plain_dict(x, what: str = "args"):
     if isinstance(x, argparse.Namespace):
         x = vars(x)
+    if not isinstance(x, dict):
+        raise FlatlensError(f"{what} is a {type(x).__name__}, not a mapping")
     return {k: (os.fspath(v) if isinstance(v, pathlib.PurePath) else v) for k, v in dict(x).items()}
 
 
@@ -119,7 +121,19 @@ def _layouts(state: str | None):
 def _convert_domainbed(raw, opts: ImportOptions) -> dict:
     md = raw["model_dict"]
     args = _plain_dict(raw.get("args") or {})
-    hp = _plain_dict(raw.get("model_hparams") or {})
+    hp = _plain_dict(raw.get("model_hparams") or {}, "model_hparams")
+    bad = [k for k, v in md.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise FlatlensError(f"model_dict holds non-tensor value(s) under {', '.join(map(repr, bad[:3]))}")
+    if not isinstance(args.get("trial_seed", 0), int) or isinstance(args.get("trial_seed", 0), bool):
+        raise FlatlensError(f"args.trial_seed is not an integer; got {args.get('trial_seed')!r}")
+    hold = args.get("holdout_fraction", 0.2)
+    if not (isinstance(hold, (int, float)) and not isinstance(hold, bool) and 0 < hold < 1):
+        raise FlatlensError(f"args.holdout_fraction is not a fraction in (0, 1); got {hold!r}")
+    envs = raw.get("test_envs", args.get("test_envs"))
+    if envs is not None and not (isinstance(envs, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in envs)):
+        raise FlatlensError(f"test_envs is not a list of domain indices; got {envs!r}")
     feat = cls = None
     for f, c in _layouts(opts.state):
         if f + "conv1.weight" in md and c + "weight" in md:
@@ -209,6 +223,9 @@ def _convert_torchvision(raw, opts: ImportOptions) -> dict:
         raise FlatlensError(f"a torchvision state dict: give --arch {'|'.join(RESNETS)} (and --num-classes N)")
     if opts.arch not in RESNETS:
         raise FlatlensError(f"--arch {opts.arch}: a torchvision state dict is one of {', '.join(RESNETS)}")
+    if sd["fc.weight"].dim() != 2:
+        raise FlatlensError(f"fc.weight has shape {tuple(sd['fc.weight'].shape)}; a classifier's weight is (classes, "
+                            "features)")
     classes = int(sd["fc.weight"].shape[0])
     if opts.num_classes is not None and opts.num_classes != classes:
         raise FlatlensError(f"fc.weight has {classes} classes; --num-classes says {opts.num_classes}")
@@ -262,7 +279,14 @@ def load_any(path, opts: ImportOptions | None = None, fmt: str = "auto") -> dict
         f = FORMATS[fmt]
         if not f.detect(raw, opts):
             raise FlatlensError(f"{path}: does not look like a {fmt} file ({f.summary})")
-    ckpt = f.convert(raw, opts)
+    try:
+        ckpt = f.convert(raw, opts)
+    except FlatlensError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        # a foreign file's fields of unexpected types or shapes: the file is malformed, not flatlens
+        raise FlatlensError(f"{path}: cannot import as {f.name}: malformed file ({type(e).__name__}: "
+                            f"{str(e)[:100]})") from None
     ckpt["provenance"].update({"source_path": os.fspath(path), "source_sha256": sha256_file(path)})
     try:
         validate(ckpt)

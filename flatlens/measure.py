@@ -84,8 +84,12 @@ def load_data_file(path: str):
 
 
 def check_data(ckpt: dict, x, y, info) -> None:
-    """Inputs a checkpoint's model can take: label range against its classes, channels against its input."""
+    """Inputs a checkpoint's model can take: float32 (the models' dtype: no silent cast), labels within its classes,
+    its channels, and a shape it can run (one forward on the meta device: no memory, no time)."""
     kw = ckpt["arch"].get("kwargs", {})
+    if x.dtype != torch.float32:
+        raise FlatlensError(f"{info.get('path', 'data')}: inputs of dtype {x.dtype}; the models are float32 (cast "
+                            "the file's x with .float())")
     classes = kw.get("num_classes")
     where = info.get("path", "data")
     if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
@@ -95,6 +99,25 @@ def check_data(ckpt: dict, x, y, info) -> None:
     if channels is not None and (x.dim() != 4 or x.shape[1] != channels):
         raise FlatlensError(f"{where}: inputs of shape {tuple(x.shape)}; {ckpt.get('path', 'the model')} takes "
                             f"images (n, {channels}, H, W)")
+    if ckpt["arch"]["name"] != "module":
+        from .models import build
+        try:
+            with torch.device("meta"):
+                build(ckpt["arch"]["name"], **kw).eval()(torch.empty(1, *x.shape[1:]))
+        except RuntimeError as e:
+            raise FlatlensError(f"{where}: {ckpt.get('path', 'the model')} cannot take inputs of shape "
+                                f"{tuple(x.shape[1:])} ({str(e).splitlines()[0][:80]})") from None
+
+
+def check_centre(ckpt: dict, x, y, *, weights: str = "deployed") -> None:
+    """The loss at the centre is finite on these samples: a model whose loss is NaN or inf is refused before any
+    measurement, naming the checkpoint (one forward pass)."""
+    model = build_model(ckpt, weights)
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(x[:256]), y[:256])
+    if not bool(torch.isfinite(loss)):
+        raise FlatlensError(f"{ckpt.get('path', 'the checkpoint')}: its loss at the centre is {float(loss)} on the "
+                            "evaluation samples; nothing can be measured there")
 
 
 def objective_for(ckpt: dict, x, y, *, device="cpu", weights: str = "deployed", batch_size: int = 256,
@@ -125,6 +148,7 @@ class MetricRecord(Result):
     objective: dict
     seed: int
     cached: bool = False
+    version: str = ""            # the flatlens that computed it
 
     def row(self, key: str) -> M.Row:
         for r in self.rows:
@@ -171,6 +195,14 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
                 # the summary rows must be what the full result gives (an emptied or edited table is not trusted)
                 if rec.metric != metric or to_plain(rec.rows) != to_plain(m.rows(rec.result, settings.of(metric))):
                     raise ValueError("rows do not match the result")
+                # and the record must be of what the key names: its own checkpoint hash, weights, split, data
+                # selection, settings and flatlens version (an entry copied under another key is not trusted)
+                own = (rec.checkpoint_sha256, rec.weights, rec.split, to_plain(rec.data), to_plain(rec.settings),
+                       rec.version)
+                want = (ckpt["sha256"], common.weights, split, to_plain(info), to_plain(settings.key(metric)),
+                        __version__)
+                if own != want:
+                    raise ValueError("the record is not of the key it was found under")
                 rec.cached = True
                 return rec
             except (ValueError, TypeError, KeyError, AttributeError, IndexError):
@@ -194,7 +226,7 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
                        settings=settings.key(metric), data=info, checkpoint=ckpt.get("path"),
                        checkpoint_sha256=ckpt["sha256"], weights=common.weights,
                        weights_label=weights_label(ckpt, common.weights), bn=obj.bn, center_loss=obj.loss(),
-                       objective=obj.describe(), seed=common.seed)
+                       objective=obj.describe(), seed=common.seed, version=__version__)
     if cache is not None and group_info()[0] == 0:
         cache.put(parts, rec.to_dict())
     return rec

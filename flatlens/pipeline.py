@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import metrics as M
-from .measure import MetricRecord, check_data, load_data_file, measure, select_data
+from .measure import MetricRecord, check_centre, check_data, load_data_file, measure, select_data
 from .progress import overall
 from .results import Result, register
 
@@ -53,13 +53,17 @@ class DataSource:
                                  else select_data(meta, split, common.samples, common.seed))
         return self._chosen[key]
 
-    def check(self, targets: list[Target], splits: list[str]) -> None:
-        """Every selection made and checked before any work: a file's samples against every model."""
+    def check(self, targets: list[Target], splits: list[str], *, centre: bool = False) -> None:
+        """Every selection made and checked before any work: a file's samples against every model, and (`centre`)
+        each model's loss finite at its centre on its samples, so a bad checkpoint stops a long comparison before
+        the first measurement, not after the others."""
         for i, t in enumerate(targets):
             for split in splits:
                 x, y, info = self.select(self.protocol(targets, i), split, t.settings.common)
                 if self.file:
                     check_data(t.ckpt, x, y, info)
+                if centre and t.metrics:
+                    check_centre(t.ckpt, x, y, weights=t.settings.common.weights)
 
 
 @register
@@ -103,15 +107,18 @@ def prepare(targets: list[Target]) -> dict[str, dict]:
 
 def measure_all(targets: list[Target], splits: list[str], *, source: DataSource | None = None, cache=None,
                 device="cpu", progress: bool = False, label: str = "measure", store: str | None = None,
-                axis: str = "auto", on_record: Callable[[int, MetricRecord], None] | None = None) -> Measurements:
+                axis: str = "auto", on_record: Callable[[int, MetricRecord], None] | None = None,
+                check_centres: bool = True) -> Measurements:
     """Every target's metrics on every split, through `measure` (the cache first). `store`: a folder for
     resumable chunks, one subfolder per split and metric (chunks are keyed by the objective's fingerprint, so
-    checkpoints never share them). `on_record(target index, record)` is called as each record is ready."""
+    checkpoints never share them). `on_record(target index, record)` is called as each record is ready.
+    `check_centres`: check every model's loss at its centre first (one forward each; reproduce, whose models it
+    trained itself, skips it)."""
     source = source or DataSource()
     for t in targets:
         for name in t.metrics:
             M.get(name)  # unknown names refused before any work
-    source.check(targets, splits)
+    source.check(targets, splits, centre=check_centres)
     prepared = prepare(targets)
     out = Measurements()
     total = sum(len(t.metrics) for t in targets) * len(splits)

@@ -347,7 +347,7 @@ def _job(args) -> dict:
     for split in SPLITS:
         targets = [Target(load_checkpoint(ckpt_path(out, s)), plan.measured(s["config"], seed, split), settings)
                    for s in specs]
-        measure_all([t for t in targets if t.metrics], [split], cache=cache, device=device)
+        measure_all([t for t in targets if t.metrics], [split], cache=cache, device=device, check_centres=False)
     return {"domain": domain, "seed": seed, "models": len(specs), "train_seconds": t_train,
             "measure_seconds": time.perf_counter() - t0 - t_train, "cache": cache.stats()}
 
@@ -439,7 +439,7 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
         targets = [Target(c, plan.measured(spec["config"], spec["seed"], split),
                           measurement_settings(plan, spec["seed"])) for c, spec in zip(ckpts, specs)]
         keep = [i for i, t in enumerate(targets) if t.metrics]
-        done = measure_all([targets[i] for i in keep], [split], cache=cache, device=device)
+        done = measure_all([targets[i] for i in keep], [split], cache=cache, device=device, check_centres=False)
         for j, i in enumerate(keep):
             meas_all.setdefault(i, {})[split] = {r.metric: r for r in done.of(j, split)}
     models = []

@@ -14,8 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
     pytest.importorskip("torchvision")
     out = tmp_path / "gpu_suite.json"
+    # no wall-clock limit a loaded machine can trip: the hang guard is 10x the idle time (about 40 s here)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_suite.py"), "--tiny", "--device", "cpu",
-                        "--out", str(out)], capture_output=True, text=True, timeout=600,
+                        "--out", str(out), "--budget", "100000"], capture_output=True, text=True, timeout=3600,
                        env={**os.environ, "OUT": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())
@@ -26,8 +27,8 @@ def test_gpu_suite_tiny_on_cpu_writes_every_field(tmp_path):
         p = d["perturbation"][model]
         assert set(p["evals_per_second"]) == {"a_loss_landscape_style", "b_cached_loop", "c_flatlens_auto"}
         assert p["fraction_of_matmul_rate"] > 0 and p["c_over_a"] > 0
-    compiled = d["perturbation"]["digits_cnn"]["d_flatlens_compiled"]
-    assert compiled["compile_seconds"] > 0 and compiled["evals_per_second_steady"] > 0
+    assert d["perturbation"]["digits_cnn"]["d_flatlens_compiled"] == {"run": False}  # tiny: no compilation
+    assert d["fashion_paired"]["run"] is False and "accelerator" in d["fashion_paired"]["reason"]
     assert d["perturbation"]["resnet18"]["d_flatlens_compiled"] == {"run": False}  # tiny: not compiled
     assert set(d["precision"]) == {"fp32", "tf32", "bf16"}
     assert d["precision"]["fp32"]["max_abs_loss_error_vs_fp32"] == 0.0

@@ -61,3 +61,47 @@ def test_a_bad_entry_is_recomputed_and_counted(case, ckpt, tmp_path):
     assert [r.value for r in rec.rows] == [r.value for r in good.rows]
     third = ResultCache(str(tmp_path))  # the recomputed entry is whole again
     assert measure(ckpt, "flatness", "train", SETTINGS, cache=third).cached and third.hits == 1
+
+
+def test_an_entry_moved_under_another_checkpoints_key_is_recomputed(ckpt, tmp_path):
+    # m1's key pointing at m0's record (key, parts and integrity hash all rewritten, as a copy would be): the hit
+    # once returned m0's numbers for m1 ("difference 0 [0, 0]"); the record must be of the key it was found under
+    from flatlens.cache import cache_key
+    from flatlens.checkpoint import load_checkpoint
+    other_path = tmp_path / "m1.pt"
+    train(TrainConfig(steps=4, eval_every=4, arch_kwargs={"width": 2}, seed=1), str(other_path), quiet=True)
+    other = load_checkpoint(other_path)
+    folder = tmp_path / "cache"
+    cache = ResultCache(str(folder))
+    measure(ckpt, "flatness", "train", SETTINGS, cache=cache)
+    src = json.load(open(_entry(folder)))
+    fresh = measure(other, "flatness", "train", SETTINGS, cache=ResultCache(None))  # m1's own numbers
+    parts = dict(src["parts"], ckpt=other["sha256"])
+    key = cache_key(parts)
+    forged = {"key": key, "parts": parts, "value": src["value"],
+              "sha256": hashlib.sha256(json.dumps(src["value"], sort_keys=True, default=str).encode()).hexdigest()}
+    os.makedirs(folder / key[:2], exist_ok=True)
+    json.dump(forged, open(folder / key[:2] / f"{key}.json", "w"))
+    again = ResultCache(str(folder))
+    rec = measure(other, "flatness", "train", SETTINGS, cache=again)
+    assert not rec.cached and again.stats()["corrupt_recomputed"] == 1
+    from flatlens.measure import MetricRecord
+    assert [r.value for r in rec.rows] == [r.value for r in fresh.rows]
+    assert [r.value for r in rec.rows] != [r.value for r in MetricRecord.from_dict(src["value"]).rows]
+
+
+def test_a_chunk_of_the_wrong_shape_with_a_valid_hash_is_recomputed(ckpt, tmp_path):
+    import torch
+    from flatlens.measure import objective_for, select_data
+    from flatlens.perturb import runner
+    from flatlens.sharpness import local_flatness
+    x, y, _ = select_data(ckpt["data"], "train", 32, 0)
+    obj = objective_for(ckpt, x, y)
+    good = local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s"))
+    chunks = sorted(p for p in (tmp_path / "s").rglob("chunk-*.pt"))
+    d = torch.load(chunks[0], weights_only=True)
+    d.pop("_sha256")
+    d["inc"] = torch.cat([d["inc"], d["inc"]])  # twice the rows, hash recomputed
+    torch.save({**d, "_sha256": runner._digest(d)}, chunks[0])
+    again = local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s"))
+    assert again.increases == good.increases  # the tampered chunk was recomputed, not concatenated

@@ -209,6 +209,9 @@ class HessianOperator:
                         if h is not None:
                             outd[n].add_(h, alpha=w)
         obj.group.sum(out)  # on a data-parallel objective: this rank's share of H v, summed over ranks
+        if not bool(torch.isfinite(out).all()):  # one pass over the vector: cheap beside the double backward
+            raise FlatlensError("a Hessian-vector product came out non-finite: the model's curvature overflows at "
+                                "its centre (weights or inputs too large for its dtype)")
         count = len(V) if batched else 1
         self.n_hvp += count
         obj.tick("hvp", count)

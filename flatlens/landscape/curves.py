@@ -52,8 +52,12 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
         lo, acc = ev(a[:, None] * d[None, :])
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
+    def rows(i):  # the points of chunk i, accuracies where the loss has them
+        m = min(len(alphas), (i + 1) * chunk) - i * chunk
+        return {"loss": (m,), "acc": (m,) if ev.reports_accuracy else (0,)}
+
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       evaluator=ev, desc="curve",
+                       evaluator=ev, desc="curve", shapes=rows,
                        args={"m": "curve", "alphas": alphas.tolist(), "d": tensor_digest(d),
                              "obj": obj.identity(), "chunk": chunk})
     losses = torch.cat([p["loss"] for p in parts]).tolist()
@@ -86,8 +90,12 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
         acc = torch.stack([p[1] for p in per_alpha], dim=1) if ev.reports_accuracy else torch.empty(0)
         return {"loss": lo, "acc": acc}
 
+    def rows(i):  # the directions of chunk i x the grid, accuracies where the loss has them
+        m = min(n_directions, (i + 1) * k) - i * k
+        return {"loss": (m, len(alphas)), "acc": (m, len(alphas)) if ev.reports_accuracy else (0,)}
+
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       evaluator=ev, desc=f"{kind} curves",
+                       evaluator=ev, desc=f"{kind} curves", shapes=rows,
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
                              "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k})
     L = torch.cat([p["loss"] for p in parts]).numpy()
@@ -120,8 +128,12 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
         lo, acc = ev(a_t[s, None] * fx[None] + b_t[s, None] * fy[None])
         return {"loss": lo, "acc": acc if acc is not None else torch.empty(0)}
 
+    def rows(i):  # the grid points of chunk i, accuracies where the loss has them
+        m = min(n, (i + 1) * chunk) - i * chunk
+        return {"loss": (m,), "acc": (m,) if ev.reports_accuracy else (0,)}
+
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
-                       evaluator=ev, desc="surface",
+                       evaluator=ev, desc="surface", shapes=rows,
                        args={"m": "surface", "xs": xs.tolist(), "ys": ys.tolist(),
                              "dx": tensor_digest(fx), "dy": tensor_digest(fy),
                              "obj": obj.identity(), "chunk": chunk})

@@ -19,8 +19,8 @@ class EvalSettings:
 
 @dataclass
 class FlatnessSettings(EvalSettings):
-    radii: tuple = setting((0.0, 0.5, 1.0, 2.0, 3.0, 4.0), "radii (L2 norm of the perturbation)", "--radii",
-                           nargs="+", min=0)
+    radii: tuple = setting((0.0, 0.5, 1.0, 2.0, 3.0, 4.0), "radii (L2 norm of the perturbation, up to 1e4: past it "
+                           "every loss of these models overflows)", "--radii", nargs="+", min=0, max=1e4)
     n_directions: int = setting(50, "random unit directions (flatness) / directions (curves)", "--directions",
                                 min=2)
     kind: str = setting("sphere", "direction kind (SWAD: uniform on the unit sphere)")

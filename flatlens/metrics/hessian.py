@@ -12,7 +12,8 @@ from .registry import LOWER, Metric, Row, RowSpec, register_metric, setting, t_r
 
 @dataclass
 class EigSettings:
-    k: int = setting(1, "number of eigenvalues", "--k", min=1)
+    k: int = setting(1, "number of eigenvalues (up to 1000: each holds a vector of the model's size)", "--k", min=1,
+                     max=1000)
     which: str = setting("LA", "which end: LA largest, SA smallest (algebraic), LM largest magnitude", "--which",
                          choices=("LA", "SA", "LM"))
     bottom: bool = setting(False, "also the most negative eigenvalue (which=SA; slow to converge: about 10x the "

@@ -10,7 +10,8 @@ from .registry import Metric, Row, RowSpec, register_metric, setting, t_row
 
 @dataclass
 class SharpnessSettings:
-    rho: float = setting(0.5, "L2 radius of the worst-case ball (the adaptive ball uses rho/10)", "--rho", gt=0)
+    rho: float = setting(0.5, "L2 radius of the worst-case ball (the adaptive ball uses rho/10; up to 1e4)", "--rho",
+                         gt=0, max=1e4)
     steps: int = setting(10, "projected-gradient ascent steps", "--sharpness-steps", min=1)
     batches: int = setting(5, "data batches, each optimized separately (the CI is over batches)",
                            "--sharpness-batches", min=2)

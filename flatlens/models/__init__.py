@@ -25,11 +25,19 @@ def _from_factory(factory: str, **_) -> nn.Module:
         raise FlatlensError(f"the checkpoint is built by Python code ({factory}); pass --model {factory} to allow "
                             "running it")
     mod, _, name = factory.partition(":")
+    # the user's code: whatever it raises (its own SystemExit and KeyboardInterrupt too) is the user's code failing,
+    # reported in one line, never flatlens's exit status or a traceback
     try:
         fn = getattr(importlib.import_module(mod), name)
     except (ImportError, AttributeError) as e:
         raise FlatlensError(f"--model {factory}: cannot import it ({type(e).__name__}: {e})") from None
-    model = fn()
+    except BaseException as e:  # noqa: BLE001  (a module that raises on import, a syntax error, sys.exit)
+        raise FlatlensError(f"--model {factory}: importing your module failed ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
+    try:
+        model = fn()
+    except BaseException as e:  # noqa: BLE001
+        raise FlatlensError(f"--model {factory}: your factory failed ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(model, nn.Module):
         raise FlatlensError(f"--model {factory} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

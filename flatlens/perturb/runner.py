@@ -66,19 +66,30 @@ def _digest(chunk: dict) -> str:
     return h.hexdigest()
 
 
-def _load_chunk(path):
-    """The chunk stored at `path` if it is whole and its values match their hash, else None."""
+def _load_chunk(path, shapes: dict | None = None):
+    """The chunk stored at `path` if it is whole, its values match their hash and (`shapes`: key -> shape) it holds
+    exactly the tensors expected, floating, of those shapes; else None (recomputed, never trusted). torch's own
+    warnings about a rejected file are not shown: the count of rejected chunks says it."""
+    import warnings
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = torch.load(path, map_location="cpu", weights_only=True)
         sha = d.pop("_sha256", None)
-        return d if sha == _digest(d) else None
+        if sha != _digest(d):
+            return None
+        if shapes is not None and (set(d) != set(shapes) or any(
+                not isinstance(d[k], torch.Tensor) or not d[k].is_floating_point()
+                or tuple(d[k].shape) != tuple(v) for k, v in shapes.items())):
+            return None
+        return d
     except Exception:  # a damaged chunk is recomputed, never trusted
         return None
 
 
 def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, evaluator=None,
                store: str | None = None, progress: bool = True, desc: str = "points", counts: dict | None = None,
-               shard: bool | None = None) -> list[dict]:
+               shard: bool | None = None, shapes: Callable[[int], dict] | None = None) -> list[dict]:
     """compute(i) -> dict of tensors for chunk i; returns the list for all chunks, in order, on every rank.
 
     With `store`, chunks live in store/<key>/, the key a hash of `args` (which every caller builds from what
@@ -87,7 +98,9 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
     recomputes instead of mixing runs. `counts` (optional) receives loaded / computed / rejected chunk counts.
     shard=False: every rank computes every chunk (the data axis: a data-parallel objective's ranks evaluate
     each point together); rank 0 alone writes the store. `evaluator` (the Evaluator that compute uses): its
-    precision joins the key, and shard defaults to whether its objective is data-parallel (else True)."""
+    precision joins the key, and shard defaults to whether its objective is data-parallel (else True).
+    `shapes(i)`: the tensors chunk i holds, key -> shape; a stored chunk of other keys or shapes (with a valid hash:
+    written by other code, or edited and re-hashed) is recomputed."""
     from tqdm.auto import tqdm
 
     if evaluator is not None:
@@ -120,7 +133,7 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
     for i in mine:
         path = _chunk_path(folder, i) if folder else None
         exists = bool(path and os.path.exists(path))
-        chunk = _load_chunk(path) if exists else None
+        chunk = _load_chunk(path, shapes(i) if shapes is not None else None) if exists else None
         if agree:
             chunk = chunk if all_min_int(int(chunk is not None), device) else None
         if chunk is not None:

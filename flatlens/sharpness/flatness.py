@@ -47,6 +47,7 @@ def local_flatness(obj: Objective, radii, *, n_directions: int = 100, seed: int 
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
                        evaluator=ev, desc="flatness",
+                       shapes=lambda i: {"inc": (min(n_directions, (i + 1) * k) - i * k, len(r))},
                        args={"m": "flatness", "radii": r.tolist(), "n": n_directions, "seed": seed, "kind": kind,
                              "ignore": space.ignore, "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()

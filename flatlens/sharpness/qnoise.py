@@ -92,6 +92,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 100, see
 
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
                        evaluator=ev, desc="qnoise",
+                       shapes=lambda i: {"inc": (min(n_draws, (i + 1) * k) - i * k,)},
                        args={"m": "qnoise", "n": n_draws, "estimator": estimator, "seed": seed,
                              "S": tensor_digest(S), "obj": obj.identity(), "k": k})
     inc = torch.cat([p["inc"] for p in parts]).numpy()

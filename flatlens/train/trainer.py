@@ -62,14 +62,17 @@ class TrainConfig:
         base.update(kw)
         return cls(**base)
 
-    def validate(self, data: DomainData) -> None:
-        """Every setting in range before any work (0 and NaN never mean "default")."""
+    def validate(self, data: DomainData | None = None) -> None:
+        """Every setting in range before any work (0 and NaN never mean "default"); with `data`, the domains too
+        (the numbers are checked first: a seed past int64 would overflow the data set's generator)."""
         for name, lo, hi in (("steps", 1, 10 ** 8), ("batch_size", 1, 100_000), ("eval_every", 1, 10 ** 8),
                              ("seed", 0, 2 ** 63 - 1), ("split_seed", 0, 2 ** 63 - 1), ("quant_start", 0, 10 ** 8)):
             setattr(self, name, check_number(name, getattr(self, name), lo=lo, hi=hi, integer=True))
         check_number("lr", self.lr, lo=0, lo_open=True)
         check_number("weight_decay", self.weight_decay, lo=0)
         check_number("holdout", self.holdout, lo=0, hi=1, lo_open=True, hi_open=True)
+        if data is None:
+            return
         if not self.test_domains:
             raise FlatlensError("give at least one test domain")
         for d in self.test_domains:
@@ -97,6 +100,7 @@ def _rng_state(gen: torch.Generator) -> dict:
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: DomainData | None = None, *, quiet: bool = False):
         self.cfg = cfg
+        cfg.validate()  # the numbers, before they reach a generator
         if cfg.image_size is not None:
             cfg.image_size = check_number("image_size", cfg.image_size, lo=8, hi=1024, integer=True)
         self.data = data or load(cfg.dataset, cfg.data_root, seed=cfg.split_seed, image_size=cfg.image_size)
