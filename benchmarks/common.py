@@ -29,7 +29,6 @@ def trained_cnn(width=32, steps=150, seed=0):
     from flatlens.checkpoint import build_model
     from flatlens.train import TrainConfig, train
     ck = train(TrainConfig(steps=steps, eval_every=steps, arch_kwargs={"width": width}, seed=seed), quiet=True)
-    ck["path"] = "benchmark"
     return build_model(ck)
 
 

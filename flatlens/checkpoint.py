@@ -1,17 +1,21 @@
-"""Checkpoints: a dict of plain containers and tensors, written atomically, loaded with
-torch.load(weights_only=True) and validated. Nothing here ever unpickles arbitrary objects.
+"""Checkpoints: on disk a dict of plain containers and tensors, written atomically, loaded with
+torch.load(weights_only=True) and validated; in memory a typed `Checkpoint`, built only from what the validator
+accepted. Nothing here ever unpickles arbitrary objects.
 
 Keys: format, version, arch {name, kwargs}, state_dict (latent weights, original names), quant (None or
 {bits, per_channel, start_step, layers, steps}), data {dataset, root, domains, train_domains, test_domains,
-split_seed, holdout}, train (config), history (list of eval records), metrics.
+split_seed, holdout, split_rule, image_size, content_sha256}, train (config), history (list of eval records),
+metrics, and optionally pairing {seed, prefix_step, prefix_sha256} and provenance (imported files).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,7 +27,100 @@ VERSION = 1
 REQUIRED = ("format", "version", "arch", "state_dict", "quant", "data", "train", "history", "metrics")
 
 
-def save_checkpoint(path, ckpt: dict) -> None:
+# --------------------------------------------------------------------------- the typed checkpoint
+@dataclass
+class Arch:
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Quant:
+    """LSQ quantization of the weights named in `steps` (weight name -> learned step: one per output channel, or
+    one per tensor)."""
+    bits: int
+    steps: dict
+    per_channel: bool = True
+    start_step: int | None = None
+    layers: list = field(default_factory=list)
+
+
+@dataclass
+class DataProtocol:
+    """What a model trained on: the data set, its domains split into training and held-out ones, and the seeded
+    80/20 split of each training domain (`split_rule`: flatlens's or DomainBed's own)."""
+    dataset: str
+    train_domains: list
+    test_domains: list
+    split_seed: int = 0
+    holdout: float = 0.2
+    root: str | None = None
+    domains: list | None = None
+    split_rule: str = "flatlens"
+    image_size: int | None = None
+    content_sha256: str | None = None
+
+
+@dataclass
+class Pairing:
+    """The runs this one is paired with: its training seed and the shared full-precision prefix it branched from."""
+    seed: int
+    prefix_step: int | None = None
+    prefix_sha256: str | None = None
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint, typed: what every command reads (`path` and `sha256` name the file it came from)."""
+    arch: Arch
+    state_dict: dict
+    quant: Quant | None
+    data: DataProtocol | None
+    train: dict
+    history: list
+    metrics: dict | None
+    pairing: Pairing | None = None
+    provenance: dict | None = None
+    path: str | None = None
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, d: dict, *, path=None, sha256: str = "") -> "Checkpoint":
+        """The typed view of a validated checkpoint dict."""
+        def typed(tp, x):
+            if x is None:
+                return None
+            names = {f.name for f in dataclasses.fields(tp)}
+            unknown = set(x) - names
+            if unknown:
+                raise FlatlensError(f"{tp.__name__.lower()} has unknown field(s) {', '.join(sorted(unknown))}")
+            return tp(**x)
+        return cls(arch=typed(Arch, d["arch"]), state_dict=d["state_dict"], quant=typed(Quant, d["quant"]),
+                   data=typed(DataProtocol, d["data"]), train=d["train"], history=d["history"],
+                   metrics=d["metrics"], pairing=typed(Pairing, d.get("pairing")), provenance=d.get("provenance"),
+                   path=None if path is None else os.fspath(path), sha256=sha256)
+
+    def to_dict(self) -> dict:
+        """What `save_checkpoint` writes: plain containers and tensors (no path, no hash)."""
+        out = {"arch": dataclasses.asdict(self.arch), "state_dict": self.state_dict,
+               "quant": None if self.quant is None else dataclasses.asdict(self.quant),
+               "data": None if self.data is None else dataclasses.asdict(self.data), "train": self.train,
+               "history": self.history, "metrics": self.metrics}
+        if self.pairing is not None:
+            out["pairing"] = dataclasses.asdict(self.pairing)
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
+        return out
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path) if self.path else "checkpoint"
+
+
+def save_checkpoint(path, ckpt) -> None:
+    """Write a checkpoint (a `Checkpoint` or its dict) atomically."""
+    if isinstance(ckpt, Checkpoint):
+        ckpt = ckpt.to_dict()
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
@@ -65,14 +162,14 @@ def safe_load(path, allow: tuple = (), what: str = "checkpoint"):
         raise FlatlensError(f"{path}: not a {what} ({msg[:120]})") from None
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path) -> Checkpoint:
     """Load and validate a flatlens checkpoint; anything else gets a one-line FlatlensError (files flatlens did
     not write: `importers.load_any`)."""
     return checked(path, safe_load(path))
 
 
-def checked(path, ckpt) -> dict:
-    """A safely loaded object as a validated flatlens checkpoint (its path and content hash added)."""
+def checked(path, ckpt) -> Checkpoint:
+    """A safely loaded object as a validated, typed flatlens checkpoint (its path and content hash added)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FlatlensError(f"{path}: not a flatlens checkpoint (another format)")
     if ckpt.get("version") != VERSION:
@@ -82,11 +179,9 @@ def checked(path, ckpt) -> dict:
         raise FlatlensError(f"{path}: checkpoint lacks {', '.join(missing)}")
     try:
         validate(ckpt)
+        return Checkpoint.of(ckpt, path=path, sha256=sha256_file(path))
     except FlatlensError as e:
         raise FlatlensError(f"{path}: invalid checkpoint: {e}") from None
-    ckpt["path"] = os.fspath(path)
-    ckpt["sha256"] = sha256_file(path)
-    return ckpt
 
 
 METRIC_TYPES = {"selected_step": int, "val_acc": dict, "test_acc": dict, "mean_val_acc": float,
@@ -271,28 +366,27 @@ def _check_shapes(name, kwargs, sd) -> None:
     return model
 
 
-def build_model(ckpt: dict, weights: str = "deployed") -> nn.Module:
+def build_model(ckpt: Checkpoint, weights: str = "deployed") -> nn.Module:
     """The plain architecture with the checkpoint's deployed (default) or latent weights, in eval mode."""
     from .models import build
     from .quant import deployed_state_dict
 
     if weights not in ("deployed", "latent"):
         raise FlatlensError("weights must be 'deployed' or 'latent'")
-    model = build(ckpt["arch"]["name"], **ckpt["arch"].get("kwargs", {}))
-    sd = ckpt["state_dict"] if weights == "latent" else deployed_state_dict(ckpt["state_dict"], ckpt["quant"])
+    model = build(ckpt.arch.name, **ckpt.arch.kwargs)
+    sd = ckpt.state_dict if weights == "latent" else deployed_state_dict(ckpt.state_dict, ckpt.quant)
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
-        raise FlatlensError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit {ckpt['arch']['name']} "
+        raise FlatlensError(f"{ckpt.path or 'checkpoint'}: weights do not fit {ckpt.arch.name} "
                             f"({str(e).splitlines()[0][:100]})") from None
     return model.eval()
 
 
-def weights_label(ckpt: dict, weights: str = "deployed") -> str:
+def weights_label(ckpt: Checkpoint, weights: str = "deployed") -> str:
     """What every output says about which weights were measured."""
-    if not ckpt.get("quant"):
+    if ckpt.quant is None:
         return "full-precision weights"
-    q = ckpt["quant"]
     if weights == "latent":
-        return f"latent (unquantized) weights of a {q['bits']}-bit model"
-    return f"deployed {q['bits']}-bit weights s*round(clip(w/s))"
+        return f"latent (unquantized) weights of a {ckpt.quant.bits}-bit model"
+    return f"deployed {ckpt.quant.bits}-bit weights s*round(clip(w/s))"

@@ -92,7 +92,7 @@ def cmd_train(args):
     if args.prefix:  # the full-precision prefix this seed's runs share: trained once, then branched from
         train_prefix(cfg, args.prefix, quiet=not args.progress)
     ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress, prefix=args.prefix)
-    m = ckpt["metrics"]
+    m = ckpt.metrics
     _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
                f"({', '.join(f'{d}: {100 * a:.2f} %' for d, a in m['test_acc'].items())}); "
@@ -132,14 +132,14 @@ def cmd_evaluate(args):
     from .train import ensemble_accuracy
     ck = _load(args, args.checkpoint)
     device = _device(args)
-    m = ck["metrics"] or {}
-    q = ck["quant"]
+    m = ck.metrics or {}
+    q = ck.quant
     now = ensemble_accuracy([ck], split="both", device=device)
-    src = f", imported from {ck['provenance']['source_format']}" if ck.get("provenance") else ""
-    qat = (f"{q['bits']}-bit QAT" + (f" from step {q['start_step']}" if q.get("start_step") is not None else "")
+    src = f", imported from {ck.provenance['source_format']}" if ck.provenance else ""
+    qat = (f"{q.bits}-bit QAT" + (f" from step {q.start_step}" if q.start_step is not None else "")
            if q else "full precision")
-    lines = [f"{args.checkpoint}: {ck['arch']['name']}{src}, {qat}"
-             + f", {ck['data']['dataset']}, test domain(s) {', '.join(ck['data']['test_domains'])}"
+    lines = [f"{args.checkpoint}: {ck.arch.name}{src}, {qat}"
+             + (f", {ck.data.dataset}, test domain(s) {', '.join(ck.data.test_domains)}" if ck.data else "")
              + (f", selected step {m['selected_step']}" if m else "")
              + "; accuracy measured now" + (" (recorded at training)" if m else "")]
     for key, acc in now["ensemble"].items():
@@ -152,9 +152,9 @@ def cmd_evaluate(args):
                  f"({now['packed_bytes'] / now['fp32_bytes_one_model']:.3f} x)")
     _out(args, "\n".join(lines))
     if args.json:
-        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck["sha256"],
+        _write_json(args.json, {"checkpoint": args.checkpoint, "sha256": ck.sha256,
                                 "accuracy_now": now["ensemble"], "recorded": m or None,
-                                "provenance": ck.get("provenance")})
+                                "provenance": ck.provenance})
 
 
 def cmd_ensemble(args):
@@ -250,7 +250,7 @@ def _measure_command(args, metric_names: list[str], extra_lines=None):
     done = measure_all([Target(ck, metric_names, settings)], splits, source=DataSource(getattr(args, "data", None)),
                        device=args.device, progress=show, label=args.command, store=getattr(args, "resume_dir", None),
                        axis=args.axis, on_record=on_record)
-    run = MeasurementRun(command=args.command, checkpoint=args.checkpoint, sha256=ck["sha256"],
+    run = MeasurementRun(command=args.command, checkpoint=args.checkpoint, sha256=ck.sha256,
                          weights=weights_label(ck, settings.common.weights), records=done.records)
     if args.json and rank0:
         run.to_json(args.json, indent=1)
@@ -330,10 +330,10 @@ def cmd_import(args):
         raise FlatlensError("--model checkpoints are rebuilt by running your code: measure them directly with "
                             "--model (a flatlens checkpoint must load without running code)")
     ck = import_to_file(args.checkpoint, args.out, _import_opts_from(args), args.format or "auto")  # read once
-    p, q, d = ck["provenance"], ck["quant"], ck["data"]
-    _out(args, f"wrote {args.out}: {p['source_format']} -> {ck['arch']['name']} ({ck['arch']['kwargs']}), "
-               + (f"{q['bits']}-bit QAT steps on {len(q['steps'])} layers" if q else "full precision")
-               + (f", {d['dataset']} with test domain(s) {', '.join(d['test_domains'])} ({d['split_rule']} split)"
+    p, q, d = ck.provenance, ck.quant, ck.data
+    _out(args, f"wrote {args.out}: {p['source_format']} -> {ck.arch.name} ({ck.arch.kwargs}), "
+               + (f"{q.bits}-bit QAT steps on {len(q.steps)} layers" if q else "full precision")
+               + (f", {d.dataset} with test domain(s) {', '.join(d.test_domains)} ({d.split_rule} split)"
                   if d else ", no data protocol (measure with --data FILE)")
                + f"; mapping {p['mapping']}; source sha256 {p['source_sha256'][:16]}")
 

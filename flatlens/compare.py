@@ -90,16 +90,23 @@ class Comparison(Result):
     cache: dict = field(default_factory=dict)
 
 
-def check_compatible(ckpts: list[dict]) -> None:
+def check_compatible(ckpts: list) -> None:
+    """Checkpoints measured on the first one's samples: the same data set, test domains and image size, and the same
+    architecture."""
     first = ckpts[0]
     for c in ckpts[1:]:
-        if c["data"]["dataset"] != first["data"]["dataset"] or c["data"]["test_domains"] != first["data"]["test_domains"]:
-            raise FlatlensError(f"{c['path']} was trained on {c['data']['dataset']} (test {c['data']['test_domains']}),"
-                                f" {first['path']} on {first['data']['dataset']} (test {first['data']['test_domains']});"
-                                " pass --data to compare them on the same samples")
-        if c["arch"] != first["arch"]:
-            raise FlatlensError(f"{c['path']} is a {c['arch']['name']}, {first['path']} a {first['arch']['name']} with "
-                                "other settings; pass --data to compare them anyway")
+        if c.data is None or first.data is None:
+            raise FlatlensError(f"{(c if c.data is None else first).path} records no data protocol; pass --data")
+        same = (c.data.dataset, c.data.test_domains, c.data.image_size) == (
+            first.data.dataset, first.data.test_domains, first.data.image_size)
+        if not same:
+            raise FlatlensError(f"{c.path} was trained on {c.data.dataset} (test {c.data.test_domains}, "
+                                f"{c.data.image_size} px), {first.path} on {first.data.dataset} (test "
+                                f"{first.data.test_domains}, {first.data.image_size} px); pass --data to compare "
+                                "them on the same samples")
+        if c.arch != first.arch:
+            raise FlatlensError(f"{c.path} is a {c.arch.name}, {first.path} a {first.arch.name} with other settings; "
+                                "pass --data to compare them anyway")
 
 
 def _verdict(direction, diff, p_holm, alpha=stats.ALPHA) -> str:
@@ -179,11 +186,11 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
         for r0 in ref.rows:
             for c, rec in zip(ckpts, recs):
                 r = rec.row(r0.key)
-                row = _row_base(name, rec.split, r.key, c["path"], value=r.value, interval=r.interval,
+                row = _row_base(name, rec.split, r.key, c.path, value=r.value, interval=r.interval,
                                 interval_kind=r.interval_kind, source=r.source, n=r.n, df=r.df, cached=rec.cached)
                 if rec is not ref:
                     t, dci, kind, why = _pair_test(r0, r)
-                    row.reference = ckpts[0]["path"]
+                    row.reference = ckpts[0].path
                     row.diff = r.value - r0.value
                     row.diff_interval, row.diff_interval_kind = dci, kind
                     if t is None:
@@ -207,10 +214,10 @@ def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
     seen = {}
     for g, cs in groups.items():
         for c in cs:
-            if c["sha256"] in seen:
-                raise FlatlensError(f"{c['path']} (group {g!r}) is the same model as {seen[c['sha256']][1]} (group "
-                                    f"{seen[c['sha256']][0]!r}); each checkpoint is one replicate, list it once")
-            seen[c["sha256"]] = (g, c["path"])
+            if c.sha256 in seen:
+                raise FlatlensError(f"{c.path} (group {g!r}) is the same model as {seen[c.sha256][1]} (group "
+                                    f"{seen[c.sha256][0]!r}); each checkpoint is one replicate, list it once")
+            seen[c.sha256] = (g, c.path)
 
 
 def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
@@ -222,25 +229,24 @@ def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
     for g in names:
         by_seed[g] = {}
         for c in groups[g]:
-            p = c.get("pairing")
-            if not p:
-                raise FlatlensError(f"{c['path']} records no pairing (seed and shared prefix): trained by an older "
+            p = c.pairing
+            if p is None:
+                raise FlatlensError(f"{c.path} records no pairing (seed and shared prefix): trained by an older "
                                     "flatlens or imported; compare it unpaired (--group without --paired)")
-            if p["seed"] in by_seed[g]:
-                raise FlatlensError(f"group {g!r} holds two checkpoints of seed {p['seed']}: "
-                                    f"{by_seed[g][p['seed']]['path']} and {c['path']}")
-            by_seed[g][p["seed"]] = c
+            if p.seed in by_seed[g]:
+                raise FlatlensError(f"group {g!r} holds two checkpoints of seed {p.seed}: "
+                                    f"{by_seed[g][p.seed].path} and {c.path}")
+            by_seed[g][p.seed] = c
     seeds = list(by_seed[names[0]])
     for g in names[1:]:
         if set(by_seed[g]) != set(seeds):
             raise FlatlensError(f"groups {names[0]!r} and {g!r} do not pair: seeds {sorted(seeds)} against "
                                 f"{sorted(by_seed[g])}")
     for s in seeds:
-        prefixes = {(by_seed[g][s]["pairing"]["prefix_step"], by_seed[g][s]["pairing"]["prefix_sha256"])
-                    for g in names}
+        prefixes = {(by_seed[g][s].pairing.prefix_step, by_seed[g][s].pairing.prefix_sha256) for g in names}
         if len(prefixes) > 1:
             raise FlatlensError(f"the checkpoints of seed {s} did not branch from one shared prefix "
-                                f"({', '.join(by_seed[g][s]['path'] for g in names)}): they are not a pair")
+                                f"({', '.join(by_seed[g][s].path for g in names)}): they are not a pair")
     return seeds
 
 
@@ -261,11 +267,11 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
     names = list(groups)
     if paired:
         seeds = pairs_of(groups)
-        groups = {g: sorted(cs, key=lambda c: seeds.index(c["pairing"]["seed"])) for g, cs in groups.items()}
+        groups = {g: sorted(cs, key=lambda c: seeds.index(c.pairing.seed)) for g, cs in groups.items()}
     allc = [c for cs in groups.values() for c in cs]
     if paired:
         per = {s: _with_seed(settings, settings.common.seed + s) for s in seeds}
-        target_settings = [per[c["pairing"]["seed"]] for c in allc]
+        target_settings = [per[c.pairing.seed] for c in allc]
     else:
         target_settings = [settings] * len(allc)
     measured = _measure_all(allc, metric_names, splits, target_settings, cache=cache, device=device,
@@ -306,7 +312,7 @@ def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], split
     family = _apply_holm(rows, tests)
     return Comparison(mode="pairs" if paired else "groups", question=QUESTION["pairs" if paired else "groups"],
                       rows=rows, records=records, settings=settings, checkpoints=[_ckpt_info(c) for c in allc],
-                      groups={g: [c["path"] for c in cs] for g, cs in groups.items()}, family=family,
+                      groups={g: [c.path for c in cs] for g, cs in groups.items()}, family=family,
                       versions=versions(), cache=cache.stats())
 
 
@@ -318,8 +324,10 @@ def _with_seed(settings: M.Settings, seed: int) -> M.Settings:
 
 
 def _ckpt_info(c: dict) -> dict:
-    return {"path": c["path"], "sha256": c["sha256"], "arch": c["arch"], "quant_bits": (c["quant"] or {}).get("bits"),
-            "data": c["data"]}
+    import dataclasses
+    return {"path": c.path, "sha256": c.sha256, "arch": dataclasses.asdict(c.arch),
+            "quant_bits": None if c.quant is None else c.quant.bits,
+            "data": None if c.data is None else dataclasses.asdict(c.data)}
 
 
 # --------------------------------------------------------------------------- output

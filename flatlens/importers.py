@@ -254,10 +254,10 @@ register_format(ImportFormat("module", "any model: --model package.module:factor
 
 
 # --------------------------------------------------------------------------- loading
-def load_any(path, opts: ImportOptions | None = None, fmt: str = "auto") -> dict:
+def load_any(path, opts: ImportOptions | None = None, fmt: str = "auto"):
     """A flatlens checkpoint, or a foreign file converted through `FORMATS` (fmt "auto": by detection), read
     safely and validated like any flatlens checkpoint; one FlatlensError otherwise."""
-    from .checkpoint import FORMAT, checked, safe_load, validate
+    from .checkpoint import FORMAT, Checkpoint, checked, safe_load, validate
     opts = opts or ImportOptions()
     if opts.model:
         from .models import allow_factory
@@ -290,17 +290,16 @@ def load_any(path, opts: ImportOptions | None = None, fmt: str = "auto") -> dict
     ckpt["provenance"].update({"source_path": os.fspath(path), "source_sha256": sha256_file(path)})
     try:
         validate(ckpt)
+        return Checkpoint.of(ckpt, path=path, sha256=ckpt["provenance"]["source_sha256"])
     except FlatlensError as e:
         raise FlatlensError(f"{path}: cannot import as {f.name}: {e}") from None
-    ckpt.update({"format": FORMAT, "path": os.fspath(path), "sha256": ckpt["provenance"]["source_sha256"]})
-    return ckpt
 
 
-def import_to_file(path, out, opts: ImportOptions, fmt: str = "auto") -> dict:
+def import_to_file(path, out, opts: ImportOptions, fmt: str = "auto"):
     """`flatlens import`: convert once into a flatlens checkpoint with its provenance recorded."""
     from .checkpoint import save_checkpoint
     ckpt = load_any(path, opts, fmt)
-    if ckpt.get("provenance") is None:
+    if ckpt.provenance is None:
         raise FlatlensError(f"{path} is a flatlens checkpoint already")
-    save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in ("format", "version", "path", "sha256")})
+    save_checkpoint(out, ckpt)
     return ckpt

@@ -37,11 +37,11 @@ def select_data(meta: dict, split: str, samples: int, seed: int):
     data = for_protocol(meta)
     pool = []
     if split == "train":
-        for d in meta["train_domains"]:
+        for d in meta.train_domains:
             idx_in, _ = protocol_split(meta, data, d)
             pool += [(d, int(i)) for i in idx_in]
     else:
-        for d in meta["test_domains"]:
+        for d in meta.test_domains:
             pool += [(d, i) for i in range(data.size(d))]
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(pool), generator=g)[: min(samples, len(pool))].sort().values
@@ -57,7 +57,7 @@ def select_data(meta: dict, split: str, samples: int, seed: int):
             xs.append(x)
             ys.append(y)
     digest = hashlib.sha256(repr(chosen).encode()).hexdigest()[:16]
-    info = {"dataset": meta["dataset"], "split": split, "domains": sorted({c[0] for c in chosen}),
+    info = {"dataset": meta.dataset, "split": split, "domains": sorted({c[0] for c in chosen}),
             "n": len(chosen), "seed": seed, "indices_sha256": digest}
     return torch.cat(xs), torch.cat(ys), info
 
@@ -86,7 +86,7 @@ def load_data_file(path: str):
 def check_data(ckpt: dict, x, y, info) -> None:
     """Inputs a checkpoint's model can take: float32 (the models' dtype: no silent cast), labels within its classes,
     its channels, and a shape it can run (one forward on the meta device: no memory, no time)."""
-    kw = ckpt["arch"].get("kwargs", {})
+    kw = ckpt.arch.kwargs
     if x.dtype != torch.float32:
         raise FlatlensError(f"{info.get('path', 'data')}: inputs of dtype {x.dtype}; the models are float32 (cast "
                             "the file's x with .float())")
@@ -94,18 +94,18 @@ def check_data(ckpt: dict, x, y, info) -> None:
     where = info.get("path", "data")
     if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
         raise FlatlensError(f"{where}: labels span [{int(y.min())}, {int(y.max())}]; "
-                            f"{ckpt.get('path', 'the model')} has {classes} classes")
-    channels = kw.get("in_channels", 3 if ckpt["arch"]["name"].startswith("resnet") else None)
+                            f"{ckpt.path or 'the model'} has {classes} classes")
+    channels = kw.get("in_channels", 3 if ckpt.arch.name.startswith("resnet") else None)
     if channels is not None and (x.dim() != 4 or x.shape[1] != channels):
-        raise FlatlensError(f"{where}: inputs of shape {tuple(x.shape)}; {ckpt.get('path', 'the model')} takes "
+        raise FlatlensError(f"{where}: inputs of shape {tuple(x.shape)}; {ckpt.path or 'the model'} takes "
                             f"images (n, {channels}, H, W)")
-    if ckpt["arch"]["name"] != "module":
+    if ckpt.arch.name != "module":
         from .models import build
         try:
             with torch.device("meta"):
-                build(ckpt["arch"]["name"], **kw).eval()(torch.empty(1, *x.shape[1:]))
+                build(ckpt.arch.name, **kw).eval()(torch.empty(1, *x.shape[1:]))
         except RuntimeError as e:
-            raise FlatlensError(f"{where}: {ckpt.get('path', 'the model')} cannot take inputs of shape "
+            raise FlatlensError(f"{where}: {ckpt.path or 'the model'} cannot take inputs of shape "
                                 f"{tuple(x.shape[1:])} ({str(e).splitlines()[0][:80]})") from None
 
 
@@ -116,7 +116,7 @@ def check_centre(ckpt: dict, x, y, *, weights: str = "deployed") -> None:
     with torch.no_grad():
         loss = nn.functional.cross_entropy(model(x[:256]), y[:256])
     if not bool(torch.isfinite(loss)):
-        raise FlatlensError(f"{ckpt.get('path', 'the checkpoint')}: its loss at the centre is {float(loss)} on the "
+        raise FlatlensError(f"{ckpt.path or 'the checkpoint'}: its loss at the centre is {float(loss)} on the "
                             "evaluation samples; nothing can be measured there")
 
 
@@ -181,8 +181,8 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     record; rank 0 alone writes the cache."""
     m = M.get(metric)
     common = settings.common
-    x, y, info = data if data is not None else select_data(ckpt["data"], split, common.samples, common.seed)
-    parts = {"ckpt": ckpt["sha256"], "metric": metric, "settings": settings.key(metric), "data": info,
+    x, y, info = data if data is not None else select_data(ckpt.data, split, common.samples, common.seed)
+    parts = {"ckpt": ckpt.sha256, "metric": metric, "settings": settings.key(metric), "data": info,
              "version": __version__, "device_type": torch.device(device).type}
     world = group_info()[1]
     if cache is not None:
@@ -199,7 +199,7 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
                 # selection, settings and flatlens version (an entry copied under another key is not trusted)
                 own = (rec.checkpoint_sha256, rec.weights, rec.split, to_plain(rec.data), to_plain(rec.settings),
                        rec.version)
-                want = (ckpt["sha256"], common.weights, split, to_plain(info), to_plain(settings.key(metric)),
+                want = (ckpt.sha256, common.weights, split, to_plain(info), to_plain(settings.key(metric)),
                         __version__)
                 if own != want:
                     raise ValueError("the record is not of the key it was found under")
@@ -214,7 +214,7 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
     # one live line per measurement (the estimators' own chunk bars stay off under it)
     ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, prepared=prepared)
     s = settings.of(metric)
-    name = os.path.basename(ckpt.get("path") or "checkpoint")
+    name = ckpt.name
     with progress_line(obj, f"{metric} {name} ({split})", progress):
         result = m.compute(obj, s, ctx)
     rows = m.rows(result, s)
@@ -223,8 +223,8 @@ def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=
         raise FlatlensError(f"{metric} of {name} ({split}) came out non-finite ({', '.join(bad[:3])}): the "
                             "perturbations are too large for this model, or its loss overflows")
     rec = MetricRecord(metric=metric, split=split, rows=rows, result=result,
-                       settings=settings.key(metric), data=info, checkpoint=ckpt.get("path"),
-                       checkpoint_sha256=ckpt["sha256"], weights=common.weights,
+                       settings=settings.key(metric), data=info, checkpoint=ckpt.path,
+                       checkpoint_sha256=ckpt.sha256, weights=common.weights,
                        weights_label=weights_label(ckpt, common.weights), bn=obj.bn, center_loss=obj.loss(),
                        objective=obj.describe(), seed=common.seed, version=__version__)
     if cache is not None and group_info()[0] == 0:

@@ -8,6 +8,7 @@ them chooses or checks data on its own. Each registry entry may prepare what its
 checkpoints of one call (qnoise: the learned steps applied to every model), once, before any work."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,14 +41,15 @@ class DataSource:
         self._chosen: dict = {}
 
     def protocol(self, targets: list[Target], i: int) -> dict:
-        return targets[0 if self.shared else i].ckpt["data"]
+        return targets[0 if self.shared else i].ckpt.data
 
     def select(self, meta: dict | None, split: str, common: M.Common):
         """(x, y, info) of one protocol and split (the file's samples when there is a file)."""
         if self.file:
             key = ("file", self.file)
         else:
-            key = (json.dumps(meta, sort_keys=True, default=str), split, common.samples, common.seed)
+            key = (json.dumps(None if meta is None else dataclasses.asdict(meta), sort_keys=True, default=str), split,
+                   common.samples, common.seed)
         if key not in self._chosen:
             self._chosen[key] = (load_data_file(self.file) if self.file
                                  else select_data(meta, split, common.samples, common.seed))

@@ -425,7 +425,7 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
 def _training_metrics(ckpt: dict) -> TrainingMetrics:
     from .results import from_plain
     names = {f.name for f in dataclasses.fields(TrainingMetrics)}
-    return from_plain(TrainingMetrics, {k: v for k, v in ckpt["metrics"].items() if k in names})
+    return from_plain(TrainingMetrics, {k: v for k, v in ckpt.metrics.items() if k in names})
 
 
 def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRun:
@@ -445,11 +445,11 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
     models = []
     for i, (spec, ckpt) in enumerate(zip(specs, ckpts)):
         meas = meas_all.get(i, {})
-        qerr = quantization_error(ckpt["state_dict"], ckpt["quant"]) if ckpt["quant"] else None
+        qerr = quantization_error(ckpt.state_dict, ckpt.quant) if ckpt.quant else None
         models.append(ModelRun(domain=spec["domain"], config=spec["config"], bits=spec["bits"], seed=spec["seed"],
-                               checkpoint=os.path.relpath(ckpt["path"], out), sha256=ckpt["sha256"],
-                               training=_training_metrics(ckpt), history=ckpt["history"], measurements=meas,
-                               quant_error=qerr, quant_start=(ckpt["quant"] or {}).get("start_step")))
+                               checkpoint=os.path.relpath(ckpt.path, out), sha256=ckpt.sha256,
+                               training=_training_metrics(ckpt), history=ckpt.history, measurements=meas,
+                               quant_error=qerr, quant_start=None if ckpt.quant is None else ckpt.quant.start_step))
     eoq = {}
     paper = plan.config_with_bits(plan.paper_bits)
     for d in plan.domains:
@@ -459,7 +459,7 @@ def collect(out: str, plan: Plan, specs: list[dict], device: str) -> ReproduceRu
         members = [load_checkpoint(ckpt_path(out, s)) for s in member_specs]
         e = ensemble_accuracy(members, split="both", device=device)
         eoq[d] = EnsembleRun(
-            domain=d, bits=plan.paper_bits, members=[os.path.relpath(m["path"], out) for m in members],
+            domain=d, bits=plan.paper_bits, members=[os.path.relpath(m.path, out) for m in members],
             member_seeds=[s["seed"] for s in member_specs],
             test_acc={k.split(":", 1)[1]: v for k, v in e["ensemble"].items() if k.startswith("test:")},
             val_acc={k.split(":", 1)[1]: v for k, v in e["ensemble"].items() if k.startswith("val:")},

@@ -65,7 +65,7 @@ def test_a_toy_metric_is_one_entry_that_every_consumer_sees(tmp_path, capsys):
         assert res.models[0].record("train", "toy-loss").row("scaled").value == pytest.approx(rec.row("scaled").value)
         # compare
         j = tmp_path / "cmp.json"
-        assert main(["compare", str(ck["path"]), str(tmp_path / "run" / "checkpoints" / "test75" / "q7_s0.pt"),
+        assert main(["compare", str(ck.path), str(tmp_path / "run" / "checkpoints" / "test75" / "q7_s0.pt"),
                      "--metric", "toy-loss", "--toy-scale", "5", "--samples", "32", "--no-cache", "--quiet",
                      "--json", str(j)]) == 0
         rows = Comparison.from_json(j).rows
@@ -96,9 +96,10 @@ def test_train_flags_override_a_config_file_from_python(tmp_path):
     cfg.write_text(json.dumps({"train": {"steps": 50, "eval_every": 7, "arch_kwargs": {"width": 2}, "seed": 3}}))
     out = tmp_path / "m.pt"
     assert main(["train", "--config", str(cfg), "--steps", "7", "--out", str(out), "--quiet"]) == 0
-    ck = torch.load(out, weights_only=True)
-    assert ck["train"]["steps"] == 7 and ck["train"]["seed"] == 3  # the flag won; the file's seed stayed
-    assert [h["step"] for h in ck["history"] if "step" in h and "event" not in h] == [7]
+    from flatlens.checkpoint import load_checkpoint
+    ck = load_checkpoint(out)
+    assert ck.train["steps"] == 7 and ck.train["seed"] == 3  # the flag won; the file's seed stayed
+    assert [h["step"] for h in ck.history if "step" in h and "event" not in h] == [7]
     assert main(["train", "--config", str(cfg), "--steps", "7", "--seed", "5", "--out", str(out), "--quiet"]) == 0
     assert torch.load(out, weights_only=True)["train"]["seed"] == 5
 

@@ -27,7 +27,7 @@ def world(tmp_path_factory):
                          str(d / f"{name}.pt"), quiet=True, data=data)
 
     def tampered(name, edit, base="q4"):
-        c = copy.deepcopy({k: v for k, v in ck[base].items() if k not in ("format", "version")})
+        c = copy.deepcopy(ck[base].to_dict())
         edit(c)
         save_checkpoint(d / f"{name}.pt", c)
 

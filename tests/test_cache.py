@@ -76,7 +76,7 @@ def test_an_entry_moved_under_another_checkpoints_key_is_recomputed(ckpt, tmp_pa
     measure(ckpt, "flatness", "train", SETTINGS, cache=cache)
     src = json.load(open(_entry(folder)))
     fresh = measure(other, "flatness", "train", SETTINGS, cache=ResultCache(None))  # m1's own numbers
-    parts = dict(src["parts"], ckpt=other["sha256"])
+    parts = dict(src["parts"], ckpt=other.sha256)
     key = cache_key(parts)
     forged = {"key": key, "parts": parts, "value": src["value"],
               "sha256": hashlib.sha256(json.dumps(src["value"], sort_keys=True, default=str).encode()).hexdigest()}
@@ -95,7 +95,7 @@ def test_a_chunk_of_the_wrong_shape_with_a_valid_hash_is_recomputed(ckpt, tmp_pa
     from flatlens.measure import objective_for, select_data
     from flatlens.perturb import runner
     from flatlens.sharpness import local_flatness
-    x, y, _ = select_data(ckpt["data"], "train", 32, 0)
+    x, y, _ = select_data(ckpt.data, "train", 32, 0)
     obj = objective_for(ckpt, x, y)
     good = local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s"))
     chunks = sorted(p for p in (tmp_path / "s").rglob("chunk-*.pt"))

@@ -17,7 +17,8 @@ class Evil:
 def real():
     """A real 4-bit checkpoint of a tiny digits CNN (two training steps), as a dict."""
     from flatlens.train import TrainConfig, train
-    return train(TrainConfig(steps=4, eval_every=4, quant_start=2, bits=4, arch_kwargs={"width": 2}), quiet=True)
+    return train(TrainConfig(steps=4, eval_every=4, quant_start=2, bits=4, arch_kwargs={"width": 2}),
+                 quiet=True).to_dict()
 
 
 @pytest.fixture
@@ -127,9 +128,15 @@ def test_tampered_metadata_is_refused_at_load_in_one_line(case, tmp_path, real):
     assert "\n" not in str(e.value) and str(e.value).startswith(f"{p}: invalid checkpoint")
 
 
-def test_round_trip_records_hash(good):
+def test_round_trip_is_typed_and_records_hash(good, real):
+    from flatlens.checkpoint import Checkpoint, DataProtocol, Quant
+    from flatlens._util import sha256_file
     ck = load_checkpoint(good)
-    assert ck["format"] == "flatlens-checkpoint" and len(ck["sha256"]) == 64
+    assert isinstance(ck, Checkpoint) and ck.sha256 == sha256_file(good) and ck.path == str(good)
+    assert isinstance(ck.quant, Quant) and ck.quant.bits == 4 and isinstance(ck.data, DataProtocol)
+    assert ck.data.test_domains == ["75"] and ck.arch.name == "small_cnn"
+    again = ck.to_dict()  # what is saved reads back field for field
+    assert set(again) == set(real) and again["metrics"] == real["metrics"] and again["data"] == real["data"]
 
 
 def test_hostile_pickle_is_refused_without_running(tmp_path, monkeypatch):

@@ -57,8 +57,8 @@ def test_domainbed_image_folders(tmp_path):
     from flatlens.train import TrainConfig, train
     ck = train(TrainConfig(dataset="pacs", data_root=str(tmp_path), test_domains=["sketch"], arch="resnet18",
                            steps=2, eval_every=1, batch_size=2, bits=4, quant_start=1), quiet=True, data=data)
-    assert ck["data"]["train_domains"] == ["art_painting", "cartoon", "photo"]
-    assert set(ck["metrics"]["test_acc"]) == {"sketch"}
+    assert ck.data.train_domains == ["art_painting", "cartoon", "photo"]
+    assert set(ck.metrics["test_acc"]) == {"sketch"}
 
 
 def test_missing_data_names_expected_layout(tmp_path):

@@ -124,13 +124,14 @@ def test_leave_one_domain_out_never_sees_the_test_domain(tmp_path):
     for rec in trainer.history:
         if "val_acc" in rec:
             assert "mnist-photo" not in rec["val_acc"] and list(rec["test_acc"]) == ["mnist-photo"]
-    ck = trainer.checkpoint()
-    assert ck["data"]["image_size"] == 16 and ck["data"]["dataset"] == "digits-dg"
-    assert ck["data"]["domains"] == dg.DOMAIN_NAMES and ck["data"]["test_domains"] == ["mnist-photo"]
-    assert "mnist-photo" not in ck["data"]["train_domains"]
-    assert ck["data"]["content_sha256"] == load("digits-dg", image_size=16).content_sha256
+    from flatlens.checkpoint import Checkpoint
+    ck = Checkpoint.of(trainer.checkpoint())
+    assert ck.data.image_size == 16 and ck.data.dataset == "digits-dg"
+    assert ck.data.domains == dg.DOMAIN_NAMES and ck.data.test_domains == ["mnist-photo"]
+    assert "mnist-photo" not in ck.data.train_domains
+    assert ck.data.content_sha256 == load("digits-dg", image_size=16).content_sha256
     save_checkpoint(tmp_path / "dg.pt", ck)
-    meta = load_checkpoint(tmp_path / "dg.pt")["data"]
+    meta = load_checkpoint(tmp_path / "dg.pt").data
     x, y, info = select_data(meta, "test", 64, 0)
     assert x.shape == (64, 1, 16, 16) and info["domains"] == ["mnist-photo"]
     x, _, info = select_data(meta, "train", 64, 0)
@@ -144,8 +145,8 @@ def test_cli_trains_digits_dg_with_the_small_cnn_defaults(tmp_path):
     assert main(["train", "--dataset", "digits-dg", "--test-domain", "mnist-photo", "--image-size", "16",
                  "--steps", "4", "--eval-every", "2", "--width", "8", "--out", str(out), "--quiet"]) == 0
     ck = load_checkpoint(out)
-    assert ck["arch"]["name"] == "small_cnn" and ck["train"]["lr"] == 1e-3 and ck["train"]["image_size"] == 16
-    assert ck["data"]["image_size"] == 16 and ck["data"]["test_domains"] == ["mnist-photo"]
+    assert ck.arch.name == "small_cnn" and ck.train["lr"] == 1e-3 and ck.train["image_size"] == 16
+    assert ck.data.image_size == 16 and ck.data.test_domains == ["mnist-photo"]
 
 
 def test_the_registry_names_every_dataset_once_with_what_the_readme_needs():

@@ -136,5 +136,6 @@ def test_the_paired_design_runs_on_a_data_set_on_disk(tmp_path):
     assert len(res.models) == 6 and {m.domain for m in res.models} == {"75"}
     assert [c.spec.key for c in res.analysis.claims] == [c.key for c in plan.family]
     import torch
-    ck = torch.load(tmp_path / "out" / "checkpoints" / "test75" / "q7_s1.pt", weights_only=True)
-    assert ck["data"]["root"] == str(root) and ck["pairing"]["prefix_step"] == 6
+    from flatlens.checkpoint import load_checkpoint
+    ck = load_checkpoint(tmp_path / "out" / "checkpoints" / "test75" / "q7_s1.pt")
+    assert ck.data.root == str(root) and ck.pairing.prefix_step == 6

@@ -143,14 +143,14 @@ def test_domainbed_file_holds_paths_and_duplicated_keys(files):
 def test_imported_erm_and_qtdog_logits_equal_the_source_models(files, root):
     opts = ImportOptions(image_size=SIZE)
     erm = load_any(files["dir"] / "TE3_erm.pth", opts)
-    assert erm["arch"] == {"name": "resnet18", "kwargs": {"num_classes": 2}} and erm["quant"] is None
-    assert erm["data"]["test_domains"] == ["sketch"] and erm["data"]["split_rule"] == "domainbed"
-    assert erm["data"]["root"] == str(root)
+    assert (erm.arch.name, erm.arch.kwargs) == ("resnet18", {"num_classes": 2}) and erm.quant is None
+    assert erm.data.test_domains == ["sketch"] and erm.data.split_rule == "domainbed"
+    assert erm.data.root == str(root)
     with torch.no_grad():
         torch.testing.assert_close(build_model(erm)(files["x"]), files["erm"](files["x"]), rtol=0, atol=1e-5)
     qt = load_any(files["dir"] / "TE3_qtdog.pth", ImportOptions(image_size=SIZE))
-    assert qt["quant"]["bits"] == 7 and len(qt["quant"]["steps"]) == 20  # every conv, not the classifier
-    assert "7 (--bits" in qt["provenance"]["bits"] and any("quan_a_fn" in k for k in qt["provenance"]["mapping"]["dropped"])
+    assert qt.quant.bits == 7 and len(qt.quant.steps) == 20  # every conv, not the classifier
+    assert "7 (--bits" in qt.provenance["bits"] and any("quan_a_fn" in k for k in qt.provenance["mapping"]["dropped"])
     with torch.no_grad():
         deployed = build_model(qt, "deployed")(files["x"])
         torch.testing.assert_close(deployed, files["qt"](files["x"]), rtol=0, atol=1e-5)
@@ -161,13 +161,13 @@ def test_imported_erm_and_qtdog_logits_equal_the_source_models(files, root):
 def test_domainbed_split_rule_is_domainbeds(files):
     from flatlens.data import for_protocol, protocol_split
     ck = load_any(files["dir"] / "TE3_erm.pth", ImportOptions(image_size=SIZE))
-    data = for_protocol(ck["data"])
+    data = for_protocol(ck.data)
     for i, d in enumerate(PACS[:3]):
         n = data.size(d)
         keys = list(range(n))
         import hashlib
         np.random.RandomState(int(hashlib.md5(str((0, i)).encode()).hexdigest(), 16) % 2 ** 31).shuffle(keys)
-        in_, out = protocol_split(ck["data"], data, d)
+        in_, out = protocol_split(ck.data, data, d)
         assert sorted(out.tolist()) == sorted(keys[:int(n * 0.2)]) and sorted(in_.tolist()) == sorted(keys[int(n * 0.2):])
 
 
@@ -178,7 +178,7 @@ def test_import_evaluate_and_compare_end_to_end(files, root, tmp_path, capsys):
     said = capsys.readouterr().out
     assert "domainbed -> resnet18" in said and "7-bit" in said and "sketch" in said
     ck = load_checkpoint(out)
-    assert ck["provenance"]["source_format"] == "domainbed" and len(ck["provenance"]["source_sha256"]) == 64
+    assert ck.provenance["source_format"] == "domainbed" and len(ck.provenance["source_sha256"]) == 64
     assert main(["evaluate", str(files["dir"] / "TE3_erm.pth"), "--image-size", str(SIZE)]) == 0
     assert "out-of-domain test" in capsys.readouterr().out
     j = tmp_path / "c.json"

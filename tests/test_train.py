@@ -58,15 +58,15 @@ def test_switch_keeps_outputs_close_on_a_trained_model():
 def test_short_cpu_run_reaches_in_domain_accuracy(seed):
     # 300 steps of the digits CNN: observed >= 0.93 mean validation accuracy on every seed; bound 0.85
     ck = train(TrainConfig(steps=300, eval_every=100, seed=seed, bits=7, quant_start=120), quiet=True, data=DATA)
-    assert ck["metrics"]["mean_val_acc"] >= 0.85, ck["metrics"]
-    assert ck["metrics"]["selected_step"] >= 120  # a quantized step was selected
+    assert ck.metrics["mean_val_acc"] >= 0.85, ck.metrics
+    assert ck.metrics["selected_step"] >= 120  # a quantized step was selected
 
 
 def test_deterministic_for_a_seed():
     a = train(small_cfg(), quiet=True, data=DATA)
     b = train(small_cfg(), quiet=True, data=DATA)
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
 
 
 def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
@@ -79,11 +79,11 @@ def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
     train(small_cfg(bits=4), str(part), quiet=True, data=DATA, resume=True)
     assert not os.path.exists(f"{part}.partial")
     a, b = load_checkpoint(full), load_checkpoint(part)
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    for k in a["quant"]["steps"]:
-        assert torch.equal(a["quant"]["steps"][k], b["quant"]["steps"][k])
-    assert [h.get("val_acc") for h in a["history"]] == [h.get("val_acc") for h in b["history"]]
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    for k in a.quant.steps:
+        assert torch.equal(a.quant.steps[k], b.quant.steps[k])
+    assert [h.get("val_acc") for h in a.history] == [h.get("val_acc") for h in b.history]
     # round trip: keys, plain tensors, loadable with weights_only, model builds at deployed weights
     raw = torch.load(full, weights_only=True)
     assert raw["format"] == "flatlens-checkpoint" and raw["quant"]["bits"] == 4
@@ -91,7 +91,7 @@ def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
     assert set(raw) >= {"arch", "state_dict", "quant", "data", "train", "history", "metrics"}
     model = build_model(a)
     w = model.features[0].weight
-    s = a["quant"]["steps"]["features.0.weight"].reshape(-1, 1, 1, 1)
+    s = a.quant.steps["features.0.weight"].reshape(-1, 1, 1, 1)
     assert torch.allclose(w / s, torch.round(w / s), atol=1e-4)
     from flatlens.models import SmallCNN
     plain = SmallCNN(width=8)
@@ -114,7 +114,7 @@ def test_eoq_ensemble(tmp_path):
         cks.append(load_checkpoint(p))
     res = ensemble_accuracy(cks, split="both")
     assert set(res["ensemble"]) == {"test:75", "val:0", "val:15", "val:30", "val:45", "val:60"}
-    assert res["packed_bytes"] == sum(c["metrics"]["packed_bytes"] for c in cks)
+    assert res["packed_bytes"] == sum(c.metrics["packed_bytes"] for c in cks)
     # the ensemble's accuracy is a real majority of averaged probabilities: recompute one domain by hand
     x, y = DATA.tensors["75"]
     with torch.no_grad():

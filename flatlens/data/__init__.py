@@ -44,15 +44,21 @@ def load(name: str, root: str | None = None, *, seed: int = 0, image_size: int |
     return spec.loader(root, seed, image_size)
 
 
-def for_protocol(meta: dict) -> DomainData:
-    """The data set a checkpoint's protocol names (its `data` entry)."""
-    return load(meta["dataset"], meta.get("root"), seed=meta["split_seed"], image_size=meta.get("image_size"))
+def for_protocol(meta) -> DomainData:
+    """The data set a checkpoint's protocol (`checkpoint.DataProtocol`) names, built once per process for each
+    protocol (a cached rerun reads hundreds of records of a few protocols)."""
+    key = (meta.dataset, meta.root, meta.split_seed, meta.image_size)
+    if key not in _LOADED:
+        _LOADED[key] = load(meta.dataset, meta.root, seed=meta.split_seed, image_size=meta.image_size)
+    return _LOADED[key]
 
 
-def protocol_split(meta: dict, data: DomainData, domain: str):
+_LOADED: dict = {}
+
+
+def protocol_split(meta, data: DomainData, domain: str):
     """(in_idx, out_idx) of a source domain under the checkpoint's split rule, seed and holdout."""
-    return split_indices(data.size(domain), data.index(domain), meta["split_seed"], meta.get("holdout", 0.2),
-                         meta.get("split_rule", "flatlens"))
+    return split_indices(data.size(domain), data.index(domain), meta.split_seed, meta.holdout, meta.split_rule)
 
 
 __all__ = ["DomainData", "split_indices", "SPLIT_RULES", "for_protocol", "protocol_split", "rotated_digits", "load",

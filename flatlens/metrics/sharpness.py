@@ -61,12 +61,12 @@ def _qnoise_prepare(ckpts: list, settings: list):
     hash enters every model's settings, so the cache tells these measurements apart)."""
     if settings[0].of("qnoise").steps != "learned":
         return None
-    q = next((c for c in ckpts if c.get("quant")), None)
+    q = next((c for c in ckpts if c.quant is not None), None)
     if q is None:
         raise FlatlensError("--qnoise-steps learned needs at least one quantized checkpoint in the comparison")
     for s in settings:
-        s.of("qnoise").steps_source = q["sha256"]
-    return dict(q["quant"]["steps"])
+        s.of("qnoise").steps_source = q.sha256
+    return dict(q.quant.steps)
 
 
 def _qnoise_compute(obj, s: QnoiseSettings, ctx):

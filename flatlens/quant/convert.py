@@ -66,36 +66,46 @@ def latent_state(model: nn.Module) -> tuple[dict, dict]:
     return sd, steps
 
 
-def deployed_state_dict(state_dict: dict, quant: dict | None) -> dict:
+def bits_and_steps(quant) -> tuple[int, dict]:
+    """(bits, weight name -> step) of a quantizer description: a checkpoint's `Quant`, or its dict."""
+    if isinstance(quant, dict):
+        return quant["bits"], quant["steps"]
+    return quant.bits, quant.steps
+
+
+def deployed_state_dict(state_dict: dict, quant) -> dict:
     """The weights a quantized model computes with: s * round(clip(w / s)), under the original names."""
     if not quant:
         return dict(state_dict)
+    bits, steps = bits_and_steps(quant)
     out = dict(state_dict)
-    for name, step in quant["steps"].items():
-        out[name] = fake_quantize(state_dict[name], step.to(state_dict[name].device), quant["bits"])
+    for name, step in steps.items():
+        out[name] = fake_quantize(state_dict[name], step.to(state_dict[name].device), bits)
     return out
 
 
-def packed_size(state_dict: dict, quant: dict | None) -> dict:
+def packed_size(state_dict: dict, quant) -> dict:
     """Bytes of the deployed model with quantized weights packed at `bits` (plus one fp32 step per channel)
     against all floating tensors in fp32."""
     fp32 = sum(v.numel() * 4 for v in state_dict.values() if torch.is_floating_point(v))
     packed = fp32
     if quant:
-        for name, step in quant["steps"].items():
+        bits, steps = bits_and_steps(quant)
+        for name, step in steps.items():
             n = state_dict[name].numel()
-            packed += math.ceil(n * quant["bits"] / 8) + step.numel() * 4 - n * 4
+            packed += math.ceil(n * bits / 8) + step.numel() * 4 - n * 4
     return {"bytes": int(packed), "fp32_bytes": int(fp32), "ratio": packed / fp32 if fp32 else 1.0}
 
 
-def export_integer(state_dict: dict, quant: dict) -> dict:
+def export_integer(state_dict: dict, quant) -> dict:
     """Integer export: {weight name: {"codes": int8 tensor, "step": fp32 tensor, "bits"}}, other tensors as is.
     codes * step (step broadcast per output channel) equals the deployed weight exactly."""
     out = {}
+    bits, steps = bits_and_steps(quant) if quant else (None, {})
     for k, v in state_dict.items():
-        if quant and k in quant["steps"]:
-            s = quant["steps"][k]
-            out[k] = {"codes": integer_codes(v, s, quant["bits"]), "step": s.clone(), "bits": quant["bits"]}
+        if k in steps:
+            s = steps[k]
+            out[k] = {"codes": integer_codes(v, s, bits), "step": s.clone(), "bits": bits}
         else:
             out[k] = v
     return out
@@ -120,7 +130,7 @@ class QuantErrorResult(Result):
     bits: int
 
 
-def quantization_error(state_dict: dict, quant: dict, bins: int = 50) -> QuantErrorResult:
+def quantization_error(state_dict: dict, quant, bins: int = 50) -> QuantErrorResult:
     """The quantization error D = w_q - w of each quantized layer, in units of its step: r = D / s lies in
     [-1/2, 1/2] for weights inside the clip range (clipped weights are counted apart). The plug-in KL of a
     50-bin histogram has a bias floor (bins - 1) / (2N) under exact uniformity, so the corrected value and
@@ -128,14 +138,15 @@ def quantization_error(state_dict: dict, quant: dict, bins: int = 50) -> QuantEr
     edges = torch.linspace(-0.5, 0.5, bins + 1)
     total = torch.zeros(bins)
     per_layer = {}
-    for name, step in quant["steps"].items():
+    bits, steps = bits_and_steps(quant)
+    for name, step in steps.items():
         w = state_dict[name].float()
         s = step.float().reshape((-1,) + (1,) * (w.dim() - 1)) if step.numel() > 1 else step.float()
-        r = (fake_quantize(w, step.float(), quant["bits"]) - w) / s
+        r = (fake_quantize(w, step.float(), bits) - w) / s
         inside = r.abs() <= 0.5 + 1e-6
         counts = torch.histc(r[inside].clamp(-0.5, 0.5), bins=bins, min=-0.5, max=0.5)
         total += counts
         per_layer[name] = LayerQuantError(fit=kl_uniform(counts.tolist()),
                                           clipped_fraction=float(1 - inside.float().mean()), n=int(w.numel()))
     return QuantErrorResult(edges=edges.tolist(), counts=total.tolist(), fit=kl_uniform(total.tolist()),
-                            per_layer=per_layer, bits=int(quant["bits"]))
+                            per_layer=per_layer, bits=int(bits))

@@ -118,13 +118,13 @@ def noise_steps(obj: Objective, *, rule: str, bits: int, ckpt: dict | None = Non
     the measured weights, on every conv / linear layer but the classifier."""
     from ..quant import default_layers, init_step
     if given is not None:
-        return given, f"learned {bits if not ckpt else ((ckpt.get('quant') or {}).get('bits'))}-bit steps of " \
+        return given, f"learned {bits if ckpt is None or ckpt.quant is None else ckpt.quant.bits}-bit steps of " \
                       f"checkpoint {given_source[:12] or '(given)'} applied to every model"
     if rule == "learned":
-        if not ckpt or not ckpt.get("quant"):
+        if ckpt is None or ckpt.quant is None:
             raise FlatlensError("--qnoise-steps learned needs a quantized checkpoint's steps; this one is full "
                                 "precision (use lsq-init, or compare it with a quantized one)")
-        return dict(ckpt["quant"]["steps"]), f"its own learned {ckpt['quant']['bits']}-bit steps"
+        return dict(ckpt.quant.steps), f"its own learned {ckpt.quant.bits}-bit steps"
     layers = default_layers(obj.model)
     steps = {f"{n}.weight": init_step(obj.center[f"{n}.weight"], bits, True) for n in layers
              if f"{n}.weight" in obj.center}

@@ -373,7 +373,7 @@ def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, qui
     """Train and (if `out`) write the checkpoint atomically. With `resume`, continue from `out`.partial.
     `prefix`: start from the shared full-precision prefix saved there by `train_prefix` (unless resuming from a
     partial state of this run), so runs of one seed share their first `quant_start` steps bit for bit and record
-    it (`pairing`). Returns the checkpoint dict, or None when stopped early at `stop_at`."""
+    it (`pairing`). Returns the typed checkpoint (`checkpoint.Checkpoint`), or None when stopped early at `stop_at`."""
     trainer = Trainer(cfg, data, quiet=quiet)
     partial = f"{out}.partial" if out else None
     if resume and partial and os.path.exists(partial):
@@ -389,4 +389,6 @@ def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, qui
         save_checkpoint(out, ckpt)
         if partial and os.path.exists(partial):
             os.unlink(partial)
-    return ckpt
+    from .._util import sha256_file
+    from ..checkpoint import Checkpoint
+    return Checkpoint.of(ckpt, path=out, sha256=sha256_file(out) if out else "")
