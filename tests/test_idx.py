@@ -135,7 +135,6 @@ def test_the_paired_design_runs_on_a_data_set_on_disk(tmp_path):
     res = run(str(tmp_path / "out"), plan=plan, jobs=1, quiet=True, figures=False)
     assert len(res.models) == 6 and {m.domain for m in res.models} == {"75"}
     assert [c.spec.key for c in res.analysis.claims] == [c.key for c in plan.family]
-    import torch
     from flatlens.checkpoint import load_checkpoint
     ck = load_checkpoint(tmp_path / "out" / "checkpoints" / "test75" / "q7_s1.pt")
     assert ck.data.root == str(root) and ck.pairing.prefix_step == 6
