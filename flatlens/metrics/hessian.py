@@ -206,7 +206,10 @@ register_metric(Metric(
 
 @dataclass
 class FisherTraceSettings(CurvatureTraceSettings):
-    mc_samples: int = setting(1, "label draws per input for the sampled-label Fisher", "--fisher-mc-samples", min=1)
+    mc_samples: int = setting(16, "label draws per input for the sampled-label Fisher (its trace's CI covers the "
+                              "probes, not the draws: on the digits CNN one draw per input moved tr(F) by 12 % between "
+                              "two seeds, 16 draws by 0.05 %; more draws cost almost nothing)", "--fisher-mc-samples",
+                              min=1)
 
 
 def _fisher_trace_compute(obj, s: FisherTraceSettings, ctx):

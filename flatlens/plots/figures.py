@@ -590,18 +590,26 @@ def make_figures(run, out: str, *, formats=("png", "pdf")) -> list[str]:
     os.makedirs(out, exist_ok=True)
     written = []
     for name, fn in FIGURES.items():
-        fig = fn(run)
-        if fig is None:
-            continue
-        for fmt in formats:
-            buf = io.BytesIO()
-            # no creation date: the same run redraws byte-identical files
-            meta = {"CreationDate": None} if fmt == "pdf" else ({"Date": None} if fmt == "svg" else {})
-            fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=meta)
-            path = os.path.join(out, f"{name}.{fmt}")
-            atomic_write_bytes(path, buf.getvalue())
-            written.append(path)
-        plt.close(fig)
+        written += draw_figure(run, name, out, formats=formats)
+    return written
+
+
+def draw_figure(run, name: str, out: str, *, formats=("png", "pdf")) -> list[str]:
+    """Figure `name` of FIGURES drawn from `run` into out/name.{format} (atomically, no creation date: the same run
+    redraws byte-identical files); the paths written (none when the run lacks what it draws)."""
+    _style()
+    fig = FIGURES[name](run)
+    if fig is None:
+        return []
+    written = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        meta = {"CreationDate": None} if fmt == "pdf" else ({"Date": None} if fmt == "svg" else {})
+        fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=meta)
+        path = os.path.join(out, f"{name}.{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    plt.close(fig)
     return written
 
 

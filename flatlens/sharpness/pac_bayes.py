@@ -71,9 +71,11 @@ def decide(rises: np.ndarray, target: float, level_alpha: float, final: bool) ->
 
 
 def bisect_sigma(rise: Callable[[float, int, int], np.ndarray], *, target: float, sigma0: float, alpha: float = 0.05,
-                 rtol: float = 0.05, block: int = 8, max_draws: int = 64, max_probes: int = 16, expand: float = 4.0):
+                 rtol: float = 0.05, block: int = 8, max_draws: int = 64, max_probes: int = 16, expand: float = 4.0,
+                 sigma_max: float = math.inf):
     """The search of the module docstring. `rise(s, start, stop)`: the per-draw rises for draws start..stop-1 at
-    scale s. Returns (lo, hi, probes, stopped_on, alpha_per_look)."""
+    scale s. Returns (lo, hi, probes, stopped_on, alpha_per_look); stopped_on "unreachable" when the next scale up
+    would pass `sigma_max` with no scale decided above the target."""
     looks = _looks(block, max_draws)
     a_look = alpha / (max_probes * len(looks))
     lo, hi = 0.0, math.inf
@@ -108,6 +110,9 @@ def bisect_sigma(rise: Callable[[float, int, int], np.ndarray], *, target: float
         if s is None:
             stopped = "rtol"
             break
+        if s > sigma_max:
+            stopped = "unreachable"
+            break
         d = probe(s)
         if d == BELOW:
             lo = max(lo, s)
@@ -116,7 +121,7 @@ def bisect_sigma(rise: Callable[[float, int, int], np.ndarray], *, target: float
         else:
             undecided.append(s)
     else:
-        if next_scale() is None:
+        if math.isfinite(hi) and next_scale() is None:
             stopped = "rtol"
     return lo, hi, probes, stopped, a_look
 
@@ -168,16 +173,26 @@ def pac_bayes_sigma(obj, *, kind: str = "plain", quantity: str = "error", target
         k = len(U)
         return 0.5 * (r[:k] + r[k:]) - f0                                 # (R(w+u) + R(w-u)) / 2 - R(w)
 
-    lo, hi, probes, stopped, a_look = bisect_sigma(rise, target=target, sigma0=sigma0, alpha=alpha, rtol=rtol,
-                                                   block=block, max_draws=max_draws, max_probes=max_probes)
-    bounded = lo > 0 and math.isfinite(hi)
-    sigma = math.sqrt(lo * hi) if bounded else (lo if lo > 0 else hi)
-    if not math.isfinite(sigma):
-        raise FlatlensError(f"no noise scale was decided on either side of a rise of {target:g} within {max_probes} "
-                            "probes: raise max_draws or max_probes")
+    # past these scales the noise is ten times the weights (plain: their root mean square; magnitude-aware: each
+    # weight's own), which leaves nothing of the model: a rise not reached there is not reached at all
+    w = obj.flatten(obj.center)
+    ceiling = 10.0 * float(w.double().pow(2).mean().sqrt()) if kind == "plain" else 10.0
+    lo, hi, probes, stopped, a_look = bisect_sigma(rise, target=target, sigma0=min(sigma0, ceiling), alpha=alpha,
+                                                   rtol=rtol, block=block, max_draws=max_draws, max_probes=max_probes,
+                                                   sigma_max=ceiling)
+    what = "error" if quantity == "error" else "loss"
+    if not math.isfinite(hi):
+        why = (f"up to noise ten times the weights (sigma {ceiling:.3g}) it rose by {probes[-1].mean:.3g} at most"
+               if stopped == "unreachable" else f"no scale was shown above it within {max_probes} probes")
+        raise FlatlensError(f"PAC-Bayes {kind} sigma: the {what} ({f0:.3g} at the centre) never rose by {target:g}: "
+                            f"{why}; lower the target, or use the loss")
+    if lo == 0:
+        raise FlatlensError(f"PAC-Bayes {kind} sigma: the {what} rose by more than {target:g} at every scale tried down "
+                            f"to {min(p.sigma for p in probes):.3g} within {max_probes} probes")
+    sigma = math.sqrt(lo * hi)
     return PacBayesSigma(noise=kind, quantity=quantity, target=float(target), sigma=float(sigma), ci95=(lo, hi),
-                         bounded=bounded, flatness=1.0 / sigma ** 2,
-                         flatness_ci95=(1.0 / hi ** 2 if hi > 0 else math.inf, 1.0 / lo ** 2 if lo > 0 else math.inf),
+                         flatness=1.0 / sigma ** 2,
+                         flatness_ci95=(1.0 / hi ** 2, 1.0 / lo ** 2),
                          stopped_on=stopped, probes=probes, n_draws=sum(p.n_draws for p in probes),
                          n_evaluations=counts["evals"], alpha=alpha, alpha_per_look=a_look, rtol=rtol, eps=eps,
                          center_value=float(f0), seed=seed, seconds=elapsed(), evaluator=ev.describe(),

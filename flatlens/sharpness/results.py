@@ -88,12 +88,11 @@ class PacBayesSigma(Result):
     noise: str                    # "plain" (u ~ N(0, s^2 I)) or "magnitude" (u_i ~ N(0, s^2 w_i^2 + eps^2))
     quantity: str                 # "error" (0-1 training error) or "loss"
     target: float                 # the stated rise
-    sigma: float                  # sqrt(lo * hi) (lo or hi alone where the other is 0 or inf)
+    sigma: float                  # sqrt(lo * hi)
     ci95: tuple[float, float]     # [lo, hi]
-    bounded: bool                 # both ends found (hi finite, lo > 0)
     flatness: float               # 1 / sigma^2, Jiang et al.'s measure (lower is flatter)
     flatness_ci95: tuple[float, float]
-    stopped_on: str               # "rtol", "max_probes"
+    stopped_on: str               # "rtol" (the end gaps within 1 + rtol) or "max_probes"
     probes: list[Probe]
     n_draws: int                  # antithetic pairs over all probes
     n_evaluations: int
