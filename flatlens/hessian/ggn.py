@@ -216,7 +216,8 @@ class FisherOperator(OutputCurvature):
     def _targets(self, i: int, batch) -> torch.Tensor:
         """The labels the Fisher is taken at: the observed ones (M = 1), or M draws per input from the model's
         predictive distribution at the centre, from generator (seed, batch i) on the CPU (the same draws on any
-        device)."""
+        device; on a data-parallel objective each rank draws for its own batches, so the draws, unlike every other
+        product here, depend on the world size)."""
         y = batch[1]
         if self.labels == "empirical":
             if isinstance(self.obj.loss_fn, nn.CrossEntropyLoss) and not torch.is_floating_point(y) and bool(
