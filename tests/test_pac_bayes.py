@@ -113,6 +113,15 @@ def test_error_rise_of_a_classifier_and_same_seed_same_numbers():
     assert m.ci95[0] > 0 and m.noise == "magnitude"
 
 
+def test_draws_in_small_memory_chunks_give_the_same_search(quad, monkeypatch):
+    import flatlens.sharpness.pac_bayes as pb
+    whole = pac_bayes_sigma(quad, kind="plain", quantity="loss", seed=7)
+    monkeypatch.setattr(pb, "max_points", lambda obj: 2)  # one antithetic pair per evaluator call (a large model)
+    chunked = pac_bayes_sigma(quad, kind="plain", quantity="loss", seed=7)
+    assert chunked.ci95 == whole.ci95 and [p.mean for p in chunked.probes] == pytest.approx(
+        [p.mean for p in whole.probes], rel=1e-12)
+
+
 def test_a_rise_the_noise_cannot_reach_is_an_error_not_a_number():
     x, y = vector_data(60)
     obj = Objective(tiny_mlp(), nn.CrossEntropyLoss(), (x, y))   # untrained: its error is near chance already

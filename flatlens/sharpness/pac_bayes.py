@@ -35,7 +35,7 @@ import torch
 
 from .._util import FlatlensError, check_number, derive_seed, timer
 from .. import stats
-from ..perturb import DirectionSpace, Evaluator
+from ..perturb import DirectionSpace, Evaluator, max_points
 from .results import PacBayesSigma, Probe
 
 KINDS = ("plain", "magnitude")
@@ -163,15 +163,20 @@ def pac_bayes_sigma(obj, *, kind: str = "plain", quantity: str = "error", target
     f0 = obj.loss() if quantity == "loss" else 1.0 - obj.accuracy()
     counts = {"evals": 0}
 
+    pairs = max(1, max_points(obj) // 2)  # pairs per evaluator call: (2 pairs, P) perturbations in memory at once
+
     def rise(s, start, stop):
-        Z = space.raw(stream, range(start, stop))                        # z_j ~ N(0, I), the same at every s
-        U = Z * noise_scale(obj, kind, s, eps)
-        losses, acc = ev(torch.cat([U, -U]))
-        counts["evals"] += 2 * len(U)
-        r = losses.numpy() if quantity == "loss" else 1.0 - acc.numpy()
-        r = np.where(np.isnan(r), np.inf, r)                              # a NaN loss: overflowed
-        k = len(U)
-        return 0.5 * (r[:k] + r[k:]) - f0                                 # (R(w+u) + R(w-u)) / 2 - R(w)
+        scale = noise_scale(obj, kind, s, eps)
+        out = []
+        for a in range(start, stop, pairs):
+            U = space.raw(stream, range(a, min(stop, a + pairs))) * scale   # z_j ~ N(0, I), the same at every s
+            losses, acc = ev(torch.cat([U, -U]))
+            counts["evals"] += 2 * len(U)
+            r = losses.numpy() if quantity == "loss" else 1.0 - acc.numpy()
+            r = np.where(np.isnan(r), np.inf, r)                            # a NaN loss: overflowed
+            k = len(U)
+            out.append(0.5 * (r[:k] + r[k:]) - f0)                          # (R(w+u) + R(w-u)) / 2 - R(w)
+        return np.concatenate(out)
 
     # past these scales the noise is ten times the weights (plain: their root mean square; magnitude-aware: each
     # weight's own), which leaves nothing of the model: a rise not reached there is not reached at all
