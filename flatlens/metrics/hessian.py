@@ -234,7 +234,7 @@ register_metric(Metric(
            RowSpec("empirical", "Fisher trace, observed labels (empirical)", "nats/w²")),
     brief=lambda r: (f"{r.sampled.n_hvp} + {r.empirical.n_hvp} Fisher products, converged "
                      f"{r.sampled.converged and r.empirical.converged}"),
-    axis="data", cost="about 5 s",
+    axis="data", cost="about 6 s",
     plans={"full": lambda: FisherTraceSettings(rtol=0.1), "quick": lambda: FisherTraceSettings(rtol=0.2)}))
 
 
@@ -250,6 +250,6 @@ register_metric(Metric(
                              pairing=f"slq-ggn:{r.n_runs}x{r.n_iter}:{r.seed}:{r.objective.get('num_params')}")],
     specs=(RowSpec("mean", "mean GGN eigenvalue tr(G)/d (SLQ)", "nats/w²"),),
     brief=lambda r: f"{r.n_runs} runs x {r.n_iter} steps, {r.n_hvp} GGN products",
-    axis="data", cost="about 5 s",
+    axis="data", cost="about 10 s",
     plans={"full": lambda: DensitySettings(n_iter=20, n_runs=2), "quick": lambda: DensitySettings(n_iter=12, n_runs=2)},
     figures=("fig12_hessian_vs_ggn_spectra",)))
