@@ -54,6 +54,8 @@ bench: install-test
 	$(TBIN)/python benchmarks/hessian_vs_pyhessian.py
 	$(TBIN)/python benchmarks/perturb_throughput.py
 	$(TBIN)/python benchmarks/everyday_commands.py
+	$(TBIN)/python -c "import curvlinops" 2>/dev/null || $(TBIN)/python -m pip install -e '.[bench]'
+	$(TBIN)/python benchmarks/ggn_vs_curvlinops.py
 
 clean:
 	rm -rf $(VENV) $(TVENV) results .pytest_cache

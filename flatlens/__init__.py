@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 from ._util import FlatlensError
 from .objective import BatchLoss, Objective
 from . import toys, hessian, landscape, sharpness  # noqa: E402
+from .hessian.linear_operator import as_linear_operator  # noqa: E402
 
 __all__ = ["Objective", "BatchLoss", "FlatlensError", "toys", "hessian", "landscape", "sharpness",
-           "__version__"]
+           "as_linear_operator", "__version__"]

@@ -100,13 +100,15 @@ class Plan:
         return self.seeds if config in self.confirmatory_configs() else self.seeds[:self.explore_seeds]
 
     def measured(self, config: str, seed: int, split: str) -> list[str]:
-        """The metrics measured on one model and split: the family's on every seed (train split); the other
-        headline metrics, and the test split, on the first `explore_seeds`; the illustrative ones on the train
-        split of `illustrative_seeds`."""
+        """The metrics of the plan's settings measured on one model and split: the family's on every seed (train
+        split); the other headline metrics, and the test split, on the first `explore_seeds`; the illustrative ones
+        on the train split of `illustrative_seeds`."""
         family = {c.metric for c in self.family if c.split == split}
         early = seed in self.seeds[:self.explore_seeds]
         out = []
         for n, m in M.REGISTRY.items():
+            if n not in self.settings.metrics:  # not in this plan (a stored plan predates it, or leaves it out)
+                continue
             if (n in family and config in self.confirmatory_configs()) or (m.role == "headline" and early) or (
                     m.role == "illustrative" and split == "train" and seed in self.illustrative_seeds):
                 out.append(n)

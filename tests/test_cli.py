@@ -78,7 +78,10 @@ def test_train_evaluate_hessian_landscape_flatness(tmp_path, ckpts, capsys):
     from flatlens.pipeline import MeasurementRun
     h = MeasurementRun.from_json(j)
     assert h.weights.startswith("deployed 4-bit")
-    assert {r.metric for r in h.records} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag"}
+    assert {r.metric for r in h.records} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag",
+                                             "ggn-eig", "ggn-trace", "fisher-trace", "ggn-density"}
+    ggn = next(r for r in h.records if r.metric == "ggn-eig")
+    assert ggn.result.main.objective["curvature"]["operator"] == "ggn" and ggn.row("LA1").value > 0
     eig = next(r for r in h.records if r.metric == "hessian-eig")
     assert eig.row("LA1").interval_kind == "bound" and eig.result.main.bounds
     npz = tmp_path / "s.npz"

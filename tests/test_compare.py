@@ -13,7 +13,8 @@ from test_cli import ckpts  # noqa: F401,F811  (module-scoped fixture shared wit
 def _run(tmp_path, ckpts, extra=()):  # noqa: F811
     j = tmp_path / "cmp.json"
     code = main(["compare", ckpts["fp"], ckpts["q4"], "--metric", "all", "--split", "both", "--samples", "64",
-                 "--directions", "6", "--qnoise-samples", "10", "--points", "5", "--results", str(tmp_path / "res"),
+                 "--directions", "6", "--qnoise-samples", "10", "--points", "5", "--pac-draws", "16",
+                 "--results", str(tmp_path / "res"),
                  "--json", str(j), "--csv", str(tmp_path / "cmp.csv"), "--plot", str(tmp_path / "cmp.png"),
                  "--quiet", *extra])
     return code, Comparison.from_json(j) if j.exists() else None
@@ -39,7 +40,10 @@ def test_compare_checkpoints_json_tests_holm_and_cache(tmp_path, ckpts):  # noqa
     assert code == 0 and rep.mode == "checkpoints" and "measurement noise" in rep.question
     assert rep.versions["torch"] and all(len(c["sha256"]) == 64 for c in rep.checkpoints)
     assert {r.metric for r in rep.rows} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag",
-                                            "flatness", "curve", "surface", "sharpness", "qnoise"}
+                                            "ggn-eig", "ggn-trace", "fisher-trace", "ggn-density",
+                                            "flatness", "curve", "surface", "sharpness", "qnoise", "pac-bayes"}
+    pac = [r for r in rep.rows if r.metric == "pac-bayes" and r.reference]
+    assert pac and all(r.p is None and r.verdict.startswith("not tested (its interval") for r in pac)
     assert {r.split for r in rep.rows} == {"train", "test"}
     for rec in rep.records:
         assert rec.data["indices_sha256"] and rec.seed == 0 and rec.bn == "eval"
@@ -202,10 +206,11 @@ def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsy
     monkeypatch.delenv("FLATLENS_QUIET", raising=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     args = ["compare", ckpts["fp"], ckpts["q4"], "--metric", "all", "--samples", "32", "--directions", "3",
-            "--qnoise-samples", "4", "--points", "3", "--density-iter", "4", "--probes", "4", "--no-cache"]
+            "--qnoise-samples", "4", "--points", "3", "--density-iter", "4", "--probes", "4", "--pac-draws", "8",
+            "--no-cache"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "compare:" in err and "/18" in err  # the overall line: 9 metrics x 2 checkpoints, with its ETA
+    assert "compare:" in err and "/28" in err  # the overall line: 14 metrics x 2 checkpoints, with its ETA
     for metric in ("hessian-trace", "flatness", "qnoise"):
         assert f"{metric} {os.path.basename(ckpts['q4'])} (train)" in err
     assert "HVPs" in err and "evaluations" in err

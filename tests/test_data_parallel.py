@@ -1,6 +1,7 @@
 """The data axis over torch.distributed: two gloo processes on this CPU, each holding a shard of the data, give
-the same loss, gradient, HVP, eigenvalues, trace, SLQ density, diagonal and flatness as one process over all the
-data (1e-12 relative in float64, 1e-5 in float32), uneven shards included; a failing rank stops the others;
+the same loss, gradient, HVP, GGN and empirical-Fisher products, eigenvalues, trace, SLQ density, diagonal and
+flatness as one process over all the data (1e-12 relative in float64, 1e-5 in float32), uneven shards included; a
+failing rank stops the others;
 `torchrun -m flatlens hessian` writes the single-process numbers."""
 import json
 import os
@@ -43,7 +44,9 @@ def measure_all(obj):
     dens = hessian.density(obj, n_iter=6, n_runs=2, seed=1)
     diag = hessian.diagonal(obj, n_probes=4, seed=2)
     flat = sharpness.local_flatness(obj, [0.0, 0.5], n_directions=3, seed=4, strategy="loop")
-    return {"loss": obj.loss(), "accuracy": obj.accuracy(), "loss_at": obj.loss_at({}), "f": f,
+    ggn = hessian.ggn(obj).hvp(v)
+    fisher = hessian.fisher(obj, labels="empirical").hvp(v)
+    return {"ggn": ggn.tolist(), "fisher": fisher.tolist(), "loss": obj.loss(), "accuracy": obj.accuracy(), "loss_at": obj.loss_at({}), "f": f,
             "grad": obj.flatten(g).tolist(), "hvp": obj.hvp(v).tolist(), "eig": eig.values, "eig_hvp": eig.n_hvp,
             "trace": tr.value, "trace_hvp": tr.n_hvp, "per_layer": [d["value"] for d in tr.per_layer.values()],
             "density": dens.density[::50], "diag": diag.values, "flatness": flat.increases,
@@ -82,7 +85,7 @@ def test_two_gloo_ranks_equal_one_process(dtype, rtol, tmp_path):
     assert abs(ranks[0]["per_rank"][0] - ranks[0]["per_rank"][1]) == 1  # uneven shards
     assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
     for key in ("loss", "accuracy", "loss_at", "f", "grad", "hvp", "eig", "trace", "per_layer", "density", "diag",
-                "flatness"):
+                "flatness", "ggn", "fisher"):
         a, b = np.asarray(ranks[0][key], float).ravel(), np.asarray(single[key], float).ravel()
         # flatness values are differences of losses: their error is the losses' (relative to F, not to them)
         scale = max(1.0, single["loss"]) if key == "flatness" else max(1.0, np.abs(b).max()) * 1e-3

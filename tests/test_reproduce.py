@@ -138,6 +138,13 @@ def test_figures_have_expected_axes(run_dir, tmp_path):
     assert f7[0].get_xlabel() == "weight bits" and f7[1].get_xlabel() == "training step"
     assert "95 % CI over seeds" in f7[0].get_title()
     assert "corrected" in figs["fig8_quantization_error"].axes[0].get_title()
+    f12 = figs["fig12_hessian_vs_ggn_spectra"].axes[0]  # full precision and the paper's bits, Hessian and GGN
+    assert [t.get_text() for t in f12.get_legend().get_texts()] == [
+        "full precision, Hessian (seed 0)", "full precision, GGN (seed 0)", "7 bit, Hessian (seed 0)",
+        "7 bit, GGN (seed 0)"]
+    assert f12.get_xscale() == "symlog" and "Ritz value" in f12.get_xlabel()
+    ggn = [c.get_offsets()[:, 0] for c, t in zip(f12.collections, f12.get_legend().get_texts()) if "GGN" in t.get_text()]
+    assert min(float(x.min()) for x in ggn) > -1e-6 * max(float(x.max()) for x in ggn)  # the GGN has no negative part
     for f in figs.values():
         matplotlib.pyplot.close(f)
     out = tmp_path / "figs"

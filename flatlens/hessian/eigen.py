@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from .._util import FlatlensError, check_number, generator, timer
 from .operator import element_size, operator_of
+from .linear_operator import as_linear_operator
 from .lanczos import lanczos
 from .results import EigenResult
 
@@ -210,16 +211,11 @@ def _dense(op, k, which, tol, seed, elapsed, start):
 def _arpack(op, k, which, tol, budget, v0):
     """scipy's implicitly restarted Lanczos (ARPACK), from v0, within `budget` HVPs."""
     d = op.num_params
-
-    def matvec(x):
-        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-        return op.hvp(x.to(op.device, op.dtype)).double().cpu().numpy()
-
-    op = LinearOperator((d, d), matvec=matvec, dtype=np.float64)
+    A = as_linear_operator(op)
     ncv = min(d, max(2 * k + 1, 20), budget)
     maxiter = max(1, (budget - ncv) // max(1, ncv - k))
     try:
-        vals, V = eigsh(op, k=k, which=which, tol=tol, v0=v0.double().cpu().numpy(), ncv=ncv, maxiter=maxiter)
+        vals, V = eigsh(A, k=k, which=which, tol=tol, v0=v0.double().cpu().numpy(), ncv=ncv, maxiter=maxiter)
         converged = True
     except ArpackNoConvergence as e:
         vals, V = e.eigenvalues, e.eigenvectors

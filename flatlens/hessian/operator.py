@@ -76,6 +76,31 @@ def flush_denormals(enabled: bool = True):
         torch.set_flush_denormal(False)
 
 
+def batched_products_pay(op, obj) -> bool:
+    """Whether `op`'s products through one vmapped pass (`hvp_many(..., batched=True)`) beat a loop of single
+    products: never on a CPU (the loop won there: benchmarks/hessian_vs_pyhessian.py); on an accelerator timed
+    once from two throwaway products each way (not counted in `op.n_hvp`, not reported as progress), and agreed
+    over the ranks of a data-parallel objective (every rank must take the same blocks)."""
+    if op.device.type == "cpu":
+        return False
+    n0, ticks, obj.on_progress = op.n_hvp, obj.on_progress, None  # not the estimator's products
+    try:
+        V = torch.randn(2, op.num_params, device=op.device, dtype=op.dtype)
+        op.hvp_many(V, batched=False)
+        op.hvp_many(V, batched=True)  # warm both
+        synchronize(op.device)
+        t0 = time.perf_counter()
+        op.hvp_many(V, batched=False)
+        synchronize(op.device)
+        t1 = time.perf_counter()
+        op.hvp_many(V, batched=True)
+        synchronize(op.device)
+        pays = (time.perf_counter() - t1) < (t1 - t0)
+    finally:
+        op.n_hvp, obj.on_progress = n0, ticks
+    return bool(obj.group.min_int(int(pays)))
+
+
 MODES = ("auto", "graph", "recompute")
 
 
@@ -260,27 +285,9 @@ class HessianOperator:
         return self._block
 
     def batched_hvps_pay(self) -> bool:
-        """Whether blocks of HVPs through one vmapped backward beat a loop here (measured once per operator on
-        an accelerator, from two throwaway HVPs each way; never on a CPU, where the loop won)."""
+        """Whether blocks of HVPs through one vmapped backward beat a loop here (`batched_products_pay`)."""
         if self._batched is None:
-            if self.device.type == "cpu":
-                self._batched = False
-            else:
-                obj = self.obj
-                n0, ticks, obj.on_progress = self.n_hvp, obj.on_progress, None  # not the estimator's HVPs
-                V = torch.randn(2, self.num_params, device=self.device, dtype=self.dtype)
-                self.hvp_many(V, batched=False)
-                self.hvp_many(V, batched=True)  # warm both
-                synchronize(self.device)
-                t0 = time.perf_counter()
-                self.hvp_many(V, batched=False)
-                synchronize(self.device)
-                t1 = time.perf_counter()
-                self.hvp_many(V, batched=True)
-                synchronize(self.device)
-                pays = (time.perf_counter() - t1) < (t1 - t0)
-                self._batched = bool(obj.group.min_int(int(pays)))  # every rank takes the same blocks
-                self.n_hvp, obj.on_progress = n0, ticks
+            self._batched = batched_products_pay(self, self.obj)
         return self._batched
 
     def release_graph(self) -> None:

@@ -97,3 +97,12 @@ class DiagonalSummary(Result):
     """The Hessian diagonal and its per-probe sums g'Hg (the trace's Hutchinson samples)."""
     diagonal: DiagonalResult
     probe_sums: list[float]
+
+
+@register
+@dataclass
+class FisherTraces(Result):
+    """Traces of the Fisher with labels drawn from the model (type 2, Monte Carlo) and with the observed labels."""
+    sampled: TraceResult
+    empirical: TraceResult
+    mc_samples: int

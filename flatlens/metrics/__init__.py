@@ -6,7 +6,8 @@ columns): hessian.py, flatness.py, landscape.py, sharpness.py."""
 from .registry import (BOUND_KINDS, COMMANDS, LOWER, REGISTRY, ROLES, Common, Context, Metric, Row, RowSpec,
                        Settings, check_settings, drawn_in, get, interval_label, names, register_metric, setting,
                        swapped, t_row)
-from .hessian import DensitySettings, DiagSettings, EigSettings, TraceSettings  # noqa: E402  (registers)
+from .hessian import (CurvatureEigSettings, CurvatureTraceSettings, DensitySettings, DiagSettings,  # noqa: E402
+                      EigSettings, FisherTraceSettings, TraceSettings)  # (registers)
 from .flatness import EvalSettings, FlatnessSettings  # noqa: E402
 from .landscape import CurveSettings, GridSettings, SurfaceSettings  # noqa: E402
 from .sharpness import QnoiseSettings, SharpnessSettings  # noqa: E402
@@ -15,6 +16,7 @@ from ..sharpness.results import SharpnessResult  # noqa: E402
 
 __all__ = ["BOUND_KINDS", "COMMANDS", "LOWER", "REGISTRY", "ROLES", "Common", "Context", "Metric", "Row", "RowSpec",
            "Settings", "check_settings", "drawn_in", "get", "interval_label", "names", "register_metric", "setting",
-           "swapped", "t_row", "EigSettings", "TraceSettings", "DensitySettings", "DiagSettings", "EvalSettings",
+           "swapped", "t_row", "EigSettings", "TraceSettings", "DensitySettings", "DiagSettings",
+           "CurvatureEigSettings", "CurvatureTraceSettings", "FisherTraceSettings", "EvalSettings",
            "FlatnessSettings", "GridSettings", "CurveSettings", "SurfaceSettings", "SharpnessSettings",
            "QnoiseSettings", "ExtremeEigenvalues", "DiagonalSummary", "SharpnessResult"]

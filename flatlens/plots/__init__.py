@@ -1,4 +1,4 @@
 """The paper's figures and the ones it lacked (matplotlib + seaborn), from a reproduce run's results."""
-from .figures import FIGURES, make_figures, plot_compare
+from .figures import FIGURES, draw_figure, make_figures, plot_compare
 
-__all__ = ["make_figures", "plot_compare", "FIGURES"]
+__all__ = ["make_figures", "draw_figure", "plot_compare", "FIGURES"]

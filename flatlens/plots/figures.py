@@ -1,4 +1,4 @@
-"""Figures 1-8 of a reproduce run, PNG and PDF, one style, drawn from the typed run and its seed-level
+"""Figures 1-12 of a reproduce run, PNG and PDF, one style, drawn from the typed run and its seed-level
 analysis. Each function returns its matplotlib Figure, or None when the run lacks what it draws (a metric
 that was not measured)."""
 from __future__ import annotations
@@ -218,6 +218,52 @@ def fig_density(run):
     ax.set_ylabel("spectral density (log scale)")
     ax.set_title(f"Hessian spectral density, train split, test domain {plan.where(d)}")
     ax.legend(title="model", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+CURVATURE_NAMES = {"hessian": "Hessian", "ggn": "GGN"}
+
+
+def fig_curvature_spectra(run):
+    """(12) The spectra of every curvature whose metric names this figure (the Hessian and the GGN) for full precision
+    and the paper's bit-width, one seed each, one panel per test domain: the SLQ quadrature itself (each run's Ritz
+    values theta_j and weights tau_j / runs, no Gaussian broadening, which would smear the GGN's spectrum below 0) on a
+    symmetric-log eigenvalue axis that shows the outliers, the bulk and the negative side at once."""
+    metrics = M.drawn_in("fig12_hessian_vs_ggn_spectra")
+    plan = run.plan
+    configs = [c for c in (plan.config_with_bits(None), plan.config_with_bits(plan.paper_bits)) if c]
+    if not metrics or not configs:
+        return None
+    pal = _palette(plan)
+    markers = ("o", "x", "^", "s")
+    fig, axes = plt.subplots(1, len(plan.domains), figsize=(6.5 * len(plan.domains), 4.2), squeeze=False)
+    drawn = 0
+    for ax, d in zip(axes[0], plan.domains):
+        for c in configs:
+            for metric, mk in zip(metrics, markers):
+                m, rec = _first(run, d, c, "train", metric)
+                if rec is None:
+                    continue
+                r = rec.result
+                name = CURVATURE_NAMES.get(metric.split("-")[0], metric)
+                theta = np.concatenate([np.asarray(n, dtype=float) for n in r.nodes])
+                tau = np.concatenate([np.asarray(w, dtype=float) for w in r.weights]) / len(r.nodes)
+                ax.scatter(theta, np.maximum(tau, 1e-12), s=18, marker=mk, color=pal[c], alpha=0.8,
+                           facecolors="none" if mk == "o" else None,
+                           label=f"{plan.label(c)}, {name} (seed {m.seed})")
+                drawn += 1
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_yscale("log")
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_xlabel("Ritz value θ (eigenvalue estimate; symmetric log scale, linear in [-1, 1])")
+        ax.set_ylabel("SLQ weight τ (spectral mass)")
+        ax.set_title(f"train split, test domain {plan.where(d)}")
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0, 0].legend(title="model, curvature", fontsize=7)
+    fig.suptitle("Hessian and GGN spectra: stochastic Lanczos quadrature's Ritz values and weights", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -532,6 +578,7 @@ FIGURES = {
     "fig9_confirmatory_claims": fig_claims,
     "fig10_domain_samples": fig_domain_samples,
     "fig11_domain_accuracy": fig_domain_accuracy,
+    "fig12_hessian_vs_ggn_spectra": fig_curvature_spectra,
 }
 
 
@@ -543,18 +590,26 @@ def make_figures(run, out: str, *, formats=("png", "pdf")) -> list[str]:
     os.makedirs(out, exist_ok=True)
     written = []
     for name, fn in FIGURES.items():
-        fig = fn(run)
-        if fig is None:
-            continue
-        for fmt in formats:
-            buf = io.BytesIO()
-            # no creation date: the same run redraws byte-identical files
-            meta = {"CreationDate": None} if fmt == "pdf" else ({"Date": None} if fmt == "svg" else {})
-            fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=meta)
-            path = os.path.join(out, f"{name}.{fmt}")
-            atomic_write_bytes(path, buf.getvalue())
-            written.append(path)
-        plt.close(fig)
+        written += draw_figure(run, name, out, formats=formats)
+    return written
+
+
+def draw_figure(run, name: str, out: str, *, formats=("png", "pdf")) -> list[str]:
+    """Figure `name` of FIGURES drawn from `run` into out/name.{format} (atomically, no creation date: the same run
+    redraws byte-identical files); the paths written (none when the run lacks what it draws)."""
+    _style()
+    fig = FIGURES[name](run)
+    if fig is None:
+        return []
+    written = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        meta = {"CreationDate": None} if fmt == "pdf" else ({"Date": None} if fmt == "svg" else {})
+        fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight", metadata=meta)
+        path = os.path.join(out, f"{name}.{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    plt.close(fig)
     return written
 
 

@@ -68,3 +68,48 @@ class SharpnessResult(Result):
     worst_case: list[WorstCaseResult]
     adaptive: list[WorstCaseResult]
     batches: int
+
+
+@dataclass
+class Probe:
+    """One noise scale tried: its draws (antithetic pairs), the mean rise with its standard error, the decision."""
+    sigma: float
+    n_draws: int
+    mean: float
+    stderr: float
+    decision: str
+
+
+@register
+@dataclass
+class PacBayesSigma(Result):
+    """The largest noise scale with a mean rise <= target, its bracket (a >= 95 % confidence interval: Bonferroni
+    over every look of every probe) and every probe it took."""
+    noise: str                    # "plain" (u ~ N(0, s^2 I)) or "magnitude" (u_i ~ N(0, s^2 w_i^2 + eps^2))
+    quantity: str                 # "error" (0-1 training error) or "loss"
+    target: float                 # the stated rise
+    sigma: float                  # sqrt(lo * hi)
+    ci95: tuple[float, float]     # [lo, hi]
+    flatness: float               # 1 / sigma^2, Jiang et al.'s measure (lower is flatter)
+    flatness_ci95: tuple[float, float]
+    stopped_on: str               # "rtol" (the end gaps within 1 + rtol) or "max_probes"
+    probes: list[Probe]
+    n_draws: int                  # antithetic pairs over all probes
+    n_evaluations: int
+    alpha: float
+    alpha_per_look: float
+    rtol: float
+    eps: float
+    center_value: float           # R(w)
+    seed: int
+    seconds: float
+    evaluator: dict = field(default_factory=dict)
+    objective: dict = field(default_factory=dict)
+
+
+@register
+@dataclass
+class PacBayes(Result):
+    """PAC-Bayes flatness of one checkpoint: the plain sigma and the magnitude-aware sigma'."""
+    plain: PacBayesSigma
+    magnitude: PacBayesSigma
