@@ -39,7 +39,7 @@ def test_compare_checkpoints_json_tests_holm_and_cache(tmp_path, ckpts):  # noqa
     assert code == 0 and rep.mode == "checkpoints" and "measurement noise" in rep.question
     assert rep.versions["torch"] and all(len(c["sha256"]) == 64 for c in rep.checkpoints)
     assert {r.metric for r in rep.rows} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag",
-                                            "flatness", "curve", "surface", "sharpness", "qnoise"}
+                                            "flatness", "curve", "surface", "sharpness", "qnoise", "interpolate"}
     assert {r.split for r in rep.rows} == {"train", "test"}
     for rec in rep.records:
         assert rec.data["indices_sha256"] and rec.seed == 0 and rec.bn == "eval"
@@ -205,7 +205,7 @@ def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsy
             "--qnoise-samples", "4", "--points", "3", "--density-iter", "4", "--probes", "4", "--no-cache"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "compare:" in err and "/18" in err  # the overall line: 9 metrics x 2 checkpoints, with its ETA
+    assert "compare:" in err and "/20" in err  # the overall line: 10 metrics x 2 checkpoints, with its ETA
     for metric in ("hessian-trace", "flatness", "qnoise"):
         assert f"{metric} {os.path.basename(ckpts['q4'])} (train)" in err
     assert "HVPs" in err and "evaluations" in err
