@@ -104,5 +104,5 @@ register_metric(Metric(
                      f"{r.quantization.split(':')[0]}"),
     cost="about 0.5 s (31 points, BatchNorm recomputed on 4 batches at each)", prepare=_prepare,
     plans={"full": lambda: InterpolateSettings(range=(-0.25, 1.25), points=9, bn_batches=4),
-           "quick": lambda: InterpolateSettings(range=(-0.25, 1.25), points=5, bn_batches=2)},
+           "quick": lambda: InterpolateSettings(range=(-0.25, 1.25), points=5, bn_batches=1)},
     figures=("fig12_loss_barriers",)))
