@@ -274,7 +274,8 @@ def cmd_landscape(args):
     trajectory = getattr(args, "trajectory", None)
     if trajectory and args.metric not in (None, "surface"):
         raise FlatlensError(f"--trajectory draws a 2D slice (metric surface), not {args.metric}")
-    name = "surface" if trajectory else (args.metric or next(n for n in M.names("landscape") if M.get(n).dim == args.dim))
+    name = "surface" if trajectory else (
+        args.metric or next(n for n in M.names("landscape") if M.get(n).dim == args.dim))
     run = _measure_command(args, [name])
     if group_info()[0] != 0:
         return
@@ -323,7 +324,8 @@ def cmd_interpolate(args):
     da, db = a.get("data") or {}, b.get("data") or {}
     if args.data is None and (da.get("dataset"), da.get("test_domains")) != (db.get("dataset"), db.get("test_domains")):
         raise FlatlensError(f"{args.a} was trained on {da.get('dataset')} (test {da.get('test_domains')}), {args.b} on "
-                            f"{db.get('dataset')} (test {db.get('test_domains')}): pass --data FILE to choose the samples")
+                            f"{db.get('dataset')} (test {db.get('test_domains')}): pass --data FILE to choose the "
+                            "samples")
     settings.metrics["interpolate"].partner = a["sha256"]
     show = args.progress
     lines = []
@@ -337,7 +339,8 @@ def cmd_interpolate(args):
         block.append(f"    {'a':>7} {'L(a)':>10} {'excess':>10}" + (f" {'accuracy':>9}" if r.accuracies else ""))
         for i, al in enumerate(r.alphas):
             acc = f" {100 * r.accuracies[i]:8.2f}%" if r.accuracies else ""
-            block.append(f"    {al:7.3f} {fmt.num(r.losses[i], 6, sci=4):>10} {fmt.num(r.excess[i], 4, sci=3):>10}{acc}")
+            block.append(f"    {al:7.3f} {fmt.num(r.losses[i], 6, sci=4):>10} "
+                         f"{fmt.num(r.excess[i], 4, sci=3):>10}{acc}")
         block.append(f"    weights at each point: {r.quantization}")
         if show:
             from tqdm.auto import tqdm
@@ -776,11 +779,11 @@ COMMANDS = (
             inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
     Command("interpolate", "the loss along the straight line between two checkpoints, its barrier and where it peaks",
             _interpolate_flags, cmd_interpolate,
-            lambda: ("(1 - a) w_A + a w_B on the train and test splits, BatchNorm statistics recomputed at each point on "
-                     "training batches (--bn-stats interpolate: the naive rule); quantized models interpolated in their "
-                     "latent weights, each point's weights by a stated rule (printed); the barrier max over [0, 1] of "
-                     "L(a) minus the line between the endpoint losses, with its simultaneous 95 %% interval over the "
-                     f"samples. Defaults cost, on the digits model, per split: {_cost(M.names('interpolate'))}."),
+            lambda: ("(1 - a) w_A + a w_B on the train and test splits, BatchNorm statistics recomputed at each point "
+                     "on training batches (--bn-stats interpolate: the naive rule); quantized models interpolated in "
+                     "their latent weights, each point's weights by a stated rule (printed); the barrier max over "
+                     "[0, 1] of L(a) minus the line between the endpoint losses, with its simultaneous 95 % interval "
+                     f"over the samples. Defaults cost, on the digits model, per split: {_cost(M.names('interpolate'))}."),
             inputs=("a", "b", "data"), files=("json", "h5", "plot"), measures=True),
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,

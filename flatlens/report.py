@@ -201,8 +201,8 @@ def barrier_sentence(e) -> str:
     t = e.one_sample
     test = (f"95 % CI {_ci(t.ci95)} ({t.test}, df = {_f(t.df, 3)}, p = {_p(t.p)})" if t.testable else
             f"({t.test}: {t.note or 'not testable'})")
-    return (f"- {e.statement}: mean barrier {_f(t.estimate)} nats over {len(e.values)} seeds{',' if t.testable else ''} {test}; per seed "
-            f"{', '.join(_f(v) for v in e.values)} nats.")
+    return (f"- {e.statement}: mean barrier {_f(t.estimate)} nats over {len(e.values)} seeds"
+            f"{',' if t.testable else ''} {test}; per seed {', '.join(_f(v) for v in e.values)} nats.")
 
 
 def provenance(run) -> str:

@@ -110,7 +110,8 @@ class Plan:
         for n, m in M.REGISTRY.items():
             if (n in family and config in self.confirmatory_configs()) or (m.role == "headline" and early) or (
                     m.role == "illustrative" and split == "train" and seed in self.illustrative_seeds) or (
-                    m.role == "exploratory" and split == "train" and not (m.pair and dict(self.configs)[config] is None)):
+                    m.role == "exploratory" and split == "train"
+                    and not (m.pair and dict(self.configs)[config] is None)):
                 out.append(n)
         return out if split == "train" or early else []
 

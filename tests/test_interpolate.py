@@ -248,7 +248,8 @@ def test_the_pipeline_pairs_each_quantized_model_with_its_seeds_full_precision_m
                    metrics={"interpolate": M.InterpolateSettings(range=(0.0, 1.0), points=5, bn_batches=1)})
     cache = ResultCache(str(d / "cache"))
     # another seed's full-precision model listed first: q4 of seed 0 still goes with fp of seed 0 (its pairing)
-    targets = [Target(cks["fp1"], ["interpolate"], s), Target(cks["fp0"], [], s), Target(cks["q40"], ["interpolate"], s)]
+    targets = [Target(cks["fp1"], ["interpolate"], s), Target(cks["fp0"], [], s),
+               Target(cks["q40"], ["interpolate"], s)]
     done = measure_all(targets, ["train"], cache=cache)
     q = done.get(2, "train", "interpolate")
     assert q.result.endpoints["a"]["sha256"] == cks["fp0"]["sha256"]

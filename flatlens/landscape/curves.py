@@ -94,8 +94,8 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
                   directions_per_chunk: int = 1, eig_tol: float = 1e-3,
                   given: GivenDirections | None = None) -> CurvesResult:
     """Curves along n seeded random directions of `kind` (eigen: the n top Hessian eigenvectors; `given`: the rows
-    of a direction file); mean and 95 % CI of F per alpha (over random directions: for eigen and given directions
-    the band describes these n curves, which are not a random sample)."""
+    of a direction file); mean and 95 % CI of F per alpha over the random directions (eigen and given directions are
+    not a random sample: their mean carries no interval, stderr and ci95 are NaN)."""
     elapsed = timer()
     alphas = _check_grid(alphas, "alphas")
     if n_directions < 1:
@@ -124,6 +124,8 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
     L = torch.cat([p["loss"] for p in parts]).numpy()
     A = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     m, se, lo, hi = mean_ci(L, axis=0)
+    if kind in ("eigen", "file"):  # not a random sample of directions: a mean, no interval over them
+        se, lo, hi = (np.full_like(m, np.nan) for _ in range(3))
     return CurvesResult(alphas=alphas.tolist(), mean=m.tolist(), stderr=se.tolist(),
                         ci95=list(zip(lo.tolist(), hi.tolist())), losses=L.tolist(), accuracies=A,
                         center_loss=obj.loss(), n_directions=n_directions, seed=seed,

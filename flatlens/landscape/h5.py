@@ -106,8 +106,8 @@ def read_directions(path: str, names, shapes) -> tuple[np.ndarray, dict]:
             if file_names is not None:
                 if sorted(file_names) != sorted(names) or len(file_names) != len(tensors):
                     missing = sorted(set(names) - set(file_names))[:3]
-                    raise FlatlensError(f"{path}: its directions are over other parameters (missing {', '.join(missing)}"
-                                        f"{'' if missing else '; others extra'})")
+                    raise FlatlensError(f"{path}: its directions are over other parameters (missing "
+                                        f"{', '.join(missing)}{'' if missing else '; others extra'})")
                 by_name = dict(zip(file_names, tensors))
                 tensors = [by_name[n] for n in names]
             elif len(tensors) != len(names):

@@ -155,7 +155,7 @@ def _per_sample(obj, out: torch.Tensor, y: torch.Tensor, batch_loss: torch.Tenso
     loss (a loss that does not average over samples)."""
     try:
         per = torch.func.vmap(lambda o, t: obj.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y).reshape(-1)
-    except Exception:  # a loss vmap cannot batch: one call per sample
+    except (RuntimeError, NotImplementedError, ValueError, TypeError):  # a loss vmap cannot batch: one call each
         per = torch.stack([obj.loss_fn(out[i:i + 1], y[i:i + 1]).reshape(()) for i in range(out.shape[0])])
     if per.numel() != out.shape[0] or not torch.allclose(per.mean(), batch_loss, rtol=1e-5, atol=1e-7):
         return None
@@ -177,6 +177,9 @@ def interpolate(obj, a, b, alphas, *, bn: str = "recompute", bn_data=None, bn_la
     elapsed = timer()
     if bn not in BN_POLICIES:
         raise FlatlensError(f"bn must be one of {', '.join(BN_POLICIES)}; got {bn!r}")
+    if obj.group.enabled:
+        raise FlatlensError("interpolation evaluates every point on one process's samples: measure it along the "
+                            "points axis (--axis points or auto), not with a data-parallel objective")
     if obj.bn != "eval":
         raise FlatlensError("interpolation evaluates each point in eval mode with its own running statistics: give "
                             "an Objective with bn='eval'")

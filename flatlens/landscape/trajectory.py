@@ -57,7 +57,8 @@ def pca_directions(obj, snaps) -> dict:
         if coords[0, i] > 0:
             D[i], coords[:, i] = -D[i], -coords[:, i]
     var = s ** 2
-    return {"d1": torch.from_numpy(D[0]).to(obj.device, obj.dtype), "d2": torch.from_numpy(D[1]).to(obj.device, obj.dtype),
+    d1, d2 = (torch.from_numpy(D[i]).to(obj.device, obj.dtype) for i in range(2))
+    return {"d1": d1, "d2": d2,
             "x": coords[:, 0].tolist(), "y": coords[:, 1].tolist(), "ratio": (var / var.sum()).tolist(),
             "variance": (var / (M.shape[0] - 1)).tolist(), "singular": s.tolist()}
 

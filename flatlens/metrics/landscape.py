@@ -88,6 +88,8 @@ def _curve_compute(obj, s: CurveSettings, ctx):
 def _curve_rows(r, s) -> list[Row]:
     L = np.asarray(r.losses) - r.center_loss
     edge = 0.5 * (L[:, 0] + L[:, -1])  # mean increase at the two ends of each curve
+    if r.direction.get("kind") in ("eigen", "file"):  # chosen directions, not drawn ones: no interval over them
+        return [Row("edge", float(edge.mean()), n=int(edge.size))]
     pairing = f"{r.direction.get('kind')}:{r.n_directions}:{r.seed}:{r.objective.get('num_params')}:{r.alphas}"
     return [t_row("edge", edge, pairing=pairing)]
 
@@ -110,8 +112,8 @@ class SurfaceSettings(GridSettings):
                                      "path projected on it (the grid spans the path: --range, --kind and "
                                      "--directions-file do not apply)", "--trajectory")
     trajectory_sha256: str = setting("", "sha256 of the snapshot file (set when it is read)")
-    trajectory_margin: float = setting(0.25, "--trajectory: the grid spans the path plus this fraction of its extent on "
-                                       "each side", "--trajectory-margin", min=0, max=10)
+    trajectory_margin: float = setting(0.25, "--trajectory: the grid spans the path plus this fraction of its extent "
+                                       "on each side", "--trajectory-margin", min=0, max=10)
 
     def check(self) -> None:
         if self.trajectory and self.directions_file:

@@ -104,7 +104,8 @@ def load_snapshots(path: str) -> Snapshots:
     d = safe_load(path, what="snapshot file")
     if isinstance(d, dict) and d.get("format") == "flatlens-checkpoint":  # a checkpoint: its snapshots beside it
         if not os.path.exists(snapshot_path(path)):
-            raise FlatlensError(f"{path} is a checkpoint with no snapshot file beside it (train with --snapshot-every N)")
+            raise FlatlensError(f"{path} is a checkpoint with no snapshot file beside it (train it with "
+                                "--snapshot-every N)")
         path = snapshot_path(path)
         d = safe_load(path, what="snapshot file")
     if not isinstance(d, dict) or d.get("format") != FORMAT:
