@@ -14,6 +14,7 @@ directions, probes and noise draws (common random numbers), drawn afresh for eve
   it), shown equivalent within the margin, both (a real difference inside the margin), or inconclusive.
 - Exploratory, with raw p-values and labelled so: every claim per test domain, the other configurations and
   splits against full precision, too few bits against the paper's bit-width, EoQ against its members, the
+  loss barrier between each seed's full-precision model and each of its quantized models (`barriers`), the
   quantization-noise test, the quantization error against the uniform law.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import stats
 from .results import Result, register
 
 ACCURACY = "accuracy"          # the pseudo-metric of training-time accuracies in aggregates
+BARRIER = "barrier:"           # key prefix of the barrier entries: "barrier:{metric}:{config}@{domain}"
 POOLED = "pooled"              # the claims' domain: each seed's mean over the test domains
 # verdicts of a confirmatory claim
 SUPPORTED = "supported"                      # shown different, in the direction the paper predicts
@@ -173,7 +175,8 @@ class Analysis(Result):
         return dataclasses.replace(
             self, aggregates=[a for a in self.aggregates if a.metric in known],
             claims=[c for c in self.claims if c.spec.metric in known],
-            exploratory=[e for e in self.exploratory if e.test is None or e.test.metric in known],
+            exploratory=[e for e in self.exploratory if (e.test is None or e.test.metric in known) and not (
+                e.key.startswith(BARRIER) and e.key.split(":")[1] not in known)],
             noise=self.noise if "qnoise" in M.REGISTRY else None)
 
     def aggregate(self, domain, config, split, metric, key) -> Aggregate | None:
@@ -364,6 +367,45 @@ def exploratory(run) -> list[Exploratory]:
             out.append(Exploratory(f"eoq@{d}", f"EoQ ({len(members)} x {e.bits} bit) is more accurate out of "
                                                f"domain than a single {e.bits}-bit model", None, test, d,
                                    [ens] + members))
+    return out + barriers(run)
+
+
+def barriers(run) -> list[Exploratory]:
+    """The loss barrier between each seed's full-precision model and each of its quantized models (every pair entry
+    of the registry, train split; pairs by construction: one prefix, measured with the seed's own samples): per
+    test domain and configuration, the per-seed barriers (`values`, in seed order), their mean with its t-interval
+    over seeds (the seed the unit; each barrier's own measurement interval is inside that spread) and the one-sample
+    t-test of a mean barrier of 0, raw p. Exploratory: not part of the stated family."""
+    plan = run.plan
+    fp = plan.config_with_bits(None)
+    out = []
+    for name, m in M.REGISTRY.items():
+        if not m.pair or fp is None:
+            continue
+        policy = plan.settings.of(name).bn_stats if name in plan.settings.metrics else "recompute"
+        for d in plan.domains:
+            for c, bits in plan.configs:
+                if bits is None:
+                    continue
+                recs = [(mm.seed, mm.record("train", name)) for mm in sorted(run.runs(d, c), key=lambda x: x.seed)]
+                recs = [(seed, r) for seed, r in recs if r is not None and r.has_row("barrier")]
+                if not recs:
+                    continue
+                vals = [r.row("barrier").value for _, r in recs]
+                test = stats.one_sample(vals, source=stats.over_seeds(len(vals)))
+                test.test = "one-sample t over seeds of a mean barrier of 0"
+                above = sum(1 for _, r in recs if r.row("barrier").interval and r.row("barrier").interval[0] > 0)
+                peaks = [r.row("peak").value for _, r in recs if r.row("barrier").value > 0]
+                out.append(Exploratory(
+                    f"{BARRIER}{name}:{c}@{d}",
+                    f"loss barrier on the straight line from each seed's {plan.label(fp)} model to its {plan.label(c)} "
+                    f"model (train split, BatchNorm statistics {'recomputed' if policy == 'recompute' else policy} at "
+                    f"each point; test domain {plan.where(d)}; seeds {', '.join(str(seed) for seed, _ in recs)}): each "
+                    f"seed's own simultaneous 95 % interval lies above 0 for {above} of {len(recs)}; "
+                    + (f"where the loss rises above the line ({len(peaks)} of {len(recs)} seeds) it peaks at a = "
+                       f"{float(np.mean(peaks)):.3g} on average" if peaks else
+                       "on no seed does the loss rise above the line (the barrier is 0, at an end)"),
+                    None, test, d, vals))
     return out
 
 

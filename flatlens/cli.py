@@ -91,8 +91,14 @@ def cmd_train(args):
     cfg = train_config(args)
     if args.prefix:  # the full-precision prefix this seed's runs share: trained once, then branched from
         train_prefix(cfg, args.prefix, quiet=not args.progress)
-    ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress, prefix=args.prefix)
+    ckpt = train(cfg, args.out, resume=args.resume, quiet=not args.progress, prefix=args.prefix,
+                 snapshot_every=args.snapshot_every, snapshot_dtype=args.snapshot_dtype)
     m = ckpt.metrics
+    if args.snapshot_every:
+        from .train import load_snapshots, snapshot_path
+        sn = load_snapshots(snapshot_path(args.out))
+        _out(args, f"wrote {snapshot_path(args.out)}: {len(sn.steps)} snapshots (steps {sn.steps[0]} to {sn.steps[-1]}, "
+                   f"every {sn.every}) as flat {sn.dtype} deltas from the weights at step {sn.base_step}")
     _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
                f"({', '.join(f'{d}: {100 * a:.2f} %' for d, a in m['test_acc'].items())}); "
@@ -271,11 +277,91 @@ def cmd_hessian(args):
 
 def cmd_landscape(args):
     from .parallel import group_info
-    name = args.metric or next(n for n in M.names("landscape") if M.get(n).dim == args.dim)
+    trajectory = getattr(args, "trajectory", None)
+    if trajectory and args.metric not in (None, "surface"):
+        raise FlatlensError(f"--trajectory draws a 2D slice (metric surface), not {args.metric}")
+    name = "surface" if trajectory else (
+        args.metric or next(n for n in M.names("landscape") if M.get(n).dim == args.dim))
     run = _measure_command(args, [name])
-    if args.npz and group_info()[0] == 0:
+    if group_info()[0] != 0:
+        return
+    if args.npz:
         from .landscape.results import write_npz
         write_npz(args.npz, run.records)
+    _landscape_files(args, run, [name])
+
+
+def _landscape_files(args, run, names):
+    """--h5 (loss-landscape's layout), --plot (the view) and --save-directions (the directions measured along)."""
+    if getattr(args, "h5", None):
+        from .landscape.h5 import write_landscape
+        write_landscape(args.h5, run.records)
+        _out(args, f"wrote {args.h5} (loss-landscape's HDF5 layout)")
+    if getattr(args, "plot", None):
+        from .plots import plot_view
+        plot_view(run.records, args.plot)
+        _out(args, f"wrote {args.plot}")
+    if getattr(args, "save_directions", None):
+        from .landscape.h5 import write_directions
+        from .metrics.landscape import directions_used
+        from .pipeline import DataSource
+        settings = _settings(args, names)
+        ck = _load(args, args.checkpoint)
+        rec = run.records[0]
+        x, y, _ = DataSource(getattr(args, "data", None)).select(ck.data, rec.split, settings.common)
+        rows, obj, meta = directions_used(ck, x, y, names[0], settings, device=args.device)
+        write_directions(args.save_directions, rows, obj.names, [tuple(s) for s in obj.shapes],
+                         {**meta, "checkpoint": ck.path, "checkpoint_sha256": ck.sha256, "split": rec.split})
+        _out(args, f"wrote {args.save_directions}: {rows.shape[0]} directions ({meta.get('kind')}, {rec.split} split)")
+
+
+def cmd_interpolate(args):
+    """The loss along (1 - a) w_A + a w_B on each split (the registry's pair entry, A its partner), printed, and
+    written as typed records (--json), in loss-landscape's layout (--h5) and as a figure (--plot)."""
+    from .checkpoint import weights_label
+    from .pipeline import DataSource, MeasurementRun, Target, measure_all
+    settings = _settings(args, ["interpolate"])
+    a, b = _load(args, args.a), _load(args, args.b)
+    if a.sha256 == b.sha256:
+        raise FlatlensError(f"{args.a} and {args.b} are the same model: the line between them is one point")
+    if a.arch != b.arch:
+        raise FlatlensError(f"{args.a} is a {a.arch.name} {a.arch.kwargs}, {args.b} a {b.arch.name} "
+                            f"{b.arch.kwargs}: interpolation needs one architecture")
+    proto = lambda c: (None, None) if c.data is None else (c.data.dataset, c.data.test_domains)  # noqa: E731
+    if args.data is None and proto(a) != proto(b):
+        raise FlatlensError(f"{args.a} was trained on {proto(a)[0]} (test {proto(a)[1]}), {args.b} on "
+                            f"{proto(b)[0]} (test {proto(b)[1]}): pass --data FILE to choose the samples")
+    settings.metrics["interpolate"].partner = a.sha256
+    show = args.progress
+    lines = []
+
+    def on_record(_, rec):
+        r = rec.result
+        block = [f"{rec.split} split: {rec.data['n']} samples; a = 0: {args.a} ({r.endpoints['a'].get('weights')}), "
+                 f"a = 1: {args.b} ({r.endpoints['b'].get('weights')}); BatchNorm {r.bn['policy']}"
+                 + (f" on {r.bn['samples']} samples ({r.bn['batches']} batches)" if r.bn["batches"] else "")]
+        block += _record_lines(rec)
+        block.append(f"    {'a':>7} {'L(a)':>10} {'excess':>10}" + (f" {'accuracy':>9}" if r.accuracies else ""))
+        for i, al in enumerate(r.alphas):
+            acc = f" {100 * r.accuracies[i]:8.2f}%" if r.accuracies else ""
+            block.append(f"    {al:7.3f} {fmt.num(r.losses[i], 6, sci=4):>10} "
+                         f"{fmt.num(r.excess[i], 4, sci=3):>10}{acc}")
+        block.append(f"    weights at each point: {r.quantization}")
+        if show:
+            from tqdm.auto import tqdm
+            tqdm.write("\n".join(block))
+        else:
+            lines.append("\n".join(block))
+
+    done = measure_all([Target(a, [], settings), Target(b, ["interpolate"], settings)], _splits(args.split),
+                       source=DataSource(args.data), device=args.device, progress=show, label="interpolate",
+                       axis=args.axis, on_record=on_record)
+    _out(args, "\n".join(lines))
+    run = MeasurementRun(command="interpolate", checkpoint=args.b, sha256=b.sha256,
+                         weights=weights_label(b, settings.common.weights), records=done.records)
+    if args.json:
+        run.to_json(args.json, indent=1)
+    _landscape_files(args, run, ["interpolate"])
 
 
 def cmd_flatness(args):
@@ -471,9 +557,10 @@ def _costs(command: str | None) -> str:
             + "; ".join(f"{n}: {M.get(n).cost}" for n in M.names(command)) + ".")
 
 
-def _measure_flags(p, command: str, *, split_default="train", all_choice=True):
+def _measure_flags(p, command: str, *, split_default="train", all_choice=True, positional=True):
     """A checkpoint, its samples, the metric choice among the entries this command measures, and their flags."""
-    p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
+    if positional:
+        p.add_argument("checkpoint", help="a flatlens checkpoint (.pt)")
     p.add_argument("--split", choices=["train", "test", "both"], default=split_default,
                    help="source-domain training data or the held-out domain (default %(default)s)")
     _common_flags(p)
@@ -523,6 +610,11 @@ def _train_flags(t):
                                     "first steps bit for bit (recorded as the checkpoint's pairing)")
     t.add_argument("--out", required=True, help="checkpoint path")
     t.add_argument("--resume", action="store_true", help="continue from OUT.partial after an interruption")
+    t.add_argument("--snapshot-every", type=int, help="keep the weights every N steps (and at the first and last) in "
+                                                       "OUT.snapshots, for flatlens landscape --trajectory")
+    t.add_argument("--snapshot-dtype", choices=("float16", "float32"), default="float16",
+                   help="snapshots are flat deltas from the run's starting weights in this precision (default "
+                        "%(default)s: half the bytes, about 3 significant digits; float32: exact)")
 
 
 def _evaluate_flags(e):
@@ -554,6 +646,23 @@ def _landscape_flags(ls):
     ls.add_argument("--metric", choices=names, help="the landscape metric (default: the one --dim names)")
     ls.add_argument("--resume-dir", help="write finished chunks here; a rerun skips them")
     ls.add_argument("--npz", help="write the grid arrays here")
+    _view_file_flags(ls)
+    ls.add_argument("--save-directions", help="write the directions measured along (the first split's) as an HDF5 "
+                                              "direction file (loss-landscape's layout), for --directions-file")
+
+
+def _view_file_flags(p):
+    p.add_argument("--h5", help="write the grids in loss-landscape's HDF5 layout (xcoordinates, ycoordinates, "
+                                "train_loss, train_acc, test_loss, test_acc; a trajectory's proj_xcoord, proj_ycoord, "
+                                "explained_variance_ratio_), which its plot_1D.py, plot_2D.py and h52vtp.py read")
+    p.add_argument("--plot", help="draw the view as PNG / PDF / SVG here")
+
+
+def _interpolate_flags(ip):
+    ip.add_argument("a", help="the checkpoint at a = 0 (a pair's full-precision model, say)")
+    ip.add_argument("b", help="the checkpoint at a = 1")
+    _measure_flags(ip, "interpolate", split_default="both", positional=False)
+    _view_file_flags(ip)
 
 
 def _flatness_flags(f):
@@ -628,6 +737,10 @@ def _report_flags(rp):
 
 
 # ----------------------------------------------------------------------------- the table of commands
+def _snapshots_file(args) -> str | None:
+    return f"{args.out}.snapshots" if args.snapshot_every else None
+
+
 def _run_results_file(args) -> str:
     return os.path.join(args.results, "results.json") if os.path.isdir(args.results) else args.results
 
@@ -651,7 +764,8 @@ class Command:
 
 COMMANDS = (
     Command("train", "train an ERM or QAT model on a leave-one-domain-out protocol", _train_flags, cmd_train,
-            inputs=("config",), files=("out", "prefix", ("--out", lambda a: a.out and a.out + ".partial"))),
+            inputs=("config",), files=("out", "prefix", ("--out", lambda a: a.out and a.out + ".partial"),
+                                       ("--snapshot-every", _snapshots_file))),
     Command("evaluate", "print a checkpoint's accuracy per domain", _evaluate_flags, cmd_evaluate,
             inputs=("checkpoint",), files=("json",)),
     Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
@@ -660,7 +774,9 @@ COMMANDS = (
             cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",), measures=True),
     Command("landscape", "1D curves or a 2D slice along random directions", _landscape_flags, cmd_landscape,
             lambda: _costs("landscape"),
-            inputs=("checkpoint", "data"), files=("json", "npz"), folders=("resume_dir",), measures=True),
+            inputs=("checkpoint", "data", ("--directions-file", lambda a: getattr(a, "directions_file", None)),
+                    ("--trajectory", lambda a: getattr(a, "trajectory", None))),
+            files=("json", "npz", "h5", "plot", "save_directions"), folders=("resume_dir",), measures=True),
     Command("flatness", "SWAD-style local flatness at several radii, with 95%% CIs", _flatness_flags, cmd_flatness,
             lambda: _costs("flatness"),
             inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
@@ -668,6 +784,14 @@ COMMANDS = (
             _sharpness_flags, cmd_sharpness,
             lambda: _costs("sharpness"),
             inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+    Command("interpolate", "the loss along the straight line between two checkpoints, its barrier and where it peaks",
+            _interpolate_flags, cmd_interpolate,
+            lambda: ("(1 - a) w_A + a w_B on the train and test splits, BatchNorm statistics recomputed at each point "
+                     "on training batches (--bn-stats interpolate: the naive rule); quantized models interpolated in "
+                     "their latent weights, each point's weights by a stated rule (printed); the barrier max over "
+                     "[0, 1] of L(a) minus the line between the endpoint losses, with its simultaneous 95 % interval "
+                     "over the samples. " + _costs("interpolate")),
+            inputs=("a", "b", "data"), files=("json", "h5", "plot"), measures=True),
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,
             lambda: ("Checkpoints A B ...: measurement noise of these models (paired / Welch tests against the first). "

@@ -134,8 +134,8 @@ def _pair_test(a: M.Row, b: M.Row):
         side = "higher" if diff - half > 0 else "lower" if diff + half < 0 else "within the bounds"
         kind = "bound" if a.interval_kind == b.interval_kind == "bound" else "gap-bound"
         return None, (diff - half, diff + half), kind, f"not tested (deterministic on these samples; {side})"
-    if a.interval_kind == "ci95" and b.interval_kind == "ci95":  # an interval without a standard error (a bracket)
-        return None, None, None, "not tested (its interval has no standard error: compare the intervals)"
+    if a.interval is not None or b.interval is not None:  # an interval without a standard error (simultaneous)
+        return None, None, None, "not tested (each row's interval is its own; no standard error to test with)"
     return None, None, None, "not tested (no CI)"
 
 

@@ -5,9 +5,12 @@
 
 `flatlens hessian | landscape | flatness`, `compare` and `reproduce` all measure through `measure_all`; none of
 them chooses or checks data on its own. Each registry entry may prepare what its computations share across the
-checkpoints of one call (qnoise: the learned steps applied to every model), once, before any work."""
+checkpoints of one call (qnoise: the learned steps applied to every model), once, before any work. A pair entry
+(interpolate: a checkpoint against its partner) prepares over every checkpoint of the call, and each target gets its
+own copy of that entry's settings first, so the partner written into it is that target's alone."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -95,14 +98,30 @@ class MeasurementRun(Result):
     records: list[MetricRecord]
 
 
+def own_pair_settings(targets: list[Target]) -> list[Target]:
+    """The targets, each with its own copy of every pair entry's settings (the rest shared as given), so that a pair
+    entry's `prepare` writes each target's partner into that target's settings only."""
+    pairs = [n for n in dict.fromkeys(n for t in targets for n in t.metrics) if M.get(n).pair]
+    if not pairs:
+        return targets
+    out = []
+    for t in targets:
+        metrics = dict(t.settings.metrics)
+        for n in pairs:
+            metrics[n] = copy.copy(t.settings.of(n))
+        out.append(dataclasses.replace(t, settings=dataclasses.replace(t.settings, metrics=metrics)))
+    return out
+
+
 def prepare(targets: list[Target]) -> dict[str, dict]:
-    """Each metric's preparation over every checkpoint of the call (registry entries' `prepare`), once."""
+    """Each metric's preparation over the checkpoints of the call that measure it (a pair entry: over every
+    checkpoint of the call, since a partner need not measure it), once."""
     out = {}
     names = dict.fromkeys(n for t in targets for n in t.metrics)
     for name in names:
         m = M.get(name)
         if m.prepare is not None:
-            users = [t for t in targets if name in t.metrics]
+            users = targets if m.pair else [t for t in targets if name in t.metrics]
             out[name] = m.prepare([t.ckpt for t in users], [t.settings for t in users])
     return out
 
@@ -121,6 +140,7 @@ def measure_all(targets: list[Target], splits: list[str], *, source: DataSource 
         for name in t.metrics:
             M.get(name)  # unknown names refused before any work
     source.check(targets, splits, centre=check_centres)
+    targets = own_pair_settings(targets)
     prepared = prepare(targets)
     out = Measurements()
     total = sum(len(t.metrics) for t in targets) * len(splits)

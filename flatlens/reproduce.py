@@ -102,7 +102,8 @@ class Plan:
     def measured(self, config: str, seed: int, split: str) -> list[str]:
         """The metrics of the plan's settings measured on one model and split: the family's on every seed (train
         split); the other headline metrics, and the test split, on the first `explore_seeds`; the illustrative ones
-        on the train split of `illustrative_seeds`."""
+        on the train split of `illustrative_seeds`; the exploratory ones on the train split of every seed (a pair
+        entry on every quantized model: its partner is the seed's full-precision model)."""
         family = {c.metric for c in self.family if c.split == split}
         early = seed in self.seeds[:self.explore_seeds]
         out = []
@@ -110,7 +111,9 @@ class Plan:
             if n not in self.settings.metrics:  # not in this plan (a stored plan predates it, or leaves it out)
                 continue
             if (n in family and config in self.confirmatory_configs()) or (m.role == "headline" and early) or (
-                    m.role == "illustrative" and split == "train" and seed in self.illustrative_seeds):
+                    m.role == "illustrative" and split == "train" and seed in self.illustrative_seeds) or (
+                    m.role == "exploratory" and split == "train"
+                    and not (m.pair and dict(self.configs)[config] is None)):
                 out.append(n)
         return out if split == "train" or early else []
 

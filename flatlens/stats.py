@@ -191,6 +191,53 @@ def one_sample(values: Sequence[float], mu0: float = 0.0, *, source: str = MEASU
                       source, detectable_difference(e.stderr, e.df))
 
 
+@dataclass
+class MaxEstimate:
+    """max_j of m column means (a loss barrier: the largest mean excess over a grid) with simultaneous intervals.
+
+    `ci95` covers max_j mu_j with probability >= 95 % (Bonferroni: it is a probability statement, conservative);
+    `argmax_set` holds the columns that could be the argmax at that level (their upper limits reach the max's
+    lower limit)."""
+    value: float
+    argmax: int
+    ci95: tuple[float, float] | None
+    argmax_set: list[int]
+    crit: float                 # the critical value t_{1 - 0.025/m', n - 1}
+    m: int                      # m': the columns with spread that the Bonferroni level is shared by
+    n: int
+    method: str = "simultaneous Student t (Bonferroni over the grid points)"
+    source: str = MEASUREMENT
+
+
+def max_of_means(x, *, level: float = LEVEL, source: str = MEASUREMENT) -> MaxEstimate:
+    """The largest of m means of paired columns (n samples x m grid points) and a simultaneous interval:
+
+        estimate  B = max_j xbar_j,   c = t_{1 - (1 - level) / (2 m'), n - 1}   (m' columns with spread)
+        CI        [max_j (xbar_j - c se_j),  max_j (xbar_j + c se_j)]
+        argmax set  {j : xbar_j + c se_j >= max_k (xbar_k - c se_k)}
+
+    If every column's interval covers its mean (probability >= level, by Bonferroni), max_j mu_j lies between the
+    two maxima and the true argmax lies in the set. Columns
+    without spread (a = 0 and a = 1 of an excess curve: exactly 0) are exact and take no share of the level.
+    A plain t-interval at the estimated argmax would ignore that the argmax was chosen on the same samples."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError("max_of_means needs an (n, m) array with m >= 1")
+    n, _ = x.shape
+    mean = x.mean(axis=0)
+    j = int(np.argmax(mean))
+    if n < 2:
+        return MaxEstimate(float(mean[j]), j, None, list(range(x.shape[1])), math.inf, x.shape[1], n, source=source)
+    se = x.std(axis=0, ddof=1) / math.sqrt(n)
+    spread = se > 0
+    m = max(int(spread.sum()), 1)
+    c = float(stats.t.ppf(1 - (1 - level) / (2 * m), n - 1))
+    lo, hi = mean - c * se, mean + c * se
+    low = float(lo.max())
+    keep = [int(k) for k in np.flatnonzero(hi >= low)]
+    return MaxEstimate(float(mean[j]), j, (low, float(hi.max())), keep, c, m, n, source=source)
+
+
 def over_seeds_estimate(values: Sequence[float], within: Sequence[float | None] | None = None) -> Estimate:
     """A method's value over its S independently trained models (seeds): the t-interval of the per-seed values
     on S - 1 df (the between-seed variance covers the measurement noise of each value), with the measurement part

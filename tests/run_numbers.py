@@ -11,7 +11,8 @@ import re
 VARIES = {"seconds", "compile_seconds", "train_seconds", "seconds_per_point", "calibration", "train_per_model",
           "train_per_job", "measure_per_job", "models_per_job", "cpus", "measure_per_model", "train_and_measure", "collect_and_analyze", "total", "machine", "cached", "cache",
           "figures", "checkpoint", "members", "path", "sha256", "checkpoint_sha256", "strategy", "vmap_chunk",
-          "channels_last", "batch_size", "versions"}
+          "channels_last", "batch_size", "versions",
+          "partner"}  # a pair entry's partner: a checkpoint's hash (which records its training time), as sha256
 
 
 def leaves(obj, path: str = "", out: dict | None = None) -> dict:

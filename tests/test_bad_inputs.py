@@ -16,6 +16,12 @@ from flatlens.data import rotated_digits
 from flatlens.train import TrainConfig, train
 
 
+def build_small(width):
+    """A small CNN's state dict of another width (a valid checkpoint of another architecture)."""
+    from flatlens.models import build
+    return build("small_cnn", width=width, num_classes=10, in_channels=1).state_dict()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Good and tampered checkpoints, data files and results files, in one folder."""
@@ -31,6 +37,8 @@ def world(tmp_path_factory):
         edit(c)
         save_checkpoint(d / f"{name}.pt", c)
 
+    tampered("wide", lambda c: c["arch"]["kwargs"].__setitem__("width", 3) or c["state_dict"].update(
+        build_small(3)), base="fp")
     tampered("kw_string", lambda c: c["arch"].__setitem__("kwargs", "width=8"))
     tampered("kw_bogus", lambda c: c["arch"]["kwargs"].__setitem__("bogus", 1))
     tampered("width_neg", lambda c: c["arch"]["kwargs"].__setitem__("width", -3))
@@ -67,6 +75,7 @@ def world(tmp_path_factory):
     (d / "listjson").mkdir()
     (d / "listjson" / "results.json").write_text("[1, 2]")
     (d / "a_file").write_text("x")
+    (d / "dir.pt.snapshots").mkdir()  # where a run's snapshots would go
     torch.save({"fc.weight": torch.ones(2, 4), "fc.bias": torch.zeros(2)}, d / "sd.pt")  # a state dict, no conv1
 
     class Evil:
@@ -171,7 +180,10 @@ CASES = {
               ["train", "--out", "m.pt", "--config", "cfg.json"], ["train"],
               ["train", "--out", "m.pt", "--split-seed", str(2 ** 70)], ["train", "--out", "fifo"],
               ["train", "--out", "mynull"], ["train", "--out", "/proc/m.pt"], ["train", "--out", ""],
-              ["train", "--out", "m.pt", "--config", "fifo"]]
+              ["train", "--out", "m.pt", "--config", "fifo"],
+              ["train", "--out", "m.pt", "--snapshot-every", "0"], ["train", "--out", "m.pt", "--snapshot-every", "-2"],
+              ["train", "--out", "m.pt", "--snapshot-every", "2", "--snapshot-dtype", "int8"],
+              ["train", "--out", "dir.pt", "--snapshot-every", "2"]]
     + [["train", "--out", "m.pt", "--config", f"{c}.json"] for c in ("cfg_list", "cfg_num", "cfg_str",
                                                                      "cfg_train_list", "cfg_dir")],
     "evaluate": [["evaluate", f"{t}.pt"] for t in TAMPERED] + [["evaluate", "fp.pt", "--json", "fp.pt"],
@@ -189,11 +201,31 @@ CASES = {
                                         ["hessian", "fp.pt", "--metric", "eig"],
                                         ["hessian", "fp.pt", "--metric", "hessian-eig", "--k", "1000000"]],
     "landscape": _measuring("landscape") + [["landscape", "fp.pt", "--points", "0"],
+                                            ["landscape", "fp.pt", "--trajectory", "missing.snapshots"],
+                                            ["landscape", "fp.pt", "--trajectory", "fp.pt"],
+                                            ["landscape", "fp.pt", "--trajectory", "text.pt"],
+                                            ["landscape", "fp.pt", "--directions-file", "missing.h5"],
+                                            ["landscape", "fp.pt", "--directions-file", "a_file", "--samples", "16"],
+                                            ["landscape", "fp.pt", "--kind", "eigen", "--eigen-tol", "0"],
+                                            ["landscape", "fp.pt", "--h5", "fp.pt", "--samples", "16"],
+                                            ["landscape", "fp.pt", "--save-directions", "results", "--samples", "16"],
                                             ["landscape", "fp.pt", "--range", "1", "-1"],
                                             ["landscape", "fp.pt", "--range", "nan", "1"],
                                             ["landscape", "fp.pt", "--npz", "fp.pt", "--samples", "16"],
                                             ["landscape", "fp.pt", "--resume-dir", "a_file", "--samples", "16"],
                                             ["landscape", "fp.pt", "--directions", "0"]],
+    "interpolate": [["interpolate", "fp.pt", f"{t}.pt", "--samples", "16"] for t in TAMPERED]
+    + [["interpolate", "fp.pt", "q4.pt", "--data", f"{f}.pt", "--samples", "16"] for f in DATA]
+    + [["interpolate", "fp.pt", "q4.pt", "--device", d] for d in DEVICES]
+    + [["interpolate", "fp.pt", "fp.pt"], ["interpolate", "fp.pt", "q4.pt", "--interp-range", "0.2", "1"],
+       ["interpolate", "fp.pt", "q4.pt", "--interp-range", "0", "0.9"],
+       ["interpolate", "fp.pt", "q4.pt", "--interp-range", "nan", "1"], ["interpolate", "fp.pt", "q4.pt",
+                                                                         "--interp-points", "2"],
+       ["interpolate", "fp.pt", "q4.pt", "--bn-batches", "0"], ["interpolate", "fp.pt", "q4.pt", "--bn-stats", "x"],
+       ["interpolate", "fp.pt", "q4.pt", "--json", "q4.pt"], ["interpolate", "fp.pt", "q4.pt", "--h5", "fp.pt"],
+       ["interpolate", "fp.pt", "q4.pt", "--plot", "x.bogus"], ["interpolate", "fp.pt", "q4.pt", "--h5", "results"],
+       ["interpolate", "fp.pt", "q4.pt", "--json", "o.json", "--h5", "o.json"], ["interpolate", "fp.pt"],
+       ["interpolate", "fp.pt", "wide.pt", "--samples", "16"]],
     "flatness": _measuring("flatness") + [["flatness", "fp.pt", "--radii", "-1"],
                                           ["flatness", "fp.pt", "--radii", "nan"],
                                           ["flatness", "fp.pt", "--directions", "0"],

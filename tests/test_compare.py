@@ -42,9 +42,10 @@ def test_compare_checkpoints_json_tests_holm_and_cache(tmp_path, ckpts):  # noqa
     assert rep.versions["torch"] and all(len(c["sha256"]) == 64 for c in rep.checkpoints)
     assert {r.metric for r in rep.rows} == {"hessian-eig", "hessian-trace", "hessian-density", "hessian-diag",
                                             "ggn-eig", "ggn-trace", "fisher-trace", "ggn-density",
-                                            "flatness", "curve", "surface", "sharpness", "qnoise", "pac-bayes"}
+                                            "flatness", "curve", "surface", "sharpness", "qnoise", "pac-bayes",
+                                            "interpolate"}
     pac = [r for r in rep.rows if r.metric == "pac-bayes" and r.reference]
-    assert pac and all(r.p is None and r.verdict.startswith("not tested (its interval") for r in pac)
+    assert pac and all(r.p is None and r.verdict.startswith("not tested (each row's interval") for r in pac)
     assert {r.split for r in rep.rows} == {"train", "test"}
     for rec in rep.records:
         assert rec.data["indices_sha256"] and rec.seed == 0 and rec.bn == "eval"
@@ -211,7 +212,7 @@ def test_compare_shows_progress_lines_and_none_when_quiet(tmp_path, ckpts, capsy
             "--no-cache"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "compare:" in err and "/28" in err  # the overall line: 14 metrics x 2 checkpoints, with its ETA
+    assert "compare:" in err and "/30" in err  # the overall line: 15 metrics x 2 checkpoints, with its ETA
     for metric in ("hessian-trace", "flatness", "qnoise"):
         assert f"{metric} {os.path.basename(ckpts['q4'])} (train)" in err
     assert "HVPs" in err and "evaluations" in err

@@ -353,3 +353,35 @@ def test_the_data_figures_show_every_domain_and_every_configuration(run_dir):
     assert len(ticks) == 5 and "printed\n(held out)" in ticks
     for f in (f10, f11):
         matplotlib.pyplot.close(f)
+
+
+def test_each_quantized_model_is_measured_against_its_seeds_full_precision_model(run_dir):
+    """The barrier of every pair (exploratory): each QAT model's interpolation starts at its own seed's
+    full-precision model (the same prefix), on the seed's samples; the analysis tests each bit-width's barriers over
+    seeds with a raw p, the report says so under the exploratory comparisons, figure 12 draws every pair."""
+    from flatlens.analysis import BARRIER
+    from flatlens.plots import FIGURES
+    run = load_run(str(run_dir))
+    plan = quick_plan()
+    fp = {(m.domain, m.seed): m for m in run.models if m.bits is None}
+    for m in run.models:
+        rec = m.record("train", "interpolate")
+        if m.bits is None:
+            assert rec is None  # a full-precision model is the partner, not measured against itself
+            continue
+        partner = fp[(m.domain, m.seed)]
+        assert rec.settings["interpolate"]["partner"] == partner.sha256 == rec.result.endpoints["a"]["sha256"]
+        assert rec.data == partner.record("train", "flatness").data   # the seed's own samples, as its pair's
+        assert rec.result.bn["policy"] == "recompute" and rec.result.alphas[0] < 0 and rec.result.alphas[-1] > 1
+    entries = [e for e in run.analysis.exploratory if e.key.startswith(BARRIER)]
+    assert sorted(e.key.split(":")[2].split("@")[0] for e in entries) == sorted(c for c, b in plan.configs if b)
+    for e in entries:
+        config = e.key.split(":")[2].split("@")[0]
+        assert len(e.values) == len(plan.seeds_of(config)) and e.one_sample.test.startswith("one-sample t over seeds")
+    report = (run_dir / "report.md").read_text()
+    exploratory = report[report.index("## Exploratory comparisons"):report.index("## Accuracy")]
+    assert exploratory.count("loss barrier on the straight line") == len(entries)
+    fig = FIGURES["fig13_loss_barriers"](run)
+    assert len(fig.axes) == 2 * len(plan.domains) and "barrier" in fig.axes[1].get_ylabel()
+    assert len(fig.axes[0].get_lines()) >= sum(len(plan.seeds_of(c)) for c, b in plan.configs if b)
+    matplotlib.pyplot.close(fig)

@@ -67,16 +67,45 @@ def curve_1d(obj: Objective, direction, alphas, *, strategy: str = "auto", preci
                        seconds=elapsed(), objective=obj.describe())
 
 
+class GivenDirections:
+    """Directions given as rows of a (k, P) matrix (a direction file: `perturb.direction_files`), used as they are,
+    in the place of a `DirectionSpace`."""
+
+    def __init__(self, obj: Objective, rows: torch.Tensor, label: dict):
+        self.rows = rows.to(obj.device, obj.dtype)
+        self.kind, self.ignore, self.label = "file", "none", dict(label)
+
+    def make(self, seed: int, indices) -> torch.Tensor:
+        if max(indices, default=0) >= self.rows.shape[0]:
+            raise FlatlensError(f"the direction file holds {self.rows.shape[0]} directions; {max(indices) + 1} asked")
+        return self.rows[list(indices)].clone()
+
+    def orthogonal_pair(self, seed: int):
+        D = self.make(seed, [0, 1])
+        return D[0], D[1]
+
+    def describe(self) -> dict:
+        return self.label
+
+
+def _space(obj, kind, ignore, n, eig_tol, given):
+    return given if given is not None else DirectionSpace(obj, kind, ignore, n=n, eig_tol=eig_tol)
+
+
 def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions: int = 10, seed: int = 0,
                   ignore: str | None = None, strategy: str = "auto", precision: str = "fp32",
                   evaluator: Evaluator | None = None, store: str | None = None, progress: bool = False,
-                  directions_per_chunk: int = 1) -> CurvesResult:
-    """Curves along n seeded random directions of `kind`; mean and 95 % CI of F per alpha."""
+                  directions_per_chunk: int = 1, eig_tol: float = 1e-3,
+                  given: GivenDirections | None = None) -> CurvesResult:
+    """Curves along n seeded random directions of `kind` (eigen: the n top Hessian eigenvectors; `given`: the rows
+    of a direction file); mean and 95 % CI of F per alpha over the random directions (eigen and given directions are
+    not a random sample: their mean carries no interval, stderr and ci95 are NaN)."""
     elapsed = timer()
     alphas = _check_grid(alphas, "alphas")
     if n_directions < 1:
         raise FlatlensError("n_directions must be >= 1")
-    space = DirectionSpace(obj, kind, ignore)
+    space = _space(obj, kind, ignore, n_directions, eig_tol, given)
+    kind = space.kind
     ev = _evaluator(obj, evaluator, strategy, precision)
     a_t = torch.as_tensor(alphas, dtype=obj.dtype, device=obj.device)
     k = min(directions_per_chunk, max_points(obj))
@@ -97,14 +126,18 @@ def random_curves(obj: Objective, alphas, *, kind: str = "filter", n_directions:
     parts = run_chunks(n_chunks, compute, store=store, progress=progress,
                        evaluator=ev, desc=f"{kind} curves", shapes=rows,
                        args={"m": "curves", "alphas": alphas.tolist(), "kind": kind, "n": n_directions,
-                             "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k})
+                             "seed": seed, "ignore": space.ignore, "obj": obj.identity(), "k": k,
+                             **({"given": space.describe().get("sha256")} if given is not None else {}),
+                             **({"eig_tol": eig_tol} if kind == "eigen" else {})})
     L = torch.cat([p["loss"] for p in parts]).numpy()
     A = torch.cat([p["acc"] for p in parts]).tolist() if ev.reports_accuracy else None
     m, se, lo, hi = mean_ci(L, axis=0)
+    if kind in ("eigen", "file"):  # not a random sample of directions: a mean, no interval over them
+        se, lo, hi = (np.full_like(m, np.nan) for _ in range(3))
     return CurvesResult(alphas=alphas.tolist(), mean=m.tolist(), stderr=se.tolist(),
                         ci95=list(zip(lo.tolist(), hi.tolist())), losses=L.tolist(), accuracies=A,
                         center_loss=obj.loss(), n_directions=n_directions, seed=seed,
-                        direction={"kind": kind, "ignore": space.ignore, "seed": seed},
+                        direction={"kind": kind, "ignore": space.ignore, "seed": seed, **space.describe()},
                         evaluator=ev.describe(), seconds=elapsed(), objective=obj.describe())
 
 
@@ -145,10 +178,12 @@ def surface_2d(obj: Objective, dx, dy, xs, ys, *, strategy: str = "auto", precis
 
 
 def random_surface(obj: Objective, xs, ys, *, kind: str = "filter", seed: int = 0, ignore: str | None = None,
-                   **kw) -> SurfaceResult:
-    """surface_2d along a seeded, orthogonalized pair of `kind` directions (recorded in the result)."""
-    space = DirectionSpace(obj, kind, ignore)
+                   eig_tol: float = 1e-3, given: GivenDirections | None = None, **kw) -> SurfaceResult:
+    """surface_2d along a seeded, orthogonalized pair of `kind` directions (eigen: the two top Hessian eigenvectors;
+    `given`: the first two rows of a direction file), recorded in the result."""
+    space = _space(obj, kind, ignore, 2, eig_tol, given)
     dx, dy = space.orthogonal_pair(seed)
     res = surface_2d(obj, dx, dy, xs, ys, **kw)
-    res.direction = {"kind": kind, "ignore": space.ignore, "seed": seed, "orthogonalized": True}
+    res.direction = {"kind": space.kind, "ignore": space.ignore, "seed": seed,
+                     "orthogonalized": space.kind not in ("eigen", "file"), **space.describe()}
     return res

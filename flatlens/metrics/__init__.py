@@ -2,7 +2,7 @@
 
 `registry.py` holds its shape (settings, rows, the `Metric` entry, `REGISTRY`, the settings of a run); the entries
 live by family, registered in this order (the order of the CLI's choices, of `compare`'s rows and of the report's
-columns): hessian.py, flatness.py, landscape.py, sharpness.py."""
+columns): hessian.py, flatness.py, landscape.py, sharpness.py, interpolate.py."""
 from .registry import (BOUND_KINDS, COMMANDS, LOWER, REGISTRY, ROLES, Common, Context, Metric, Row, RowSpec,
                        Settings, check_settings, drawn_in, get, interval_label, names, register_metric, setting,
                        swapped, t_row)
@@ -11,6 +11,7 @@ from .hessian import (CurvatureEigSettings, CurvatureTraceSettings, DensitySetti
 from .flatness import EvalSettings, FlatnessSettings  # noqa: E402
 from .landscape import CurveSettings, GridSettings, SurfaceSettings  # noqa: E402
 from .sharpness import QnoiseSettings, SharpnessSettings  # noqa: E402
+from .interpolate import InterpolateSettings  # noqa: E402
 from ..hessian.results import DiagonalSummary, ExtremeEigenvalues  # noqa: E402  (result types, re-exported)
 from ..sharpness.results import SharpnessResult  # noqa: E402
 
@@ -19,4 +20,4 @@ __all__ = ["BOUND_KINDS", "COMMANDS", "LOWER", "REGISTRY", "ROLES", "Common", "C
            "swapped", "t_row", "EigSettings", "TraceSettings", "DensitySettings", "DiagSettings",
            "CurvatureEigSettings", "CurvatureTraceSettings", "FisherTraceSettings", "EvalSettings",
            "FlatnessSettings", "GridSettings", "CurveSettings", "SurfaceSettings", "SharpnessSettings",
-           "QnoiseSettings", "ExtremeEigenvalues", "DiagonalSummary", "SharpnessResult"]
+           "QnoiseSettings", "InterpolateSettings", "ExtremeEigenvalues", "DiagonalSummary", "SharpnessResult"]

@@ -6,7 +6,11 @@ A `Metric` entry says what the metric is called, its settings (a dataclass: defa
 flag of each), how it is computed from an `Objective`, its summary rows (stable keys, display labels, units, and
 whether lower is flatter), the command that measures it alone, its role in `flatlens reproduce` (measured on
 every seed, on one seed, or not at all) with its settings in the quick and full plans, the figures that draw it,
-any preparation its computations share across the checkpoints of one call, and what its defaults cost. The CLI's
+any preparation its computations share across the checkpoints of one call, and what its defaults cost. A `pair`
+entry measures each checkpoint against a partner checkpoint of the same call (the loss barrier between two models):
+its `prepare` sees every checkpoint of the call, picks each one's partner and writes the partner's hash into that
+checkpoint's own copy of the entry's settings (so the cache key names the pair), and the computation receives the
+partner through `Context.prepared`. The CLI's
 choices and flags, the measurement pipeline, `compare`, `reproduce`, the report and the figures all read
 `REGISTRY`; adding a metric is one entry plus its estimator. Consumers find rows by key, never by label.
 """
@@ -142,8 +146,11 @@ class Context:
     prepared: Any = None               # what the entry's `prepare` made for every checkpoint of the call
 
 
-COMMANDS = ("hessian", "landscape", "flatness", "sharpness")   # the subcommands that measure one checkpoint
-ROLES = ("headline", "illustrative", "extra")
+COMMANDS = ("hessian", "landscape", "flatness", "sharpness", "interpolate")   # the subcommands that measure alone
+# reproduce: "headline" (the family's on every seed, others on the first seeds), "illustrative" (one seed),
+# "exploratory" (every seed, train split, analysed as exploratory; a pair entry skips the full-precision models,
+# which are the partners), "extra" (not run)
+ROLES = ("headline", "illustrative", "exploratory", "extra")
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ class Metric:
     name: str
     summary: str
     command: str                     # the subcommand that measures it on its own (COMMANDS)
-    role: str                        # reproduce: "headline" (every seed), "illustrative" (one seed), "extra"
+    role: str                        # reproduce: one of ROLES ("headline", "illustrative", "exploratory", "extra")
     settings: type
     compute: Callable[[Any, Any, Context], Result]
     rows: Callable[[Result, Any], list[Row]]
@@ -167,6 +174,7 @@ class Metric:
     dim: int | None = None           # landscape entries: 1 (curves) or 2 (a slice), what `--dim` selects
     claim: str | None = None         # its confirmatory claim in reproduce's plan ("{b} ... than {a}"; its summary row
     #                                  on the train split, the paper's bit-width against full precision), or None
+    pair: bool = False               # measured against a partner checkpoint of the call (see the module docstring)
 
     def spec(self, key: str) -> RowSpec:
         for s in self.specs:

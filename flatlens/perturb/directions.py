@@ -6,9 +6,15 @@ chunk, or on different ranks, and still be the same numbers. Kinds:
   sphere    d = g / ||g||, uniform on the unit sphere of the whole flattened vector (SWAD's flatness)
   filter    per filter (slice along dim 0): d_f = g_f ||w_f|| / ||g_f||  (Li et al. 2018)
   layer     per parameter tensor: d_t = g_t ||w_t|| / ||g_t||
-Bias / BatchNorm policy (`ignore`): "biasbn" zeroes every parameter of dim <= 1 (Li et al.'s default);
-"none" keeps them, normalized per tensor (filter/layer kinds) so a zero bias gives a zero direction, never a
-division by zero. Defaults: "biasbn" for filter/layer, "none" for gaussian/sphere.
+  eigen     the top eigenvectors of the objective's Hessian, H v_i = lambda_i v_i, i = 0, 1, ... in descending
+            order (Lanczos, `hessian.top_eigenvalues`): unit vectors as the sphere kind's, so F(w + a v_i) =
+            F(w) + a g'v_i + (lambda_i / 2) a^2 + O(a^3); not random: the seed only starts Lanczos. Each sign is fixed
+            so that the entry of largest magnitude is positive. The eigenvalues and their bounds are recorded beside
+            the directions (`DirectionSpace.describe`).
+Bias / BatchNorm policy (`ignore`): "biasbn" zeroes every parameter of dim <= 1 (Li et al.'s default; for eigen
+directions: the eigenvectors of P H P, P the projection onto the other parameters); "none" keeps them, normalized
+per tensor (filter/layer kinds) so a zero bias gives a zero direction, never a division by zero. Defaults:
+"biasbn" for filter/layer, "none" for gaussian/sphere/eigen.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 from .._util import FlatlensError, derive_seed
 from ..objective import Objective
 
-KINDS = ("gaussian", "sphere", "filter", "layer")
+KINDS = ("gaussian", "sphere", "filter", "layer", "eigen")
 POLICIES = ("biasbn", "none")
 
 
@@ -37,12 +43,15 @@ def _check(kind, ignore):
 
 
 class DirectionSpace:
-    """Precomputed per-block norms of the centre, to normalize many directions fast (flat, batched)."""
+    """Precomputed per-block norms of the centre, to normalize many directions fast (flat, batched). The eigen kind
+    computes its `n` eigenvectors once, on first use (`eig_tol`: Lanczos's relative tolerance)."""
 
-    def __init__(self, obj: Objective, kind: str, ignore: str | None = None):
+    def __init__(self, obj: Objective, kind: str, ignore: str | None = None, *, n: int = 2, eig_tol: float = 1e-3):
         self.obj = obj
         self.kind = kind
         self.ignore = _check(kind, ignore)
+        self.n, self.eig_tol = int(n), float(eig_tol)
+        self._eigen = None   # (vectors (n, P), the EigenResult) once computed
         self.blocks = []  # (start, end, rows, norms of the centre's rows or None, zeroed?)
         for name, a, b, shape in zip(obj.names, obj.offsets[:-1], obj.offsets[1:], obj.shapes):
             w = obj.center[name]
@@ -87,12 +96,54 @@ class DirectionSpace:
         return out
 
     def make(self, seed: int, indices) -> torch.Tensor:
+        if self.kind == "eigen":
+            V = self.eigenvectors(seed)
+            if max(indices, default=0) >= V.shape[0]:
+                raise FlatlensError(f"eigen directions: {V.shape[0]} eigenvectors were computed, index "
+                                    f"{max(indices)} asked")
+            return V[list(indices)].clone()
         return self.normalize(self.raw(seed, indices))
+
+    def eigenvectors(self, seed: int) -> torch.Tensor:
+        """The top `n` unit eigenvectors of H (of P H P with ignore="biasbn"), rows in descending eigenvalue order."""
+        if self._eigen is None:
+            from ..hessian import top_eigenvalues
+            from ..hessian.scaled import ScaledHessian
+            op, mask = self.obj, None
+            if self.ignore == "biasbn":
+                mask = torch.ones(self.obj.num_params, device=self.obj.device, dtype=self.obj.dtype)
+                for a, b, _, _, zero in self.blocks:
+                    if zero:
+                        mask[a:b] = 0
+                op = ScaledHessian(self.obj, mask)  # P H P: its top eigenvectors lie in the kept parameters
+            res = top_eigenvalues(op, self.n, which="LA", tol=self.eig_tol, seed=seed, return_vectors=True)
+            V = torch.stack(res.vectors)
+            if mask is not None:  # the start vector's part outside P (eigenvalue 0, rounding) is removed exactly
+                V = V * mask
+            V = V / V.norm(dim=1, keepdim=True)
+            signs = torch.sign(V.gather(1, V.abs().argmax(dim=1, keepdim=True)))
+            V = V * torch.where(signs == 0, torch.ones_like(signs), signs)
+            del res.vectors
+            self._eigen = (V, res)
+        return self._eigen[0]
+
+    def describe(self) -> dict:
+        """What a result records about these directions beyond kind, policy and seed: for eigen directions their
+        eigenvalues, each one's bound (an eigenvalue of H lies within it: not a confidence interval) and the cost."""
+        if self.kind != "eigen" or self._eigen is None:
+            return {}
+        r = self._eigen[1]
+        return {"eigenvalues": list(r.values), "eigenvalue_bounds": list(r.bounds), "bound": r.bound,
+                "eig_tol": r.tol, "n_hvp": r.n_hvp, "converged": r.converged,
+                "operator": "P H P (bias/BN excluded)" if self.ignore == "biasbn" else "H"}
 
     def orthogonal_pair(self, seed: int, indices=(0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
         """Two directions, the second made orthogonal to the first within each normalization unit (per
-        filter / tensor / whole vector) and renormalized, so both keep the kind's norms exactly."""
+        filter / tensor / whole vector) and renormalized, so both keep the kind's norms exactly. Eigen directions
+        are the two top eigenvectors, orthonormal as they are."""
         D = self.make(seed, list(indices))
+        if self.kind == "eigen":
+            return D[0], D[1]
         dx, dy = D[0], D[1].clone()
         if self.kind in ("gaussian", "sphere"):
             n0 = dy.norm()
@@ -113,15 +164,17 @@ class DirectionSpace:
 
 
 def directions(obj: Objective, kind: str = "filter", *, seed: int = 0, index: int = 0,
-               ignore: str | None = None) -> dict:
-    """Direction `index` of the seeded stream of this kind, as a dict name -> tensor."""
-    flat = DirectionSpace(obj, kind, ignore).make(seed, [index])[0]
+               ignore: str | None = None, eig_tol: float = 1e-3) -> dict:
+    """Direction `index` of the seeded stream of this kind (eigen: the index-th top eigenvector), as a dict
+    name -> tensor."""
+    flat = DirectionSpace(obj, kind, ignore, n=index + 1, eig_tol=eig_tol).make(seed, [index])[0]
     return {n: t.clone() for n, t in obj.unflatten(flat).items()}
 
 
-def orthogonal_pair(obj: Objective, kind: str = "filter", *, seed: int = 0, ignore: str | None = None):
-    """(dx, dy) as dicts: an orthogonalized pair for 2D slices."""
-    dx, dy = DirectionSpace(obj, kind, ignore).orthogonal_pair(seed)
+def orthogonal_pair(obj: Objective, kind: str = "filter", *, seed: int = 0, ignore: str | None = None,
+                    eig_tol: float = 1e-3):
+    """(dx, dy) as dicts: an orthogonalized pair for 2D slices (eigen: the two top eigenvectors)."""
+    dx, dy = DirectionSpace(obj, kind, ignore, eig_tol=eig_tol).orthogonal_pair(seed)
     return ({n: t.clone() for n, t in obj.unflatten(dx).items()},
             {n: t.clone() for n, t in obj.unflatten(dy).items()})
 

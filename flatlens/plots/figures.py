@@ -565,6 +565,61 @@ def fig_domain_accuracy(run):
     return fig
 
 
+def fig_barriers(run):
+    """(12) Linear mode connectivity of each seed's pairs: left, every pair's loss above the straight line between
+    its endpoints, L(a) - [(1 - a) L(0) + a L(1)], from the seed's full-precision model (a = 0) to each quantized
+    one (a = 1), one line per pair; right, the barrier per bit-width: each seed's value with its own simultaneous
+    95 % interval, and the mean with its 95 % CI over seeds (exploratory)."""
+    from ..analysis import BARRIER
+    metric = _drawn("fig13_loss_barriers")
+    if metric is None:
+        return None
+    plan, an = run.plan, _an(run)
+    pal = _palette(plan)
+    quant = [(c, b) for c, b in plan.configs if b is not None]
+    fig, axes = plt.subplots(len(plan.domains), 2, figsize=(11.5, 3.9 * len(plan.domains)), squeeze=False)
+    drawn = 0
+    for i, d in enumerate(plan.domains):
+        ax, bx = axes[i]
+        for k, (c, bits) in enumerate(quant):
+            ms = sorted(run.runs(d, c), key=lambda m: m.seed)
+            first = True
+            for m in ms:
+                rec = m.record("train", metric)
+                if rec is None:
+                    continue
+                r = rec.result
+                ax.plot(r.alphas, r.excess, color=pal[c], lw=0.9, alpha=0.75, label=plan.label(c) if first else None)
+                first = False
+                drawn += 1
+                b = rec.row("barrier")
+                err = None if b.interval is None else [[b.value - b.interval[0]], [b.interval[1] - b.value]]
+                bx.errorbar(k - 0.12 + 0.24 * (m.seed % 7) / 6, b.value, yerr=err, fmt="o", ms=3, color=pal[c],
+                            capsize=1.5, alpha=0.8)
+            e = next((x for x in an.exploratory if x.key == f"{BARRIER}{metric}:{c}@{d}"), None)
+            if e is not None and e.one_sample.ci95 is not None:
+                t = e.one_sample
+                bx.errorbar(k + 0.3, t.estimate, yerr=[[t.estimate - t.ci95[0]], [t.ci95[1] - t.estimate]], fmt="D",
+                            color="k", ms=5, capsize=4, zorder=4)
+        ax.axhline(0, color="k", lw=0.7)
+        ax.axvspan(0, 1, color="0.92", zorder=0)
+        ax.set_xlabel(f"a (0: the seed's {plan.label(plan.config_with_bits(None))} model, 1: its quantized model)")
+        ax.set_ylabel("train loss above the line (nats)")
+        ax.set_title(f"Every pair, test domain {plan.where(d)} (BatchNorm recomputed at each a)", fontsize=9)
+        ax.legend(fontsize=7, title="quantized end")
+        bx.axhline(0, color="k", lw=0.7)
+        bx.set_xticks(range(len(quant)), [plan.label(c) for c, _ in quant])
+        bx.set_xlabel("quantized model of the pair")
+        bx.set_ylabel("loss barrier (nats)")
+        bx.set_title("Barrier per seed (its simultaneous 95 % interval); black: mean, 95 % CI over seeds "
+                     "(exploratory)", fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        return None
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "fig1_local_flatness": fig_flatness,
     "fig2_per_seed_pairs": fig_per_seed,
@@ -579,6 +634,7 @@ FIGURES = {
     "fig10_domain_samples": fig_domain_samples,
     "fig11_domain_accuracy": fig_domain_accuracy,
     "fig12_hessian_vs_ggn_spectra": fig_curvature_spectra,
+    "fig13_loss_barriers": fig_barriers,
 }
 
 

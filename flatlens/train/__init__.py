@@ -1,5 +1,7 @@
 """Training: ERM / QAT with a delayed quantization start, and EoQ ensembles."""
 from .ensemble import ensemble_accuracy
+from .snapshots import Snapshots, load_snapshots, save_snapshots, snapshot_path
 from .trainer import TrainConfig, Trainer, prefix_identity, train, train_prefix
 
-__all__ = ["TrainConfig", "Trainer", "train", "train_prefix", "prefix_identity", "ensemble_accuracy"]
+__all__ = ["TrainConfig", "Trainer", "train", "train_prefix", "prefix_identity", "ensemble_accuracy", "Snapshots",
+           "load_snapshots", "save_snapshots", "snapshot_path"]

@@ -98,7 +98,8 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: DomainData | None = None, *, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, data: DomainData | None = None, *, quiet: bool = False,
+                 snapshot_every: int | None = None, snapshot_dtype: str = "float16"):
         self.cfg = cfg
         cfg.validate()  # the numbers, before they reach a generator
         if cfg.image_size is not None:
@@ -134,6 +135,11 @@ class Trainer:
         self.quantized_names: list[str] = []
         self.train_seconds = 0.0
         self.prefix: dict | None = None  # the shared prefix this run branched from (step, content hash)
+        self.snapshots = None  # weight snapshots every `snapshot_every` steps (train/snapshots.py), not a setting
+        if snapshot_every is not None:
+            check_number("snapshot_every", snapshot_every, lo=1, hi=10 ** 8, integer=True)
+            from .snapshots import Recorder
+            self.snapshots = Recorder([n for n, _ in self.model.named_parameters()], snapshot_every, snapshot_dtype)
 
     # ------------------------------------------------------------------ data
     def _batch(self, domain: str):
@@ -213,7 +219,9 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "quantized": bool(self.quantized_names), "rng": _rng_state(self.gen),
                 "history": self.history, "best": self.best, "train_seconds": self.train_seconds,
-                "prefix": self.prefix}
+                "prefix": self.prefix,
+                "snapshots": None if self.snapshots is None else {"every": self.snapshots.every,
+                                                                  **self.snapshots.state()}}
 
     def load_partial(self, state: dict, *, branch: bool = False) -> None:
         """Continue from a saved training state: an interrupted run of these settings, or (branch) the shared
@@ -245,6 +253,13 @@ class Trainer:
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
         self.train_seconds = state["train_seconds"]
         self.prefix = state.get("prefix") or (prefix_identity(state) if branch else None)
+        if self.snapshots is not None and not branch and state.get("snapshots"):
+            from .snapshots import Recorder
+            if state["snapshots"]["every"] != self.snapshots.every:
+                raise FlatlensError(f"the interrupted run took snapshots every {state['snapshots']['every']} steps; "
+                                    f"resume it with the same --snapshot-every")
+            self.snapshots = Recorder(self.snapshots.names, self.snapshots.every,
+                                      str(self.snapshots.dtype).replace("torch.", ""), state=state["snapshots"])
         if branch and self.cfg.bits is not None:
             self.best = None  # a QAT run selects among its quantized steps only, as if it had run from step 0
 
@@ -257,6 +272,8 @@ class Trainer:
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet, desc="train", leave=False)
         self.model.train()
+        if self.snapshots is not None and self.snapshots.base is None:
+            self.snapshots.take(self.model, self.step)  # where this run's training starts
         t0 = time.perf_counter()
         while self.step < end:
             if cfg.bits is not None and self.step == cfg.quant_start and not self.quantized_names:
@@ -276,6 +293,8 @@ class Trainer:
                         st.clamp_(min=1e-6)
             self.step += 1
             bar.update(1)
+            if self.snapshots is not None and self.snapshots.due(self.step, cfg.steps):
+                self.snapshots.take(self.model, self.step)
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 self.train_seconds += time.perf_counter() - t0
                 rec = self.evaluate()
@@ -369,12 +388,17 @@ def train_prefix(cfg: TrainConfig, path: str, *, quiet: bool = True, data: Domai
 
 
 def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, quiet: bool = False,
-          data: DomainData | None = None, stop_at: int | None = None, prefix: str | None = None) -> dict | None:
+          data: DomainData | None = None, stop_at: int | None = None, prefix: str | None = None,
+          snapshot_every: int | None = None, snapshot_dtype: str = "float16") -> dict | None:
     """Train and (if `out`) write the checkpoint atomically. With `resume`, continue from `out`.partial.
     `prefix`: start from the shared full-precision prefix saved there by `train_prefix` (unless resuming from a
     partial state of this run), so runs of one seed share their first `quant_start` steps bit for bit and record
-    it (`pairing`). Returns the typed checkpoint (`checkpoint.Checkpoint`), or None when stopped early at `stop_at`."""
-    trainer = Trainer(cfg, data, quiet=quiet)
+    it (`pairing`). `snapshot_every`: keep the weights every N steps in `out`.snapshots (train/snapshots.py;
+    `snapshot_dtype` float16 or float32 deltas). Returns the typed checkpoint (`checkpoint.Checkpoint`), or None
+    when stopped early at `stop_at`."""
+    if snapshot_every is not None and not out:
+        raise FlatlensError("snapshots are written beside the checkpoint: give an output path")
+    trainer = Trainer(cfg, data, quiet=quiet, snapshot_every=snapshot_every, snapshot_dtype=snapshot_dtype)
     partial = f"{out}.partial" if out else None
     if resume and partial and os.path.exists(partial):
         trainer.load_partial(torch.load(partial, map_location="cpu", weights_only=True))
@@ -387,6 +411,10 @@ def train(cfg: TrainConfig, out: str | None = None, *, resume: bool = False, qui
     ckpt = trainer.checkpoint()
     if out:
         save_checkpoint(out, ckpt)
+        if trainer.snapshots is not None:
+            from .._util import sha256_file
+            from .snapshots import save_snapshots, snapshot_path
+            save_snapshots(snapshot_path(out), trainer.snapshots.result(sha256_file(out)))
         if partial and os.path.exists(partial):
             os.unlink(partial)
     from .._util import sha256_file
