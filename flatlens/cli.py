@@ -81,8 +81,9 @@ def train_config(args):
         cfg.per_channel = False
     if args.width is not None:
         cfg.arch_kwargs = {"width": args.width}
-    if cfg.bits is None and args.quant_start is not None:
-        raise FlatlensError("--quant-start needs --bits")
+    if cfg.bits is None and args.quant_start is not None and not getattr(args, "prefix", None):
+        # a full-precision run reads quant_start only as the end of the shared prefix it branches from
+        raise FlatlensError("--quant-start needs --bits, or --prefix (where a full-precision run's shared prefix ends)")
     return cfg
 
 
@@ -99,7 +100,8 @@ def cmd_train(args):
         sn = load_snapshots(snapshot_path(args.out))
         _out(args, f"wrote {snapshot_path(args.out)}: {len(sn.steps)} snapshots (steps {sn.steps[0]} to {sn.steps[-1]}, "
                    f"every {sn.every}) as flat {sn.dtype} deltas from the weights at step {sn.base_step}")
-    _out(args, f"wrote {args.out}: step {m['selected_step']} selected by in-domain validation; "
+    rule = "the last step (--select last)" if ckpt.train.get("select") == "last" else "in-domain validation"
+    _out(args, f"wrote {args.out}: step {m['selected_step']} selected by {rule}; "
                f"val {100 * m['mean_val_acc']:.2f} %, test {100 * m['mean_test_acc']:.2f} % "
                f"({', '.join(f'{d}: {100 * a:.2f} %' for d, a in m['test_acc'].items())}); "
                f"{m['train_seconds']:.1f} s; size {m['size_ratio']:.3f} x fp32")

@@ -155,3 +155,21 @@ def test_settings_are_checked_by_the_one_range_rule_before_any_work():
     cfg = TrainConfig(steps=40.0, batch_size=16)  # a JSON config's 40.0 is the integer 40
     cfg.validate(data)
     assert cfg.steps == 40 and isinstance(cfg.steps, int)
+
+
+def test_the_command_line_trains_a_pair_from_one_prefix_full_precision_included(tmp_path, capsys):
+    """`--quant-start` sets where a full-precision run's shared prefix ends (with --prefix), so a seed's pair can be
+    trained from the command line; without --prefix or --bits it is refused; the message names the select rule."""
+    from flatlens.cli import main
+    common = ["train", "--steps", "12", "--eval-every", "6", "--width", "4", "--quant-start", "6", "--select", "last",
+              "--prefix", str(tmp_path / "p.state")]
+    assert main(common + ["--out", str(tmp_path / "fp.pt")]) == 0
+    assert "selected by the last step (--select last)" in capsys.readouterr().out
+    assert main(common + ["--bits", "4", "--out", str(tmp_path / "q4.pt")]) == 0
+    fp, q4 = load_checkpoint(str(tmp_path / "fp.pt")), load_checkpoint(str(tmp_path / "q4.pt"))
+    assert fp.pairing.prefix_step == q4.pairing.prefix_step == 6
+    assert fp.pairing.prefix_sha256 == q4.pairing.prefix_sha256
+    assert fp.quant is None and q4.quant.bits == 4
+    assert main(["train", "--steps", "12", "--quant-start", "6", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--quant-start needs --bits, or --prefix" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.pt")

@@ -169,7 +169,7 @@ def test_surfaces_keep_loss_landscapes_raveled_order_on_any_grid(tmp_path):
             assert stored.ravel()[k] == Z[[-0.5, 0.5].index(Y.ravel()[k])][xs.index(X.ravel()[k])]
 
 
-def test_exported_directions_reimported_give_identical_curves_on_every_model(run):
+def test_exported_directions_reimported_give_identical_curves_on_every_model(run, capsys):
     from flatlens.cli import main
     from flatlens.pipeline import MeasurementRun
     a, b = str(run / "a.pt"), str(run / "b.pt")
@@ -194,6 +194,10 @@ def test_exported_directions_reimported_give_identical_curves_on_every_model(run
     assert main(["landscape", b, *common, "--directions-file", str(run / "d.h5"), "--json", str(run / "c3.json")]) == 0
     other = MeasurementRun.from_json(run / "c3.json").records[0].result
     assert other.direction["sha256"] == again.direction["sha256"] and other.losses != first.losses
+    # asking for more directions than the file holds is refused in one line that names the fix
+    more = [x if x != "3" else "4" for x in common]
+    assert main(["landscape", a, *more, "--directions-file", str(run / "d.h5")]) == 2
+    assert "holds 3 directions; 4 asked (--directions 3 reads them all)" in capsys.readouterr().err
 
 
 def test_loss_landscapes_own_direction_files_are_read_by_position_and_checked():

@@ -77,7 +77,8 @@ class GivenDirections:
 
     def make(self, seed: int, indices) -> torch.Tensor:
         if max(indices, default=0) >= self.rows.shape[0]:
-            raise FlatlensError(f"the direction file holds {self.rows.shape[0]} directions; {max(indices) + 1} asked")
+            raise FlatlensError(f"the direction file holds {self.rows.shape[0]} directions; {max(indices) + 1} asked "
+                                f"(--directions {self.rows.shape[0]} reads them all)")
         return self.rows[list(indices)].clone()
 
     def orthogonal_pair(self, seed: int):
