@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, vjp, vmap
 
 from .._util import FlatlensError, check_number, generator
 from ..objective import widen
-from .operator import MODES, batched_products_pay
+from .operator import MODES, RowProducts
 
 LABELS = ("empirical", "sampled")
 
@@ -73,7 +73,7 @@ def check_fisher_loss(loss_fn, labels: str) -> None:
                             f"from); got {type(loss_fn).__name__} (the GGN takes any loss)")
 
 
-class OutputCurvature:
+class OutputCurvature(RowProducts):
     """M v = sum_b w_b J_b' Lambda_b (J_b v) over the objective's batches (those its Hessian operator uses, re-cut
     where that leaves F unchanged); a `CurvatureOperator`. Subclasses give `kind` and `_output_map`."""
     kind = ""
@@ -141,34 +141,6 @@ class OutputCurvature:
         return out
 
     # ---------------------------------------------------------------- the CurvatureOperator protocol
-    def hvp(self, v):
-        """M v (the protocol's name for a product). A dict name -> tensor gives a dict, a flat vector a flat one."""
-        flat, was_dict = self.obj.as_flat(v)
-        if flat.dim() != 1:
-            raise FlatlensError("hvp takes one vector; use hvp_many for a stack")
-        out = self._apply(flat[None], batched=False)[0]
-        return {n: t.clone() for n, t in self.obj.unflatten(out).items()} if was_dict else out
-
-    def hvp_many(self, V: torch.Tensor, *, batched: bool | str = "auto") -> torch.Tensor:
-        """M applied to each row of V (m, num_params): a loop, or (batched=True) blocks of `hvp_block` rows through
-        one vmapped pass; "auto": the loop on a CPU, on an accelerator whichever a timing picks (once)."""
-        V, _ = self.obj.as_flat(V)
-        if V.dim() == 1:
-            V = V[None]
-        if not len(V):
-            return V.clone()
-        if batched == "auto":
-            batched = len(V) > 1 and self.batched_hvps_pay()
-        if batched:
-            return torch.cat([self._apply(V[i:i + self.hvp_block], batched=True)
-                              for i in range(0, len(V), self.hvp_block)])
-        return self._apply(V, batched=False)
-
-    def batched_hvps_pay(self) -> bool:
-        if self._batched is None:
-            self._batched = batched_products_pay(self, self.obj)
-        return self._batched
-
     @property
     def hvp_block(self) -> int:
         """Rows per vmapped pass: the Hessian operator's (its double-backward graph bounds this one's)."""

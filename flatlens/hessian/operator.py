@@ -104,7 +104,49 @@ def batched_products_pay(op, obj) -> bool:
 MODES = ("auto", "graph", "recompute")
 
 
-class HessianOperator:
+class RowProducts:
+    """`hvp` and `hvp_many` of a matrix-free operator from its `_apply(V, batched)`: M applied to the rows of V
+    (m, num_params), in a loop of single products or (batched=True) through one vmapped pass. Subclasses give
+    `_apply`, `hvp_block` and the fields `obj`, `n_hvp`, `_batched`."""
+
+    def _apply(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hvp(self, v):
+        """M v. `v` is a dict name -> tensor (returns a dict) or a flat vector (returns a flat vector)."""
+        flat, was_dict = self.obj.as_flat(v)
+        if flat.dim() != 1:
+            raise FlatlensError("hvp takes one vector; use hvp_many for a stack")
+        out = self._apply(flat[None], batched=False)[0]
+        return {n: t.clone() for n, t in self.obj.unflatten(out).items()} if was_dict else out
+
+    def hvp_many(self, V: torch.Tensor, *, batched: bool | str = "auto") -> torch.Tensor:
+        """M applied to each row of V (m, num_params).
+
+        batched=False: a loop of single products; True: blocks of `hvp_block` rows through one vmapped pass;
+        "auto" (default): the loop on CPU, where it was measured faster (benchmarks/hessian_vs_pyhessian.py), and
+        on an accelerator whichever of the two a timing of two products picks, once per operator
+        (`batched_hvps_pay`, recorded in `settings()`)."""
+        V, _ = self.obj.as_flat(V)
+        if V.dim() == 1:
+            V = V[None]
+        if not len(V):
+            return V.clone()
+        if batched == "auto":
+            batched = len(V) > 1 and self.batched_hvps_pay()
+        if batched:
+            return torch.cat([self._apply(V[i:i + self.hvp_block], batched=True)
+                              for i in range(0, len(V), self.hvp_block)])
+        return self._apply(V, batched=False)
+
+    def batched_hvps_pay(self) -> bool:
+        """Whether blocks of products through one vmapped pass beat a loop here (`batched_products_pay`)."""
+        if self._batched is None:
+            self._batched = batched_products_pay(self, self.obj)
+        return self._batched
+
+
+class HessianOperator(RowProducts):
     """H of `obj` at its centre. It reads the objective through its public interface: the centre and the names
     of the parameters spanning the space, `full_params`, the functional `batch_loss`, its resident data
     (`obj.data`: batches, weights, re-cutting) and its collectives (`obj.group`, summing each rank's share of
@@ -242,32 +284,10 @@ class HessianOperator:
         obj.tick("hvp", count)
         return out
 
-    # ---------------------------------------------------------------- products
-    def hvp(self, v):
-        """H v. `v` is a dict name -> tensor (returns a dict) or a flat vector (returns a flat vector)."""
-        flat, was_dict = self.obj.as_flat(v)
-        if flat.dim() != 1:
-            raise FlatlensError("hvp takes one vector; use hvp_many for a stack")
-        out = self._hvp_into(flat, batched=False)
-        return {n: t.clone() for n, t in self.obj.unflatten(out).items()} if was_dict else out
-
-    def hvp_many(self, V: torch.Tensor, *, batched: bool | str = "auto") -> torch.Tensor:
-        """H applied to each row of V (m, num_params).
-
-        batched=False: a loop over the reused graph; True: blocks of rows through one vmapped backward
-        (autograd's is_grads_batched), `hvp_block` rows at a time; "auto" (default): the loop on CPU, where it
-        was measured faster (benchmarks/hessian_vs_pyhessian.py), and on an accelerator whichever of the two a
-        timing of two HVPs picks, once per operator (recorded in `describe()` as `hvp_batched`)."""
-        V, _ = self.obj.as_flat(V)
-        if V.dim() == 1:
-            V = V[None]
-        if not len(V):
-            return V.clone()
-        if batched == "auto":
-            batched = len(V) > 1 and self.batched_hvps_pay()
+    def _apply(self, V: torch.Tensor, batched: bool) -> torch.Tensor:
+        """H applied to the rows of V: one vmapped backward (autograd's is_grads_batched), or a loop over them."""
         if batched:
-            return torch.cat([self._hvp_into(V[i:i + self.hvp_block], batched=True)
-                              for i in range(0, len(V), self.hvp_block)])
+            return self._hvp_into(V, batched=True)
         return torch.stack([self._hvp_into(v, batched=False) for v in V])
 
     @property
@@ -283,12 +303,6 @@ class HessianOperator:
                 per = self.graph_bytes_per_sample * max(self.weights) * self.obj.n_samples
             self._block = self.obj.group.min_int(int(max(1, min(8, self.graph_budget_bytes // max(1, int(per))))))
         return self._block
-
-    def batched_hvps_pay(self) -> bool:
-        """Whether blocks of HVPs through one vmapped backward beat a loop here (`batched_products_pay`)."""
-        if self._batched is None:
-            self._batched = batched_products_pay(self, self.obj)
-        return self._batched
 
     def release_graph(self) -> None:
         """Free the cached double-backward graph (rebuilt on the next HVP)."""

@@ -14,24 +14,34 @@ from .registry import LOWER, Metric, Row, RowSpec, register_metric, setting, t_r
 
 
 @dataclass
-class EigSettings:
+class CurvatureEigSettings:
+    """Top eigenvalues of a curvature operator: its largest end (the GGN's, which is positive semi-definite)."""
     k: int = setting(1, "number of eigenvalues (up to 1000: each holds a vector of the model's size)", "--k", min=1,
                      max=1000)
-    which: str = setting("LA", "which end: LA largest, SA smallest (algebraic), LM largest magnitude", "--which",
-                         choices=("LA", "SA", "LM"))
-    bottom: bool = setting(False, "also the most negative eigenvalue (which=SA; slow to converge: about 10x the "
-                           "HVPs of the top one on the digits model)", "--bottom")
     method: str = setting("lanczos", "eigenvalue method", "--eig-method", choices=("lanczos", "power"))
     tol: float = setting(1e-3, "eigenvalue tolerance (relative)", "--tol", gt=0, max=1)
     bound: str = setting("residual", "what Lanczos stops on and reports: residual (always a bound) or gap "
                          "(residual^2 / the Ritz values' gap: fewer HVPs, a bound when that gap estimate holds)",
                          "--eig-bound", choices=("residual", "gap"))
     max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)
+
+    def check(self) -> None:
+        """The gap bound needs flatlens's Lanczos (checked before any work, by the estimator's own rule)."""
+        from ..hessian.eigen import check_bound
+        check_bound(self.bound, self.method)
+
+
+@dataclass
+class EigSettings(CurvatureEigSettings):
+    """The Hessian's extreme eigenvalues: either end (it is indefinite), and PyHessian as a cross-check."""
+    which: str = setting("LA", "which end: LA largest, SA smallest (algebraic), LM largest magnitude", "--which",
+                         choices=("LA", "SA", "LM"))
+    bottom: bool = setting(False, "also the most negative eigenvalue (which=SA; slow to converge: about 10x the "
+                           "HVPs of the top one on the digits model)", "--bottom")
     backend: str = setting("flatlens", "flatlens, or pyhessian as a cross-check", "--backend",
                            choices=("flatlens", "pyhessian"))
 
     def check(self) -> None:
-        """The gap bound needs flatlens's Lanczos (checked before any work, by the estimator's own rule)."""
         from ..hessian.eigen import check_bound
         check_bound(self.bound, self.method, self.backend)
 
@@ -152,22 +162,6 @@ register_metric(Metric(
 
 
 # --------------------------------------------------------------------------- the GGN and the Fisher
-@dataclass
-class CurvatureEigSettings:
-    """Top eigenvalues of a positive semi-definite curvature (the GGN): its largest end, by the Hessian's flags."""
-    k: int = setting(1, "number of eigenvalues", "--k", min=1)
-    method: str = setting("lanczos", "eigenvalue method", "--eig-method", choices=("lanczos", "power"))
-    tol: float = setting(1e-3, "eigenvalue tolerance (relative)", "--tol", gt=0, max=1)
-    bound: str = setting("residual", "what Lanczos stops on and reports: residual (always a bound) or gap "
-                         "(residual^2 / the Ritz values' gap: fewer HVPs, a bound when that gap estimate holds)",
-                         "--eig-bound", choices=("residual", "gap"))
-    max_hvp: int = setting(2000, "at most this many Hessian-vector products per estimate", "--max-hvp", min=1)
-
-    def check(self) -> None:
-        from ..hessian.eigen import check_bound
-        check_bound(self.bound, self.method)
-
-
 def _ggn_eig_compute(obj, s: CurvatureEigSettings, ctx):
     from .. import hessian
     main = hessian.top_eigenvalues(hessian.ggn(obj), s.k, which="LA", method=s.method, tol=s.tol, max_hvp=s.max_hvp,
