@@ -181,6 +181,17 @@ def fig_claims(run):
     return fig
 
 
+def _finished(fig, drawn: int, legend_ax=None, **legend):
+    """The figure laid out (with its legend on `legend_ax`), or None, closed, when nothing was drawn on it."""
+    if not drawn:
+        plt.close(fig)
+        return None
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=7, **legend)
+    fig.tight_layout()
+    return fig
+
+
 def _claim_label(c) -> str:
     if c.spec.metric == ACCURACY:
         return "out-of-domain accuracy"
@@ -210,16 +221,11 @@ def fig_density(run):
         r = rec.result
         ax.semilogy(r.grid, np.maximum(np.asarray(r.density), 1e-12), color=pal[c], label=f"{plan.label(c)} (seed {m.seed})")
         drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_ylim(1e-8, None)
     ax.set_xlabel("eigenvalue λ of the Hessian")
     ax.set_ylabel("spectral density (log scale)")
     ax.set_title(f"Hessian spectral density, train split, test domain {plan.where(d)}")
-    ax.legend(title="model", fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, drawn, ax, title="model")
 
 
 CURVATURE_NAMES = {"hessian": "Hessian", "ggn": "GGN"}
@@ -259,13 +265,8 @@ def fig_curvature_spectra(run):
         ax.set_xlabel("Ritz value θ (eigenvalue estimate; symmetric log scale, linear in [-1, 1])")
         ax.set_ylabel("SLQ weight τ (spectral mass)")
         ax.set_title(f"train split, test domain {plan.where(d)}")
-    if not drawn:
-        plt.close(fig)
-        return None
-    axes[0, 0].legend(title="model, curvature", fontsize=7)
     fig.suptitle("Hessian and GGN spectra: stochastic Lanczos quadrature's Ritz values and weights", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, drawn, axes[0, 0], title="model, curvature")
 
 
 def fig_curves(run):
@@ -291,12 +292,7 @@ def fig_curves(run):
         ax.set_xlabel("step α along a filter-normalized direction")
         ax.set_ylabel("training loss L(w + α d) (nats, log scale)")
         ax.set_title(f"1D curves, test domain {plan.where(d)} (95 % band over directions)")
-    if not drawn:
-        plt.close(fig)
-        return None
-    axes[0, 0].legend(title="model", fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, drawn, axes[0, 0], title="model")
 
 
 def _surfaces(run, figure: str):
@@ -557,12 +553,7 @@ def fig_domain_accuracy(run):
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"Test domain {plan.where(d)}: accuracy per domain (mean, 95 % CI over seeds)", fontsize=9)
-    if not drawn:
-        plt.close(fig)
-        return None
-    axes[0, 0].legend(title="model (seeds)", fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, drawn, axes[0, 0], title="model (seeds)")
 
 
 def fig_barriers(run):
@@ -613,11 +604,7 @@ def fig_barriers(run):
         bx.set_ylabel("loss barrier (nats)")
         bx.set_title("Barrier per seed (its simultaneous 95 % interval); black: mean, 95 % CI over seeds "
                      "(exploratory)", fontsize=8)
-    if not drawn:
-        plt.close(fig)
-        return None
-    fig.tight_layout()
-    return fig
+    return _finished(fig, drawn)
 
 
 FIGURES = {
