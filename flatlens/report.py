@@ -197,12 +197,13 @@ def exploratory_block(run) -> list[str]:
 
 
 def barrier_sentence(e) -> str:
-    """An exploratory barrier entry: its per-seed barriers, their mean with the t-interval over seeds, the raw p."""
+    """An exploratory barrier entry: the barrier of the seeds' mean excess curve with its simultaneous interval over
+    seeds and the raw p (analysis.barriers), and each seed's own barrier."""
     t = e.one_sample
-    test = (f"95 % CI {_ci(t.ci95)} ({t.test}, df = {_f(t.df, 3)}, p = {_p(t.p)})" if t.testable else
+    test = (f"simultaneous 95 % CI {_ci(t.ci95)} ({t.test}, df = {_f(t.df, 3)}, p = {_p(t.p)})" if t.testable else
             f"({t.test}: {t.note or 'not testable'})")
-    return (f"- {e.statement}: mean barrier {_f(t.estimate)} nats over {len(e.values)} seeds"
-            f"{',' if t.testable else ''} {test}; per seed {', '.join(_f(v) for v in e.values)} nats.")
+    return (f"- {e.statement}: barrier of the mean curve {_f(t.estimate)} nats over {len(e.values)} seeds"
+            f"{',' if t.testable else ''} {test}; each seed's own barrier {', '.join(_f(v) for v in e.values)} nats.")
 
 
 def provenance(run) -> str:

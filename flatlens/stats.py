@@ -153,8 +153,9 @@ def welch(a: Estimate, b: Estimate, *, source: str | None = None) -> TestResult:
     src = source or (a.source if a.source == b.source else f"{a.source} / {b.source}")
     if not math.isfinite(se) or a.df <= 0 or b.df <= 0:
         return TestResult("Welch t", diff, se, 0.0, None, math.nan, math.nan, [a.n, b.n], src)
-    if se == 0:
-        return TestResult("Welch t", diff, 0.0, 0.0, None, math.nan, math.nan, [a.n, b.n], src, note=NO_SPREAD)
+    if va == 0 or vb == 0:  # one group without spread: its variance is unknown, not 0 (statistics.md)
+        note = NO_SPREAD if se == 0 else NO_SPREAD + " in one group"
+        return TestResult("Welch t", diff, se, 0.0, None, math.nan, math.nan, [a.n, b.n], src, note=note)
     df = satterthwaite(va, a.df, vb, b.df)
     t = diff / se
     return TestResult("Welch t", diff, se, df, _ci(diff, se, df), t, _p_two_sided(t, df), [a.n, b.n], src,
@@ -238,11 +239,39 @@ def max_of_means(x, *, level: float = LEVEL, source: str = MEASUREMENT) -> MaxEs
     return MaxEstimate(float(mean[j]), j, (low, float(hi.max())), keep, c, m, n, source=source)
 
 
+def max_of_means_test(x, *, source: str = MEASUREMENT, test: str = "simultaneous t over the grid (Bonferroni)"
+                      ) -> tuple[MaxEstimate, TestResult]:
+    """Is the largest of m column means above 0 (a loss barrier over seeds: rows the seeds, columns the grid)?
+
+        t_j = xbar_j / se_j,   p = min(1, 2 m' min_j P(T_{n-1} > t_j))       (m' columns with spread)
+
+    p < 0.05 exactly when the lower end of `max_of_means`'s simultaneous interval is above 0, and under the null
+    (every mu_j <= 0) p < alpha with probability <= alpha / 2: Bonferroni, conservative. The mean of per-row maxima
+    is no such test: each row's maximum is >= its exact columns' 0, so it sits above 0 even where no mu_j does."""
+    mo = max_of_means(x, source=source)
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    if n < 2:
+        return mo, TestResult(test, mo.value, math.inf, 0.0, None, math.nan, math.nan, [n], source,
+                              note="not testable: fewer than 2 values")
+    se = x.std(axis=0, ddof=1) / math.sqrt(n)
+    spread = se > 0
+    if not spread.any():
+        return mo, TestResult(test, mo.value, 0.0, n - 1, None, math.nan, math.nan, [n], source, note=NO_SPREAD)
+    tj = np.where(spread, x.mean(axis=0) / np.where(spread, se, 1.0), -np.inf)
+    k = int(np.argmax(tj))
+    p = float(min(1.0, 2 * mo.m * stats.t.sf(tj[k], n - 1)))
+    # the statistic is the largest t_j (the one p comes from); the stderr is the column's at the mean curve's peak
+    return mo, TestResult(test, mo.value, float(se[mo.argmax]), n - 1, mo.ci95, float(tj[k]), p, [n], source)
+
+
 def over_seeds_estimate(values: Sequence[float], within: Sequence[float | None] | None = None) -> Estimate:
     """A method's value over its S independently trained models (seeds): the t-interval of the per-seed values
     on S - 1 df (the between-seed variance covers the measurement noise of each value), with the measurement part
     reported beside it:  within_stderr = sqrt(sum_s se_s^2) / S   (None unless every seed has a finite se)."""
     out = t_interval(values, source=over_seeds(len(values)))
+    if out.n >= 2 and out.stderr == 0:  # seeds that agree exactly: no spread to build an interval on, not certainty
+        out.ci95 = None
     ses = list(within or [])
     out.within_stderr = (math.sqrt(sum(s * s for s in ses)) / len(ses)
                          if ses and len(ses) == len(values) and all(s is not None and math.isfinite(s) for s in ses)

@@ -5,6 +5,7 @@ import os
 import re
 
 import matplotlib
+import numpy as np
 import pytest
 
 from flatlens import metrics as M
@@ -199,6 +200,18 @@ def test_renaming_a_display_label_changes_no_number_in_the_report(run_dir, monke
     assert _numbers(after.replace("RENAMED", "")) == _numbers(before)
 
 
+def test_the_report_reads_the_histograms_bins_from_the_fit(run_dir):
+    # the quantization-error sentence once printed "50-bin" as text, whatever the fit used
+    from flatlens.report import write_report
+    run = load_run(str(run_dir))
+    assert run.analysis.quant_error, "the quick run fits the quantization error"
+    bins = run.analysis.quant_error[0].fit.bins
+    assert f"{bins}-bin histogram" in write_report(run)
+    run.analysis.quant_error[0].fit.bins = bins + 7
+    text = write_report(run)
+    assert f"{bins + 7}-bin histogram" in text and f"{bins}-bin histogram" not in text
+
+
 def test_removing_a_registry_entry_removes_the_metric_everywhere(run_dir, tmp_path, capsys):
     keep = ("hessian-trace", "flatness")
     with M.swapped({n: m for n, m in M.REGISTRY.items() if n in keep}):
@@ -358,7 +371,7 @@ def test_the_data_figures_show_every_domain_and_every_configuration(run_dir):
 def test_each_quantized_model_is_measured_against_its_seeds_full_precision_model(run_dir):
     """The barrier of every pair (exploratory): each QAT model's interpolation starts at its own seed's
     full-precision model (the same prefix), on the seed's samples; the analysis tests each bit-width's barriers over
-    seeds with a raw p, the report says so under the exploratory comparisons, figure 12 draws every pair."""
+    seeds (the barrier of their mean excess curve) with a raw p, the report says so under the exploratory comparisons, figure 12 draws every pair."""
     from flatlens.analysis import BARRIER
     from flatlens.plots import FIGURES
     run = load_run(str(run_dir))
@@ -377,7 +390,12 @@ def test_each_quantized_model_is_measured_against_its_seeds_full_precision_model
     assert sorted(e.key.split(":")[2].split("@")[0] for e in entries) == sorted(c for c, b in plan.configs if b)
     for e in entries:
         config = e.key.split(":")[2].split("@")[0]
-        assert len(e.values) == len(plan.seeds_of(config)) and e.one_sample.test.startswith("one-sample t over seeds")
+        assert len(e.values) == len(plan.seeds_of(config)) and e.one_sample.test.startswith("max over a of the mean")
+        # the barrier of the seeds' mean excess curve on [0, 1], never the mean of per-seed maxima (biased above 0)
+        recs = [mm.record("train", "interpolate") for mm in sorted(run.runs(e.domain, config), key=lambda x: x.seed)]
+        inside = np.array([0 <= a <= 1 for a in recs[0].result.alphas])
+        curve = np.mean([np.asarray(r.result.excess)[inside] for r in recs], axis=0)
+        assert e.one_sample.estimate == pytest.approx(curve.max())
     report = (run_dir / "report.md").read_text()
     exploratory = report[report.index("## Exploratory comparisons"):report.index("## Accuracy")]
     assert exploratory.count("loss barrier on the straight line") == len(entries)

@@ -559,8 +559,9 @@ def fig_domain_accuracy(run):
 def fig_barriers(run):
     """(12) Linear mode connectivity of each seed's pairs: left, every pair's loss above the straight line between
     its endpoints, L(a) - [(1 - a) L(0) + a L(1)], from the seed's full-precision model (a = 0) to each quantized
-    one (a = 1), one line per pair; right, the barrier per bit-width: each seed's value with its own simultaneous
-    95 % interval, and the mean with its 95 % CI over seeds (exploratory)."""
+    one (a = 1), one line per pair, and the mean over seeds (thick); right, the barrier per bit-width: each seed's
+    value with its own simultaneous 95 % interval, and the barrier of the mean curve with its simultaneous 95 %
+    interval over seeds (analysis.barriers; exploratory)."""
     from ..analysis import BARRIER
     metric = _drawn("fig13_loss_barriers")
     if metric is None:
@@ -574,19 +575,22 @@ def fig_barriers(run):
         ax, bx = axes[i]
         for k, (c, bits) in enumerate(quant):
             ms = sorted(run.runs(d, c), key=lambda m: m.seed)
-            first = True
+            first, curves = True, []
             for m in ms:
                 rec = m.record("train", metric)
                 if rec is None:
                     continue
                 r = rec.result
-                ax.plot(r.alphas, r.excess, color=pal[c], lw=0.9, alpha=0.75, label=plan.label(c) if first else None)
+                ax.plot(r.alphas, r.excess, color=pal[c], lw=0.6, alpha=0.45, label=plan.label(c) if first else None)
+                curves.append(r)
                 first = False
                 drawn += 1
                 b = rec.row("barrier")
                 err = None if b.interval is None else [[b.value - b.interval[0]], [b.interval[1] - b.value]]
                 bx.errorbar(k - 0.12 + 0.24 * (m.seed % 7) / 6, b.value, yerr=err, fmt="o", ms=3, color=pal[c],
                             capsize=1.5, alpha=0.8)
+            if curves and all(r.alphas == curves[0].alphas for r in curves):
+                ax.plot(curves[0].alphas, np.mean([r.excess for r in curves], axis=0), color=pal[c], lw=2.4)
             e = next((x for x in an.exploratory if x.key == f"{BARRIER}{metric}:{c}@{d}"), None)
             if e is not None and e.one_sample.ci95 is not None:
                 t = e.one_sample
@@ -596,14 +600,15 @@ def fig_barriers(run):
         ax.axvspan(0, 1, color="0.92", zorder=0)
         ax.set_xlabel(f"a (0: the seed's {plan.label(plan.config_with_bits(None))} model, 1: its quantized model)")
         ax.set_ylabel("train loss above the line (nats)")
-        ax.set_title(f"Every pair, test domain {plan.where(d)} (BatchNorm recomputed at each a)", fontsize=9)
+        ax.set_title(f"Pairs (thin), mean over seeds (thick); test domain {plan.where(d)}; BatchNorm recomputed",
+                     fontsize=8)
         ax.legend(fontsize=7, title="quantized end")
         bx.axhline(0, color="k", lw=0.7)
         bx.set_xticks(range(len(quant)), [plan.label(c) for c, _ in quant])
         bx.set_xlabel("quantized model of the pair")
         bx.set_ylabel("loss barrier (nats)")
-        bx.set_title("Barrier per seed (its simultaneous 95 % interval); black: mean, 95 % CI over seeds "
-                     "(exploratory)", fontsize=8)
+        bx.set_title("Per seed (its own simultaneous 95 %); black: the mean curve's barrier,\nsimultaneous 95 % CI "
+                     "over seeds (exploratory)", fontsize=8)
     return _finished(fig, drawn)
 
 
