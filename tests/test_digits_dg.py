@@ -183,6 +183,33 @@ def test_leave_one_domain_out_never_sees_the_test_domain(tmp_path):
     assert x.shape == (64, 1, 16, 16) and "mnist-photo" not in info["domains"]
 
 
+@pytest.mark.parametrize("bits", [None, 4])
+def test_checkpoint_selection_follows_training_domains_validation_never_the_test_domain(bits):
+    """best-val selection reads only the mean validation accuracy of the training domains: two runs that differ only
+    in what the held-out domain scores (best where validation is worst, and the reverse) select the same step and
+    the same weights, the step of the highest validation mean; the test accuracy is reported, never used."""
+    from flatlens.checkpoint import Checkpoint
+    from flatlens.train import TrainConfig
+    from flatlens.train.trainer import Trainer
+    val = {10: 0.50, 20: 0.90, 30: 0.60, 40: 0.70}  # the training domains' validation accuracy at each evaluation
+    picked = []
+    for test in ({10: 0.99, 20: 0.10, 30: 0.95, 40: 0.98}, {10: 0.10, 20: 0.99, 30: 0.20, 40: 0.30}):
+        cfg = TrainConfig(dataset="digits-dg", test_domains=["printed"], steps=40, eval_every=10, image_size=16,
+                          arch_kwargs={"width": 4}, bits=bits, quant_start=5, seed=0)
+        trainer = Trainer(cfg, quiet=True)
+
+        def scripted(domain, indices, trainer=trainer, test=test):
+            return (test if domain == "printed" else val)[trainer.step]
+
+        trainer.accuracy = scripted
+        trainer.run()
+        ck = Checkpoint.of(trainer.checkpoint())
+        assert ck.metrics["selected_step"] == 20 and ck.metrics["mean_test_acc"] == test[20]
+        picked.append(ck.state_dict)
+    assert picked[0].keys() == picked[1].keys()
+    assert all(torch.equal(picked[0][k], picked[1][k]) for k in picked[0])
+
+
 def test_cli_trains_digits_dg_with_the_small_cnn_defaults(tmp_path):
     from flatlens.checkpoint import load_checkpoint
     from flatlens.cli import main
