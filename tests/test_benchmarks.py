@@ -91,3 +91,20 @@ def test_gpu_suite_fashion_section_runs_on_every_folder_layout_the_loader_reads(
     res = gpu_suite.fashion_paired_section("cuda", True, str(root), str(tmp_path / "out"))
     assert res["run"] is False and stems[-1] in res["reason"] and "\n" not in res["reason"] and len(calls) == 1
 
+
+@pytest.mark.slow
+def test_ggn_vs_curvlinops_tiny_agrees_with_curvlinops_and_the_exact_trace(tmp_path):
+    """benchmarks/ggn_vs_curvlinops.py cannot rot: its --tiny mode runs every section (matvec, block of 8, the
+    trace against the exact one) in seconds, and the two libraries' GGN products agree."""
+    pytest.importorskip("curvlinops", reason="curvlinops-for-pytorch is not installed (pip install -e '.[test]')")
+    out = tmp_path / "ggn.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ggn_vs_curvlinops.py"), "--tiny",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["tiny"] is True and d["batches"] == [64, 64] and d["a_matvec"]["repeats"] == 1
+    assert d["a_matvec"]["max_rel_difference"] < 1e-5  # float32: the same GGN product from both libraries
+    assert d["b_block_of_8"]["flatlens_seconds"] > 0 and d["b_block_of_8"]["curvlinops_seconds"] > 0
+    c = d["c_trace_2pct"]
+    assert c["exact"] > 0 and len(c["seeds"]) == 1
+    assert c["flatlens_max_abs_rel_error"] < 0.05 and c["curvlinops_max_abs_rel_error"] < 0.2
