@@ -31,7 +31,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(TVENV)/.installed: $(TBIN)/python pyproject.toml
 	$(TBIN)/python -c "import torchvision" 2>/dev/null || $(TBIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
-	$(TBIN)/python -m pip install -e '.[test,vision]'
+	$(TBIN)/python -m pip install -e '.[test,vision]' $$($(TBIN)/python -c "import torch, torchvision; \
+		print(' '.join(f'{m.__name__}=={m.__version__.split(\"+\")[0]}' for m in (torch, torchvision)))")
 	touch $@
 
 install: $(VENV)/.installed

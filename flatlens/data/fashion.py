@@ -35,6 +35,14 @@ def find(root: str, stem: str) -> str:
                         f"(e.g. {ROOT}, from apt-get install dataset-fashion-mnist)")
 
 
+def locate(root: str) -> dict[str, str]:
+    """{stem: path} of all four idx files under `root` as the loader resolves them (the folder itself or
+    torchvision's FashionMNIST/raw under it, each file plain or .gz); FlatlensError naming the first missing one.
+    Callers that check for the files first (benchmarks/gpu_suite.py) use this, so they accept what the loader
+    accepts."""
+    return {stem: find(root, stem) for pair in FILES.values() for stem in pair}
+
+
 def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, 28, 28), labels int64 (n,)) of one of FILES' splits, checked against each other."""
     img_path, lab_path = (find(root, s) for s in FILES[split])
