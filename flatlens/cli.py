@@ -685,7 +685,7 @@ def _compare_flags(c):
     c.add_argument("--paired", action="store_true",
                    help="groups: pair the checkpoints by seed and shared training prefix (recorded by flatlens "
                         "train / reproduce), measure each pair with its own seed, and test the paired difference")
-    c.add_argument("--metric", default="hessian-trace", choices=allm + ["all"], help="(default %(default)s)")
+    c.add_argument("--metric", default=M.default_metric(), choices=allm + ["all"], help="(default %(default)s)")
     c.add_argument("--split", choices=["train", "test", "both"], default="train", help="(default %(default)s)")
     _common_flags(c)
     _setting_flags(c, allm)

@@ -91,6 +91,25 @@ def test_every_subcommand_is_one_table_entry_whose_paths_preflight_reads():
             assert isinstance(name, tuple) or name in dests, (c.name, name)
 
 
+def test_compare_measures_the_registry_default_when_no_metric_is_given(tmp_path):
+    parse = lambda: build_parser().parse_args(["compare", "a.pt", "b.pt"]).metric  # noqa: E731
+    assert parse() == "hessian-trace" == M.default_metric()
+    # that entry removed, plain `compare A B` still measures a registered metric (no name hard-coded in the CLI)
+    with M.swapped({n: m for n, m in M.REGISTRY.items() if n != "hessian-trace"}):
+        assert parse() in M.REGISTRY
+    from flatlens.compare import Comparison
+    from flatlens.train import TrainConfig, train
+    paths = [str(tmp_path / f"s{s}.pt") for s in (0, 1)]
+    for s, p in enumerate(paths):
+        train(TrainConfig(steps=4, eval_every=4, arch_kwargs={"width": 2}, seed=s), p, quiet=True)
+    j = tmp_path / "cmp.json"
+    with M.swapped({n: m for n, m in M.REGISTRY.items() if n == "flatness"}):
+        assert parse() == "flatness"
+        assert main(["compare", *paths, "--samples", "32", "--directions", "4", "--no-cache", "--quiet",
+                     "--json", str(j)]) == 0
+    assert {r.metric for r in Comparison.from_json(j).rows} == {"flatness"}
+
+
 def test_train_flags_override_a_config_file_from_python(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"train": {"steps": 50, "eval_every": 7, "arch_kwargs": {"width": 2}, "seed": 3}}))

@@ -175,6 +175,7 @@ class Metric:
     claim: str | None = None         # its confirmatory claim in reproduce's plan ("{b} ... than {a}"; its summary row
     #                                  on the train split, the paper's bit-width against full precision), or None
     pair: bool = False               # measured against a partner checkpoint of the call (see the module docstring)
+    compare_default: bool = False    # what `flatlens compare` measures when no --metric is given (`default_metric`)
 
     def spec(self, key: str) -> RowSpec:
         for s in self.specs:
@@ -228,6 +229,13 @@ def get(name: str) -> Metric:
 def names(command: str | None = None) -> list[str]:
     """Registered metric names (those a subcommand measures, when `command` is given), in registry order."""
     return [n for n, m in REGISTRY.items() if command is None or m.command == command]
+
+
+def default_metric() -> str | None:
+    """The metric `flatlens compare` measures when no --metric is given: the entry flagged `compare_default`, else
+    (that entry removed) the first registered one; None when the registry is empty."""
+    flagged = [n for n, m in REGISTRY.items() if m.compare_default]
+    return flagged[0] if flagged else next(iter(REGISTRY), None)
 
 
 def drawn_in(figure: str) -> list[str]:
