@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import metrics as M
-from .measure import MetricRecord, check_centre, check_data, load_data_file, measure, select_data
+from .data import select_data
+from .measure import MetricRecord, check_centre, check_data, load_data_file, measure
 from .progress import overall
 from .results import Result, register
 

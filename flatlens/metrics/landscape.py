@@ -183,7 +183,7 @@ def directions_used(ckpt: dict, x, y, name: str, settings, *, device="cpu"):
     over the objective's parameters, that objective, and what they are (for `flatlens landscape --save-directions`)."""
     import torch
 
-    from ..measure import objective_for
+    from ..checkpoint import objective_for
     from ..perturb.directions import DirectionSpace
     common, s = settings.common, settings.of(name)
     obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size)
