@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
+from ._version import __version__
 from . import fmt
 from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
