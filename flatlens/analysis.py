@@ -457,3 +457,10 @@ def analyze(run) -> Analysis:
     claims, family = confirmatory(run)
     return Analysis(aggregates=aggregates(run), claims=claims, family=family, exploratory=exploratory(run),
                     noise=noise_summary(run), quant_error=quant_error_fits(run))
+
+
+def registered_analysis(run) -> Analysis:
+    """The run's seed-level tests as results.json stores them (computed from its records if it stores none), for
+    the metrics registered now: what the report and the figures read."""
+    an = run.analysis if isinstance(run.analysis, Analysis) else analyze(run)
+    return an.registered()
