@@ -321,7 +321,7 @@ def cmd_interpolate(args):
     """The loss along (1 - a) w_A + a w_B on each split (the registry's pair entry, A its partner), printed, and
     written as typed records (--json), in loss-landscape's layout (--h5) and as a figure (--plot)."""
     from .checkpoint import weights_label
-    from .pipeline import DataSource, MeasurementRun, Target, measure_all
+    from .pipeline import DataSource, MeasurementRun, Target, check_compatible, measure_all
     settings = _settings(args, ["interpolate"])
     a, b = _load(args, args.a), _load(args, args.b)
     if a.sha256 == b.sha256:
@@ -329,10 +329,8 @@ def cmd_interpolate(args):
     if a.arch != b.arch:
         raise FlatlensError(f"{args.a} is a {a.arch.name} {a.arch.kwargs}, {args.b} a {b.arch.name} "
                             f"{b.arch.kwargs}: interpolation needs one architecture")
-    proto = lambda c: (None, None) if c.data is None else (c.data.dataset, c.data.test_domains)  # noqa: E731
-    if args.data is None and proto(a) != proto(b):
-        raise FlatlensError(f"{args.a} was trained on {proto(a)[0]} (test {proto(a)[1]}), {args.b} on "
-                            f"{proto(b)[0]} (test {proto(b)[1]}): pass --data FILE to choose the samples")
+    if args.data is None:
+        check_compatible([a, b])
     settings.metrics["interpolate"].partner = a.sha256
     show = args.progress
     lines = []

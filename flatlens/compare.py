@@ -90,25 +90,6 @@ class Comparison(Result):
     cache: dict = field(default_factory=dict)
 
 
-def check_compatible(ckpts: list) -> None:
-    """Checkpoints measured on the first one's samples: the same data set, test domains and image size, and the same
-    architecture."""
-    first = ckpts[0]
-    for c in ckpts[1:]:
-        if c.data is None or first.data is None:
-            raise FlatlensError(f"{(c if c.data is None else first).path} records no data protocol; pass --data")
-        same = (c.data.dataset, c.data.test_domains, c.data.image_size) == (
-            first.data.dataset, first.data.test_domains, first.data.image_size)
-        if not same:
-            raise FlatlensError(f"{c.path} was trained on {c.data.dataset} (test {c.data.test_domains}, "
-                                f"{c.data.image_size} px), {first.path} on {first.data.dataset} (test "
-                                f"{first.data.test_domains}, {first.data.image_size} px); pass --data to compare "
-                                "them on the same samples")
-        if c.arch != first.arch:
-            raise FlatlensError(f"{c.path} is a {c.arch.name}, {first.path} a {first.arch.name} with other settings; "
-                                "pass --data to compare them anyway")
-
-
 def _verdict(direction, diff, p_holm, alpha=stats.ALPHA) -> str:
     if p_holm is None or math.isnan(p_holm):
         return "not tested"
@@ -155,7 +136,7 @@ def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -
 def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress, axis="auto"):
     """Every checkpoint, metric and split on the first checkpoint's protocol (or the file's samples), with
     `settings` (one for all, or one per checkpoint): {(split, metric): [record per checkpoint]}."""
-    from .pipeline import DataSource, Target, measure_all
+    from .pipeline import DataSource, Target, check_compatible, measure_all
     if data_file is None:
         check_compatible(ckpts)
     per = settings if isinstance(settings, list) else [settings] * len(ckpts)
