@@ -756,10 +756,14 @@ class Command:
     flags: Callable
     handler: Callable
     description: Callable[[], str] | None = None
-    measures: bool = False          # measures registry entries named after it (left out when none is registered)
     inputs: tuple = ()
     files: tuple = ()
     folders: tuple = ()
+
+    @property
+    def measures(self) -> bool:
+        """It measures the registry entries that name it (`metrics.COMMANDS`; left out when none is registered)."""
+        return self.name in M.COMMANDS
 
 
 COMMANDS = (
@@ -771,19 +775,19 @@ COMMANDS = (
     Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
             cmd_ensemble, inputs=("checkpoints",), files=("json",)),
     Command("hessian", "Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint", _hessian_flags,
-            cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",), measures=True),
+            cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",)),
     Command("landscape", "1D curves or a 2D slice along random directions", _landscape_flags, cmd_landscape,
             lambda: _costs("landscape"),
             inputs=("checkpoint", "data", ("--directions-file", lambda a: getattr(a, "directions_file", None)),
                     ("--trajectory", lambda a: getattr(a, "trajectory", None))),
-            files=("json", "npz", "h5", "plot", "save_directions"), folders=("resume_dir",), measures=True),
+            files=("json", "npz", "h5", "plot", "save_directions"), folders=("resume_dir",)),
     Command("flatness", "SWAD-style local flatness at several radii, with 95%% CIs", _flatness_flags, cmd_flatness,
             lambda: _costs("flatness"),
-            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",)),
     Command("sharpness", "worst-case and adaptive sharpness, or the quantization-noise test, of a checkpoint",
             _sharpness_flags, cmd_sharpness,
             lambda: _costs("sharpness"),
-            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",)),
     Command("interpolate", "the loss along the straight line between two checkpoints, its barrier and where it peaks",
             _interpolate_flags, cmd_interpolate,
             lambda: ("(1 - a) w_A + a w_B on the train and test splits, BatchNorm statistics recomputed at each point "
@@ -791,7 +795,7 @@ COMMANDS = (
                      "their latent weights, each point's weights by a stated rule (printed); the barrier max over "
                      "[0, 1] of L(a) minus the line between the endpoint losses, with its simultaneous 95 % interval "
                      "over the samples. " + _costs("interpolate")),
-            inputs=("a", "b", "data"), files=("json", "h5", "plot"), measures=True),
+            inputs=("a", "b", "data"), files=("json", "h5", "plot")),
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,
             lambda: ("Checkpoints A B ...: measurement noise of these models (paired / Welch tests against the first). "

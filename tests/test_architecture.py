@@ -85,6 +85,7 @@ def test_every_subcommand_is_one_table_entry_whose_paths_preflight_reads():
     parser = build_parser()
     subs = parser._subparsers._group_actions[0].choices
     assert set(subs) == {c.name for c in COMMANDS if not c.measures or M.names(c.name)}
+    assert {c.name for c in COMMANDS if c.measures} == set(M.COMMANDS)  # one list of the measuring commands
     for c in COMMANDS:
         dests = {a.dest for a in subs[c.name]._actions}
         for name in c.inputs + c.files + c.folders:

@@ -146,7 +146,8 @@ class Context:
     prepared: Any = None               # what the entry's `prepare` made for every checkpoint of the call
 
 
-COMMANDS = ("hessian", "landscape", "flatness", "sharpness", "interpolate")   # the subcommands that measure alone
+# the subcommands that measure entries alone: the one list (the CLI's table of commands reads it)
+COMMANDS = ("hessian", "landscape", "flatness", "sharpness", "interpolate")
 # reproduce: "headline" (the family's on every seed, others on the first seeds), "illustrative" (one seed),
 # "exploratory" (every seed, train split, analysed as exploratory; a pair entry skips the full-precision models,
 # which are the partners), "extra" (not run)
