@@ -271,8 +271,7 @@ def _verdict(c: Claim) -> str:
     t = c.test
     if not t.difference.testable or (t.equivalence is not None and not t.equivalence.testable):
         return NOT_TESTABLE
-    diff = c.p_diff_adj is not None and c.p_diff_adj < stats.ALPHA
-    equiv = c.p_equiv_adj is not None and c.p_equiv_adj < stats.ALPHA
+    diff, equiv = stats.significant(c.p_diff_adj), stats.significant(c.p_equiv_adj)
     if diff and equiv:
         return SMALL
     if equiv:
@@ -296,16 +295,13 @@ def confirmatory(run) -> tuple[list[Claim], dict]:
     for i, t in enumerate(tests):
         ps += [t.difference.p, t.equivalence.p if t.equivalence is not None else math.nan]
         groups += [i, i]
-    adj = stats.holm(ps, exclusive=groups)
+    adj, level = stats.holm_family(ps, exclusive=groups)  # level: what its first step asks of every claim
     K = len(tests)
-    level = stats.ALPHA / max(K, 1)  # what the first step of the adjustment asks of every claim
     out = []
     for i, (spec, t) in enumerate(zip(plan.family, tests)):
-        pd, pe = adj[2 * i], adj[2 * i + 1]
         se, df = t.difference.stderr, t.difference.df
-        c = Claim(spec, spec.statement.format(a=plan.label(spec.a), b=plan.label(spec.b)), t,
-                  None if math.isnan(pd) else pd, None if math.isnan(pe) else pe, "",
-                  stats.detectable_difference(se, df, alpha=level),
+        c = Claim(spec, spec.statement.format(a=plan.label(spec.a), b=plan.label(spec.b)), t, adj[2 * i],
+                  adj[2 * i + 1], "", stats.detectable_difference(se, df, alpha=level),
                   stats.equivalence_margin80(se, df, alpha=level))
         c.verdict = _verdict(c)
         out.append(c)

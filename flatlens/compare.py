@@ -90,10 +90,11 @@ class Comparison(Result):
     cache: dict = field(default_factory=dict)
 
 
-def _verdict(direction, diff, p_holm, alpha=stats.ALPHA) -> str:
+def _verdict(direction, diff, p_holm) -> str:
+    """A row's word: which way it differs from the reference where its Holm-adjusted p rejects (`stats.significant`)."""
     if p_holm is None or math.isnan(p_holm):
         return "not tested"
-    if p_holm >= alpha:
+    if not stats.significant(p_holm):
         return "no significant difference"
     if direction == M.LOWER:
         return "flatter" if diff < 0 else "sharper"
@@ -123,11 +124,13 @@ def _pair_test(a: M.Row, b: M.Row):
 def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -> dict:
     """Holm over every tested row printed together (`tests`: row index -> its test); verdicts and MDE80s."""
     tested = [i for i, r in enumerate(rows) if r.p is not None and not math.isnan(r.p)]
-    adj, family = stats.holm_family([tests[i] for i in tested])
+    adj, level = stats.holm_family([tests[i].p for i in tested])
     for i, p in zip(tested, adj):
-        r = rows[i]
-        r.p_holm, r.mde80 = p, tests[i].mde80
+        r, t = rows[i], tests[i]
+        t.mde80 = stats.detectable_difference(t.stderr, t.df, alpha=level)
+        r.p_holm, r.mde80 = p, t.mde80
         r.verdict = _verdict(r.direction, r.diff, p)
+    family = {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA, "mde_alpha": level}
     return {**family, "note": "verdicts use Holm-adjusted p-values over every tested row printed together; MDE80 is "
                               "the difference detected with 80 % power at alpha / size (the level Holm guarantees "
                               "suffices)"}
