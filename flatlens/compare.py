@@ -27,6 +27,7 @@ from . import metrics as M
 from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
+from .checkpoint import Checkpoint
 from .measure import MetricRecord, versions
 from .results import Result, register
 
@@ -157,7 +158,7 @@ def _row_base(metric, split, key, subject, **kw) -> ComparisonRow:
                          direction=spec.direction, subject=subject, **kw)
 
 
-def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], settings: M.Settings, *,
+def compare(ckpts: list[Checkpoint], metric_names: list[str], splits: list[str], settings: M.Settings, *,
             cache: ResultCache, device="cpu", data_file: str | None = None, progress=False,
             axis: str = "auto") -> Comparison:
     """Checkpoint vs checkpoint (measurement noise): every row of every checkpoint against the first."""
@@ -195,7 +196,7 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
 MIN_GROUP = 3  # fewer checkpoints per group: Welch's coverage fell to 0.89 (2 vs 5, unequal spread)
 
 
-def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
+def _refuse_duplicates(groups: dict[str, list[Checkpoint]]) -> None:
     """The same model listed twice (in one group or in two) is one replicate, not two: refused."""
     seen = {}
     for g, cs in groups.items():
@@ -206,7 +207,7 @@ def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
             seen[c.sha256] = (g, c.path)
 
 
-def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
+def pairs_of(groups: dict[str, list[Checkpoint]]) -> list[int]:
     """The training seeds that pair the groups' checkpoints, in the first group's order: every group holds one
     checkpoint per seed, and checkpoints of one seed branched from the same full-precision prefix (their
     `pairing` records both). Refused, with the reason, where they do not match."""
@@ -236,7 +237,7 @@ def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
     return seeds
 
 
-def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], splits: list[str],
+def compare_groups(groups: dict[str, list[Checkpoint]], metric_names: list[str], splits: list[str],
                    settings: M.Settings, *, cache: ResultCache, device="cpu", data_file: str | None = None,
                    progress=False, axis: str = "auto", paired: bool = False) -> Comparison:
     """Method vs method (training noise): each group's checkpoints are its replicates. Unpaired: Welch over
@@ -309,7 +310,7 @@ def _with_seed(settings: M.Settings, seed: int) -> M.Settings:
     return s
 
 
-def _ckpt_info(c: dict) -> dict:
+def _ckpt_info(c: Checkpoint) -> dict:
     import dataclasses
     return {"path": c.path, "sha256": c.sha256, "arch": dataclasses.asdict(c.arch),
             "quant_bits": None if c.quant is None else c.quant.bits,

@@ -16,7 +16,7 @@ from torch import nn
 from ._version import __version__
 from . import metrics as M
 from ._util import FlatlensError
-from .checkpoint import build_model, objective_for, weights_label
+from .checkpoint import Checkpoint, build_model, objective_for, weights_label
 from .data import select_data
 from .resident import tensor_bytes
 from .parallel import all_min_int, group_info
@@ -45,7 +45,7 @@ def load_data_file(path: str):
     return x, y.long(), {"dataset": "file", "path": path, "split": "custom", "n": len(y), "indices_sha256": digest}
 
 
-def check_data(ckpt: dict, x, y, info) -> None:
+def check_data(ckpt: Checkpoint, x, y, info) -> None:
     """Inputs a checkpoint's model can take: float32 (the models' dtype: no silent cast), labels within its classes,
     its channels, and a shape it can run (one forward on the meta device: no memory, no time)."""
     kw = ckpt.arch.kwargs
@@ -71,7 +71,7 @@ def check_data(ckpt: dict, x, y, info) -> None:
                                 f"{tuple(x.shape[1:])} ({str(e).splitlines()[0][:80]})") from None
 
 
-def check_centre(ckpt: dict, x, y, *, weights: str = "deployed") -> None:
+def check_centre(ckpt: Checkpoint, x, y, *, weights: str = "deployed") -> None:
     """The loss at the centre is finite on these samples: a model whose loss is NaN or inf is refused before any
     measurement, naming the checkpoint (one forward pass)."""
     model = build_model(ckpt, weights)
@@ -122,7 +122,7 @@ def versions() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
 
 
-def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
+def measure(ckpt: Checkpoint, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
             progress=False, store: str | None = None, prepared=None, axis: str = "auto") -> MetricRecord:
     """A registered metric of a checkpoint on a split, through the cache. `data`: (x, y, info), samples the
     caller chose and checked for this checkpoint (`pipeline.DataSource`); default: the checkpoint's own

@@ -20,13 +20,16 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .. import stats
 from .._util import FlatlensError, check_number
 from ..results import Result, register
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 LOWER = "lower"   # lower is flatter
 
@@ -140,7 +143,7 @@ def t_row(key, values, pairing=None, n=None) -> Row:
 class Context:
     """What a computation may need beyond the Objective and its settings (not part of any key)."""
     seed: int = 0                      # the common seed (every probe, direction and noise draw)
-    ckpt: dict | None = None
+    ckpt: Checkpoint | None = None
     progress: bool = False
     store: str | None = None
     prepared: Any = None               # what the entry's `prepare` made for every checkpoint of the call
