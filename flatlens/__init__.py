@@ -1,5 +1,5 @@
 """flatlens: how flat is a network's minimum? Hessian spectra, landscapes, sharpness, QAT."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._util import FlatlensError
 from .objective import BatchLoss, Objective

@@ -272,8 +272,7 @@ def _verdict(c: Claim) -> str:
     t = c.test
     if not t.difference.testable or (t.equivalence is not None and not t.equivalence.testable):
         return NOT_TESTABLE
-    diff = c.p_diff_adj is not None and c.p_diff_adj < stats.ALPHA
-    equiv = c.p_equiv_adj is not None and c.p_equiv_adj < stats.ALPHA
+    diff, equiv = stats.significant(c.p_diff_adj), stats.significant(c.p_equiv_adj)
     if diff and equiv:
         return SMALL
     if equiv:
@@ -297,16 +296,13 @@ def confirmatory(run) -> tuple[list[Claim], dict]:
     for i, t in enumerate(tests):
         ps += [t.difference.p, t.equivalence.p if t.equivalence is not None else math.nan]
         groups += [i, i]
-    adj = stats.holm(ps, exclusive=groups)
+    adj, level = stats.holm_family(ps, exclusive=groups)  # level: what its first step asks of every claim
     K = len(tests)
-    level = stats.ALPHA / max(K, 1)  # what the first step of the adjustment asks of every claim
     out = []
     for i, (spec, t) in enumerate(zip(plan.family, tests)):
-        pd, pe = adj[2 * i], adj[2 * i + 1]
         se, df = t.difference.stderr, t.difference.df
-        c = Claim(spec, spec.statement.format(a=plan.label(spec.a), b=plan.label(spec.b)), t,
-                  None if math.isnan(pd) else pd, None if math.isnan(pe) else pe, "",
-                  stats.detectable_difference(se, df, alpha=level),
+        c = Claim(spec, spec.statement.format(a=plan.label(spec.a), b=plan.label(spec.b)), t, adj[2 * i],
+                  adj[2 * i + 1], "", stats.detectable_difference(se, df, alpha=level),
                   stats.equivalence_margin80(se, df, alpha=level))
         c.verdict = _verdict(c)
         out.append(c)
@@ -469,3 +465,10 @@ def analyze(run) -> Analysis:
     claims, family = confirmatory(run)
     return Analysis(aggregates=aggregates(run), claims=claims, family=family, exploratory=exploratory(run),
                     noise=noise_summary(run), quant_error=quant_error_fits(run))
+
+
+def registered_analysis(run) -> Analysis:
+    """The run's seed-level tests as results.json stores them (computed from its records if it stores none), for
+    the metrics registered now: what the report and the figures read."""
+    an = run.analysis if isinstance(run.analysis, Analysis) else analyze(run)
+    return an.registered()

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__
+from ._version import __version__
 from . import fmt
 from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
@@ -321,7 +321,7 @@ def cmd_interpolate(args):
     """The loss along (1 - a) w_A + a w_B on each split (the registry's pair entry, A its partner), printed, and
     written as typed records (--json), in loss-landscape's layout (--h5) and as a figure (--plot)."""
     from .checkpoint import weights_label
-    from .pipeline import DataSource, MeasurementRun, Target, measure_all
+    from .pipeline import DataSource, MeasurementRun, Target, check_compatible, measure_all
     settings = _settings(args, ["interpolate"])
     a, b = _load(args, args.a), _load(args, args.b)
     if a.sha256 == b.sha256:
@@ -329,10 +329,8 @@ def cmd_interpolate(args):
     if a.arch != b.arch:
         raise FlatlensError(f"{args.a} is a {a.arch.name} {a.arch.kwargs}, {args.b} a {b.arch.name} "
                             f"{b.arch.kwargs}: interpolation needs one architecture")
-    proto = lambda c: (None, None) if c.data is None else (c.data.dataset, c.data.test_domains)  # noqa: E731
-    if args.data is None and proto(a) != proto(b):
-        raise FlatlensError(f"{args.a} was trained on {proto(a)[0]} (test {proto(a)[1]}), {args.b} on "
-                            f"{proto(b)[0]} (test {proto(b)[1]}): pass --data FILE to choose the samples")
+    if args.data is None:
+        check_compatible([a, b])
     settings.metrics["interpolate"].partner = a.sha256
     show = args.progress
     lines = []
@@ -685,7 +683,7 @@ def _compare_flags(c):
     c.add_argument("--paired", action="store_true",
                    help="groups: pair the checkpoints by seed and shared training prefix (recorded by flatlens "
                         "train / reproduce), measure each pair with its own seed, and test the paired difference")
-    c.add_argument("--metric", default="hessian-trace", choices=allm + ["all"], help="(default %(default)s)")
+    c.add_argument("--metric", default=M.default_metric(), choices=allm + ["all"], help="(default %(default)s)")
     c.add_argument("--split", choices=["train", "test", "both"], default="train", help="(default %(default)s)")
     _common_flags(c)
     _setting_flags(c, allm)
@@ -758,10 +756,14 @@ class Command:
     flags: Callable
     handler: Callable
     description: Callable[[], str] | None = None
-    measures: bool = False          # measures registry entries named after it (left out when none is registered)
     inputs: tuple = ()
     files: tuple = ()
     folders: tuple = ()
+
+    @property
+    def measures(self) -> bool:
+        """It measures the registry entries that name it (`metrics.COMMANDS`; left out when none is registered)."""
+        return self.name in M.COMMANDS
 
 
 COMMANDS = (
@@ -773,19 +775,19 @@ COMMANDS = (
     Command("ensemble", "EoQ: accuracy of the averaged outputs of several checkpoints", _ensemble_flags,
             cmd_ensemble, inputs=("checkpoints",), files=("json",)),
     Command("hessian", "Hessian eigenvalues, trace, spectral density or diagonal of a checkpoint", _hessian_flags,
-            cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",), measures=True),
+            cmd_hessian, lambda: _costs("hessian"), inputs=("checkpoint", "data"), files=("json",)),
     Command("landscape", "1D curves or a 2D slice along random directions", _landscape_flags, cmd_landscape,
             lambda: _costs("landscape"),
             inputs=("checkpoint", "data", ("--directions-file", lambda a: getattr(a, "directions_file", None)),
                     ("--trajectory", lambda a: getattr(a, "trajectory", None))),
-            files=("json", "npz", "h5", "plot", "save_directions"), folders=("resume_dir",), measures=True),
+            files=("json", "npz", "h5", "plot", "save_directions"), folders=("resume_dir",)),
     Command("flatness", "SWAD-style local flatness at several radii, with 95%% CIs", _flatness_flags, cmd_flatness,
             lambda: _costs("flatness"),
-            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",)),
     Command("sharpness", "worst-case and adaptive sharpness, or the quantization-noise test, of a checkpoint",
             _sharpness_flags, cmd_sharpness,
             lambda: _costs("sharpness"),
-            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",), measures=True),
+            inputs=("checkpoint", "data"), files=("json",), folders=("resume_dir",)),
     Command("interpolate", "the loss along the straight line between two checkpoints, its barrier and where it peaks",
             _interpolate_flags, cmd_interpolate,
             lambda: ("(1 - a) w_A + a w_B on the train and test splits, BatchNorm statistics recomputed at each point "
@@ -793,7 +795,7 @@ COMMANDS = (
                      "their latent weights, each point's weights by a stated rule (printed); the barrier max over "
                      "[0, 1] of L(a) minus the line between the endpoint losses, with its simultaneous 95 % interval "
                      "over the samples. " + _costs("interpolate")),
-            inputs=("a", "b", "data"), files=("json", "h5", "plot"), measures=True),
+            inputs=("a", "b", "data"), files=("json", "h5", "plot")),
     Command("compare", "is one model (or method) flatter than another, by how much, how sure?", _compare_flags,
             cmd_compare,
             lambda: ("Checkpoints A B ...: measurement noise of these models (paired / Welch tests against the first). "

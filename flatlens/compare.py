@@ -27,6 +27,7 @@ from . import metrics as M
 from . import stats
 from ._util import FlatlensError, atomic_write_text
 from .cache import ResultCache
+from .checkpoint import Checkpoint
 from .measure import MetricRecord, versions
 from .results import Result, register
 
@@ -90,29 +91,11 @@ class Comparison(Result):
     cache: dict = field(default_factory=dict)
 
 
-def check_compatible(ckpts: list) -> None:
-    """Checkpoints measured on the first one's samples: the same data set, test domains and image size, and the same
-    architecture."""
-    first = ckpts[0]
-    for c in ckpts[1:]:
-        if c.data is None or first.data is None:
-            raise FlatlensError(f"{(c if c.data is None else first).path} records no data protocol; pass --data")
-        same = (c.data.dataset, c.data.test_domains, c.data.image_size) == (
-            first.data.dataset, first.data.test_domains, first.data.image_size)
-        if not same:
-            raise FlatlensError(f"{c.path} was trained on {c.data.dataset} (test {c.data.test_domains}, "
-                                f"{c.data.image_size} px), {first.path} on {first.data.dataset} (test "
-                                f"{first.data.test_domains}, {first.data.image_size} px); pass --data to compare "
-                                "them on the same samples")
-        if c.arch != first.arch:
-            raise FlatlensError(f"{c.path} is a {c.arch.name}, {first.path} a {first.arch.name} with other settings; "
-                                "pass --data to compare them anyway")
-
-
-def _verdict(direction, diff, p_holm, alpha=stats.ALPHA) -> str:
+def _verdict(direction, diff, p_holm) -> str:
+    """A row's word: which way it differs from the reference where its Holm-adjusted p rejects (`stats.significant`)."""
     if p_holm is None or math.isnan(p_holm):
         return "not tested"
-    if p_holm >= alpha:
+    if not stats.significant(p_holm):
         return "no significant difference"
     if direction == M.LOWER:
         return "flatter" if diff < 0 else "sharper"
@@ -142,11 +125,13 @@ def _pair_test(a: M.Row, b: M.Row):
 def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -> dict:
     """Holm over every tested row printed together (`tests`: row index -> its test); verdicts and MDE80s."""
     tested = [i for i, r in enumerate(rows) if r.p is not None and not math.isnan(r.p)]
-    adj, family = stats.holm_family([tests[i] for i in tested])
+    adj, level = stats.holm_family([tests[i].p for i in tested])
     for i, p in zip(tested, adj):
-        r = rows[i]
-        r.p_holm, r.mde80 = p, tests[i].mde80
+        r, t = rows[i], tests[i]
+        t.mde80 = stats.detectable_difference(t.stderr, t.df, alpha=level)
+        r.p_holm, r.mde80 = p, t.mde80
         r.verdict = _verdict(r.direction, r.diff, p)
+    family = {"correction": "Holm", "size": len(tested), "alpha": stats.ALPHA, "mde_alpha": level}
     return {**family, "note": "verdicts use Holm-adjusted p-values over every tested row printed together; MDE80 is "
                               "the difference detected with 80 % power at alpha / size (the level Holm guarantees "
                               "suffices)"}
@@ -155,7 +140,7 @@ def _apply_holm(rows: list[ComparisonRow], tests: dict[int, stats.TestResult]) -
 def _measure_all(ckpts, metric_names, splits, settings, *, cache, device, data_file, progress, axis="auto"):
     """Every checkpoint, metric and split on the first checkpoint's protocol (or the file's samples), with
     `settings` (one for all, or one per checkpoint): {(split, metric): [record per checkpoint]}."""
-    from .pipeline import DataSource, Target, measure_all
+    from .pipeline import DataSource, Target, check_compatible, measure_all
     if data_file is None:
         check_compatible(ckpts)
     per = settings if isinstance(settings, list) else [settings] * len(ckpts)
@@ -173,7 +158,7 @@ def _row_base(metric, split, key, subject, **kw) -> ComparisonRow:
                          direction=spec.direction, subject=subject, **kw)
 
 
-def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], settings: M.Settings, *,
+def compare(ckpts: list[Checkpoint], metric_names: list[str], splits: list[str], settings: M.Settings, *,
             cache: ResultCache, device="cpu", data_file: str | None = None, progress=False,
             axis: str = "auto") -> Comparison:
     """Checkpoint vs checkpoint (measurement noise): every row of every checkpoint against the first."""
@@ -211,7 +196,7 @@ def compare(ckpts: list[dict], metric_names: list[str], splits: list[str], setti
 MIN_GROUP = 3  # fewer checkpoints per group: Welch's coverage fell to 0.89 (2 vs 5, unequal spread)
 
 
-def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
+def _refuse_duplicates(groups: dict[str, list[Checkpoint]]) -> None:
     """The same model listed twice (in one group or in two) is one replicate, not two: refused."""
     seen = {}
     for g, cs in groups.items():
@@ -222,7 +207,7 @@ def _refuse_duplicates(groups: dict[str, list[dict]]) -> None:
             seen[c.sha256] = (g, c.path)
 
 
-def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
+def pairs_of(groups: dict[str, list[Checkpoint]]) -> list[int]:
     """The training seeds that pair the groups' checkpoints, in the first group's order: every group holds one
     checkpoint per seed, and checkpoints of one seed branched from the same full-precision prefix (their
     `pairing` records both). Refused, with the reason, where they do not match."""
@@ -252,7 +237,7 @@ def pairs_of(groups: dict[str, list[dict]]) -> list[int]:
     return seeds
 
 
-def compare_groups(groups: dict[str, list[dict]], metric_names: list[str], splits: list[str],
+def compare_groups(groups: dict[str, list[Checkpoint]], metric_names: list[str], splits: list[str],
                    settings: M.Settings, *, cache: ResultCache, device="cpu", data_file: str | None = None,
                    progress=False, axis: str = "auto", paired: bool = False) -> Comparison:
     """Method vs method (training noise): each group's checkpoints are its replicates. Unpaired: Welch over
@@ -325,7 +310,7 @@ def _with_seed(settings: M.Settings, seed: int) -> M.Settings:
     return s
 
 
-def _ckpt_info(c: dict) -> dict:
+def _ckpt_info(c: Checkpoint) -> dict:
     import dataclasses
     return {"path": c.path, "sha256": c.sha256, "arch": dataclasses.asdict(c.arch),
             "quant_bits": None if c.quant is None else c.quant.bits,

@@ -1,5 +1,6 @@
-"""From one checkpoint to one typed record: the data selection, the Objective of a checkpoint, and `measure`,
-which computes one registered metric of one checkpoint on one split (through the cache) as a `MetricRecord`.
+"""From one checkpoint to one typed record: the checks of its samples, and `measure`, which computes one registered
+metric of one checkpoint on one split (through the cache) as a `MetricRecord` (its samples chosen by
+`data.select_data`, its Objective built by `checkpoint.objective_for`).
 Many checkpoints, metrics and splits go through `pipeline.measure_all`, which chooses and checks the data once."""
 from __future__ import annotations
 
@@ -12,54 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from . import metrics as M
 from ._util import FlatlensError
-from .checkpoint import build_model, weights_label
-from .data import for_protocol, protocol_split
-from .data.domains import gather
-from .objective import Objective
+from .checkpoint import Checkpoint, build_model, objective_for, weights_label
+from .data import select_data
 from .resident import tensor_bytes
 from .parallel import all_min_int, group_info
 from .progress import measurement as progress_line
 from .results import Result, register, to_plain
-
-
-# --------------------------------------------------------------------------- data
-def select_data(meta: dict, split: str, samples: int, seed: int):
-    """The evaluation samples of a checkpoint's protocol: 'train' = the source domains' in-splits (the data
-    it trained on), 'test' = the held-out domain(s). A seeded subset of `samples` (all if fewer)."""
-    if split not in ("train", "test"):
-        raise FlatlensError(f"split must be train or test; got {split!r}")
-    if meta is None:
-        raise FlatlensError("this checkpoint records no data protocol (an imported state dict): pass --data FILE, "
-                            "or --dataset NAME --data-root DIR --test-domain D")
-    data = for_protocol(meta)
-    pool = []
-    if split == "train":
-        for d in meta.train_domains:
-            idx_in, _ = protocol_split(meta, data, d)
-            pool += [(d, int(i)) for i in idx_in]
-    else:
-        for d in meta.test_domains:
-            pool += [(d, i) for i in range(data.size(d))]
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(pool), generator=g)[: min(samples, len(pool))].sort().values
-    chosen = [pool[i] for i in order]
-    xs, ys = [], []
-    for d in dict.fromkeys(c[0] for c in chosen):
-        idx = torch.tensor([i for dd, i in chosen if dd == d])
-        if d in data.tensors:
-            xs.append(data.tensors[d][0][idx])
-            ys.append(data.tensors[d][1][idx])
-        else:
-            x, y = gather(data.get(d, False), idx)
-            xs.append(x)
-            ys.append(y)
-    digest = hashlib.sha256(repr(chosen).encode()).hexdigest()[:16]
-    info = {"dataset": meta.dataset, "split": split, "domains": sorted({c[0] for c in chosen}),
-            "n": len(chosen), "seed": seed, "indices_sha256": digest}
-    return torch.cat(xs), torch.cat(ys), info
 
 
 def load_data_file(path: str):
@@ -83,7 +45,7 @@ def load_data_file(path: str):
     return x, y.long(), {"dataset": "file", "path": path, "split": "custom", "n": len(y), "indices_sha256": digest}
 
 
-def check_data(ckpt: dict, x, y, info) -> None:
+def check_data(ckpt: Checkpoint, x, y, info) -> None:
     """Inputs a checkpoint's model can take: float32 (the models' dtype: no silent cast), labels within its classes,
     its channels, and a shape it can run (one forward on the meta device: no memory, no time)."""
     kw = ckpt.arch.kwargs
@@ -109,7 +71,7 @@ def check_data(ckpt: dict, x, y, info) -> None:
                                 f"{tuple(x.shape[1:])} ({str(e).splitlines()[0][:80]})") from None
 
 
-def check_centre(ckpt: dict, x, y, *, weights: str = "deployed") -> None:
+def check_centre(ckpt: Checkpoint, x, y, *, weights: str = "deployed") -> None:
     """The loss at the centre is finite on these samples: a model whose loss is NaN or inf is refused before any
     measurement, naming the checkpoint (one forward pass)."""
     model = build_model(ckpt, weights)
@@ -118,14 +80,6 @@ def check_centre(ckpt: dict, x, y, *, weights: str = "deployed") -> None:
     if not bool(torch.isfinite(loss)):
         raise FlatlensError(f"{ckpt.path or 'the checkpoint'}: its loss at the centre is {float(loss)} on the "
                             "evaluation samples; nothing can be measured there")
-
-
-def objective_for(ckpt: dict, x, y, *, device="cpu", weights: str = "deployed", batch_size: int = 256,
-                  params=None, data_parallel: bool = False) -> Objective:
-    model = build_model(ckpt, weights)
-    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
-    return Objective(model, nn.CrossEntropyLoss(), batches, device=device, bn="eval", params=params,
-                     data_parallel=data_parallel)
 
 
 @register
@@ -168,7 +122,7 @@ def versions() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
 
 
-def measure(ckpt: dict, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
+def measure(ckpt: Checkpoint, metric: str, split: str, settings: M.Settings, *, cache=None, device="cpu", data=None,
             progress=False, store: str | None = None, prepared=None, axis: str = "auto") -> MetricRecord:
     """A registered metric of a checkpoint on a split, through the cache. `data`: (x, y, info), samples the
     caller chose and checked for this checkpoint (`pipeline.DataSource`); default: the checkpoint's own

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import metrics as M
-from .measure import MetricRecord, check_centre, check_data, load_data_file, measure, select_data
+from ._util import FlatlensError
+from .checkpoint import Checkpoint
+from .data import select_data
+from .measure import MetricRecord, check_centre, check_data, load_data_file, measure
 from .progress import overall
 from .results import Result, register
 
@@ -27,9 +30,28 @@ from .results import Result, register
 class Target:
     """One checkpoint and what to measure on it (its own settings: reproduce gives each seed its own
     measurement seed)."""
-    ckpt: dict
+    ckpt: Checkpoint
     metrics: list[str]
     settings: M.Settings
+
+
+def check_compatible(ckpts: list[Checkpoint]) -> None:
+    """Checkpoints of one data protocol, measured on the first one's samples (compare) or on splits that mean the
+    same for each (interpolate): the same data set, test domains and image size, and the same architecture."""
+    first = ckpts[0]
+    for c in ckpts[1:]:
+        if c.data is None or first.data is None:
+            raise FlatlensError(f"{(c if c.data is None else first).path} records no data protocol; pass --data")
+        same = (c.data.dataset, c.data.test_domains, c.data.image_size) == (
+            first.data.dataset, first.data.test_domains, first.data.image_size)
+        if not same:
+            raise FlatlensError(f"{c.path} was trained on {c.data.dataset} (test {c.data.test_domains}, "
+                                f"{c.data.image_size} px), {first.path} on {first.data.dataset} (test "
+                                f"{first.data.test_domains}, {first.data.image_size} px); pass --data to compare "
+                                "them on the same samples")
+        if c.arch != first.arch:
+            raise FlatlensError(f"{c.path} is a {c.arch.name}, {first.path} a {first.arch.name} with other settings; "
+                                "pass --data to compare them anyway")
 
 
 class DataSource:

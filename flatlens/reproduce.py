@@ -32,7 +32,7 @@ from . import metrics as M
 from ._util import FlatlensError, atomic_write_text
 from .analysis import ACCURACY, ClaimSpec
 from .cache import ResultCache
-from .checkpoint import load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint
 from .measure import MetricRecord, versions
 from .pipeline import Target, measure_all
 from .quant.convert import QuantErrorResult
@@ -427,7 +427,7 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     return results
 
 
-def _training_metrics(ckpt: dict) -> TrainingMetrics:
+def _training_metrics(ckpt: Checkpoint) -> TrainingMetrics:
     from .results import from_plain
     names = {f.name for f in dataclasses.fields(TrainingMetrics)}
     return from_plain(TrainingMetrics, {k: v for k, v in ckpt.metrics.items() if k in names})

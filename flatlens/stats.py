@@ -279,16 +279,20 @@ def over_seeds_estimate(values: Sequence[float], within: Sequence[float | None] 
     return out
 
 
-def holm_family(tests: Sequence[TestResult]) -> tuple[list[float | None], dict]:
-    """Holm's adjustment over a family of tests printed together (untestable ones, p NaN, do not count), and
-    each test's smallest detectable difference at alpha / m, the level Holm guarantees to suffice for every
-    member. Returns the adjusted p-values (None where untestable) and the family's description."""
-    adj = holm([t.p for t in tests])
-    m = sum(1 for p in adj if not math.isnan(p))
-    for t in tests:
-        t.mde80 = detectable_difference(t.stderr, t.df, alpha=ALPHA / max(m, 1))
-    return ([None if math.isnan(p) else p for p in adj],
-            {"correction": "Holm", "size": m, "alpha": ALPHA, "mde_alpha": ALPHA / max(m, 1)})
+def holm_family(pvalues: Sequence[float], exclusive: Sequence | None = None) -> tuple[list[float | None], float]:
+    """One family of hypotheses adjusted together (compare's rows printed together, reproduce's confirmatory
+    claims): Holm's step-down adjustment (`holm`; with `exclusive`, the logical constraint of at most one true
+    hypothesis per group), None where a hypothesis is untestable (p NaN), and the level alpha / m that the
+    adjustment's first step asks of every member, m the members given (the groups with `exclusive`, else the
+    hypotheses): the level at which a member's smallest detectable difference is planned."""
+    adj = holm(pvalues, exclusive)
+    members = len(set(exclusive)) if exclusive is not None else len(adj)
+    return [None if math.isnan(p) else p for p in adj], ALPHA / max(members, 1)
+
+
+def significant(p_adjusted: float | None, alpha: float = ALPHA) -> bool:
+    """An adjusted p-value that rejects its null at the family's level (untested, None or NaN, never does)."""
+    return p_adjusted is not None and not math.isnan(p_adjusted) and p_adjusted < alpha
 
 
 def two_level(per_seed: Sequence[Sequence[float]]) -> Estimate:

@@ -233,3 +233,17 @@ def test_gap_bounds_are_named_as_such_in_a_comparison(tmp_path, ckpts, capsys): 
     second = next(r for r in rows if r.reference)
     assert second.diff_interval_kind == "gap-bound" and second.p is None  # a bound: not tested
     assert "gap bound" in capsys.readouterr().out
+
+
+def test_compare_and_the_confirmatory_family_adjust_through_one_holm_family():
+    from flatlens import stats
+    p = [0.01, 0.04, float("nan"), 0.03]
+    adj, level = stats.holm_family(p)  # compare: one hypothesis per row
+    assert adj[2] is None and [a for a in adj if a is not None] == [x for x in stats.holm(p) if not math.isnan(x)]
+    assert level == stats.ALPHA / 4
+    pairs = [0.001, 0.2, 0.03, float("nan")]  # reproduce: each claim's difference and equivalence nulls
+    adj, level = stats.holm_family(pairs, exclusive=[0, 0, 1, 1])
+    assert adj[3] is None and adj[:3] == stats.holm(pairs, exclusive=[0, 0, 1, 1])[:3]
+    assert level == stats.ALPHA / 2  # two claims
+    assert stats.significant(0.01) and not stats.significant(0.05) and not stats.significant(None)
+    assert not stats.significant(float("nan"))

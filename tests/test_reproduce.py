@@ -225,6 +225,7 @@ def _only_kept_metrics_anywhere(run_dir, tmp_path, capsys, keep):
     parser = build_parser()
     assert main(["compare", "x.pt", "--metric", "qnoise", "--quiet"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+    assert parser.parse_args(["compare", "x.pt", "y.pt"]).metric in keep  # compare's default is a kept entry
     help_text = parser._subparsers._group_actions[0].choices["hessian"].format_help()
     assert "hessian-trace" in help_text and "hessian-eig" not in help_text and "--qnoise-samples" not in help_text
     assert "landscape" not in parser._subparsers._group_actions[0].choices

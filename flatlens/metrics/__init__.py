@@ -4,8 +4,8 @@
 live by family, registered in this order (the order of the CLI's choices, of `compare`'s rows and of the report's
 columns): hessian.py, flatness.py, landscape.py, sharpness.py, interpolate.py."""
 from .registry import (BOUND_KINDS, COMMANDS, LOWER, REGISTRY, ROLES, Common, Context, Metric, Row, RowSpec,
-                       Settings, check_settings, drawn_in, get, interval_label, names, register_metric, setting,
-                       swapped, t_row)
+                       Settings, check_settings, default_metric, drawn_in, get, interval_label, names,
+                       register_metric, setting, swapped, t_row)
 from .hessian import (CurvatureEigSettings, CurvatureTraceSettings, DensitySettings, DiagSettings,  # noqa: E402
                       EigSettings, FisherTraceSettings, TraceSettings)  # (registers)
 from .flatness import EvalSettings, FlatnessSettings  # noqa: E402
@@ -16,8 +16,8 @@ from ..hessian.results import DiagonalSummary, ExtremeEigenvalues  # noqa: E402 
 from ..sharpness.results import SharpnessResult  # noqa: E402
 
 __all__ = ["BOUND_KINDS", "COMMANDS", "LOWER", "REGISTRY", "ROLES", "Common", "Context", "Metric", "Row", "RowSpec",
-           "Settings", "check_settings", "drawn_in", "get", "interval_label", "names", "register_metric", "setting",
-           "swapped", "t_row", "EigSettings", "TraceSettings", "DensitySettings", "DiagSettings",
-           "CurvatureEigSettings", "CurvatureTraceSettings", "FisherTraceSettings", "EvalSettings",
+           "Settings", "check_settings", "default_metric", "drawn_in", "get", "interval_label", "names",
+           "register_metric", "setting", "swapped", "t_row", "EigSettings", "TraceSettings", "DensitySettings",
+           "DiagSettings", "CurvatureEigSettings", "CurvatureTraceSettings", "FisherTraceSettings", "EvalSettings",
            "FlatnessSettings", "GridSettings", "CurveSettings", "SurfaceSettings", "SharpnessSettings",
            "QnoiseSettings", "InterpolateSettings", "ExtremeEigenvalues", "DiagonalSummary", "SharpnessResult"]

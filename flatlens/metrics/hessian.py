@@ -106,7 +106,7 @@ register_metric(Metric(
     role="headline", settings=TraceSettings, compute=_trace_compute, rows=_trace_rows,
     specs=(RowSpec("trace", "Hessian trace tr(H)", "nats/w²"),),
     brief=lambda r: f"{r.n_hvp} HVPs, converged {r.converged}",
-    axis="data", cost="about 3 s", summary_row=lambda s: "trace",
+    axis="data", cost="about 3 s", summary_row=lambda s: "trace", compare_default=True,
     claim="{b} models have a lower Hessian trace than {a}",
     plans={"full": lambda: TraceSettings(rtol=0.1), "quick": lambda: TraceSettings(rtol=0.2)},
     figures=("fig2_per_seed_pairs",)))

@@ -65,7 +65,7 @@ def _prepare(ckpts: list, settings: list) -> dict:
 
 def _compute(obj, s: InterpolateSettings, ctx):
     from ..landscape.interpolate import endpoint_of_checkpoint, interpolate, path_grid
-    from ..measure import select_data
+    from ..data import select_data
     info = (ctx.prepared or {}).get(ctx.ckpt.sha256) if ctx.ckpt else None
     if info is None:
         raise FlatlensError("interpolate measures a checkpoint against a partner: run it through the measurement "

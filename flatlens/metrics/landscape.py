@@ -4,12 +4,16 @@ model, their hash recorded), or, for a slice, on the plane of a training run's t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._util import FlatlensError
 from .flatness import EvalSettings
 from .registry import Metric, Row, RowSpec, register_metric, setting, t_row
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 
 def _kind(default):
@@ -177,13 +181,13 @@ register_metric(Metric(
     figures=("fig5_surfaces_2d", "fig5b_surface_3d")))
 
 
-def directions_used(ckpt: dict, x, y, name: str, settings, *, device="cpu"):
+def directions_used(ckpt: Checkpoint, x, y, name: str, settings, *, device="cpu"):
     """The directions a landscape entry's measurement of `ckpt` on the samples (x, y) goes along, made again by the
     same rule (the seeded stream, the eigen solver, the file, or the trajectory's PCA): rows of a (k, P) matrix
     over the objective's parameters, that objective, and what they are (for `flatlens landscape --save-directions`)."""
     import torch
 
-    from ..measure import objective_for
+    from ..checkpoint import objective_for
     from ..perturb.directions import DirectionSpace
     common, s = settings.common, settings.of(name)
     obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size)

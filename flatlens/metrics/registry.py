@@ -20,13 +20,16 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .. import stats
 from .._util import FlatlensError, check_number
 from ..results import Result, register
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 LOWER = "lower"   # lower is flatter
 
@@ -140,13 +143,14 @@ def t_row(key, values, pairing=None, n=None) -> Row:
 class Context:
     """What a computation may need beyond the Objective and its settings (not part of any key)."""
     seed: int = 0                      # the common seed (every probe, direction and noise draw)
-    ckpt: dict | None = None
+    ckpt: Checkpoint | None = None
     progress: bool = False
     store: str | None = None
     prepared: Any = None               # what the entry's `prepare` made for every checkpoint of the call
 
 
-COMMANDS = ("hessian", "landscape", "flatness", "sharpness", "interpolate")   # the subcommands that measure alone
+# the subcommands that measure entries alone: the one list (the CLI's table of commands reads it)
+COMMANDS = ("hessian", "landscape", "flatness", "sharpness", "interpolate")
 # reproduce: "headline" (the family's on every seed, others on the first seeds), "illustrative" (one seed),
 # "exploratory" (every seed, train split, analysed as exploratory; a pair entry skips the full-precision models,
 # which are the partners), "extra" (not run)
@@ -175,6 +179,7 @@ class Metric:
     claim: str | None = None         # its confirmatory claim in reproduce's plan ("{b} ... than {a}"; its summary row
     #                                  on the train split, the paper's bit-width against full precision), or None
     pair: bool = False               # measured against a partner checkpoint of the call (see the module docstring)
+    compare_default: bool = False    # what `flatlens compare` measures when no --metric is given (`default_metric`)
 
     def spec(self, key: str) -> RowSpec:
         for s in self.specs:
@@ -228,6 +233,13 @@ def get(name: str) -> Metric:
 def names(command: str | None = None) -> list[str]:
     """Registered metric names (those a subcommand measures, when `command` is given), in registry order."""
     return [n for n, m in REGISTRY.items() if command is None or m.command == command]
+
+
+def default_metric() -> str | None:
+    """The metric `flatlens compare` measures when no --metric is given: the entry flagged `compare_default`, else
+    (that entry removed) the first registered one; None when the registry is empty."""
+    flagged = [n for n, m in REGISTRY.items() if m.compare_default]
+    return flagged[0] if flagged else next(iter(REGISTRY), None)
 
 
 def drawn_in(figure: str) -> list[str]:

@@ -47,7 +47,7 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 def args_key(args: dict) -> str:
-    from .. import __version__
+    from .._version import __version__
     return hashlib.sha256(json.dumps({**args, "flatlens": __version__}, sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 

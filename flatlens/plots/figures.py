@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from .. import metrics as M  # noqa: E402
 from .._util import FlatlensError, atomic_write_bytes  # noqa: E402
-from ..analysis import ACCURACY, Analysis, analyze  # noqa: E402
+from ..analysis import ACCURACY, registered_analysis  # noqa: E402
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -27,13 +27,6 @@ def _style():
 
 def _palette(plan):
     return dict(zip([c for c, _ in plan.configs], sns.color_palette("colorblind", len(plan.configs))))
-
-
-def _an(run) -> Analysis:
-    """The run's stored seed-level analysis (computed from its records if it stores none), for the metrics
-    registered now."""
-    an = run.analysis if isinstance(run.analysis, Analysis) else analyze(run)
-    return an.registered()
 
 
 def _first(run, domain, config, split, metric):
@@ -51,7 +44,7 @@ def _first(run, domain, config, split, metric):
 def fig_flatness(run):
     """(1) Local flatness against radius, train and test panels (the form of the paper's Fig. 3): mean and
     95 % CI over seeds (the two-level estimate)."""
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     drawn = M.drawn_in("fig1_local_flatness")
     if not drawn:
         return None
@@ -89,7 +82,7 @@ def fig_per_seed(run):
     """(2) Each declared metric's summary row per seed (train split, with its bound / measurement CI), each seed's
     values joined by a grey line across the configurations of one test domain (the pairs: one prefix, one set of
     directions and probes), and the mean over seeds with its 95 % CI (black)."""
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     specs = [(n, k, M.get(n).label(k)) for n in M.drawn_in("fig2_per_seed_pairs")
              for k in [M.get(n).summary_row(plan.settings.of(n))]]
     if not specs:
@@ -143,7 +136,7 @@ def fig_claims(run):
     """(9) The confirmatory family: each seed's difference b - a (relative to a where the margin is relative),
     each the mean over the test domains, the mean with its 95 % CI (the difference test) and its 90 % CI (what
     TOST checks), against the equivalence margin (shaded) and 0."""
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     if not an.claims:
         return None
     fig, axes = plt.subplots(1, len(an.claims), figsize=(2.9 * len(an.claims), 4.2), squeeze=False)
@@ -359,7 +352,7 @@ def fig_surface_3d(run):
 
 def fig_qnoise(run):
     """(6) Quantization-noise test: measured vs predicted, one point per model and split, y = x and 2x lines."""
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     if an.noise is None:
         return None
     pal = _palette(plan)
@@ -402,7 +395,7 @@ def fig_qnoise(run):
 def fig_accuracy(run):
     """(7) Out-of-domain accuracy against bits (mean and 95 % CI over seeds), and learning curves with the
     quantization switch (the form of the paper's Fig. 4)."""
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     pal = _palette(plan)
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     ax = axes[0]
@@ -566,7 +559,7 @@ def fig_barriers(run):
     metric = _drawn("fig13_loss_barriers")
     if metric is None:
         return None
-    plan, an = run.plan, _an(run)
+    plan, an = run.plan, registered_analysis(run)
     pal = _palette(plan)
     quant = [(c, b) for c, b in plan.configs if b is not None]
     fig, axes = plt.subplots(len(plan.domains), 2, figsize=(11.5, 3.9 * len(plan.domains)), squeeze=False)

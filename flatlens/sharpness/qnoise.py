@@ -15,6 +15,8 @@ ratio:     measured / predicted with Fieller's interval (the two are independent
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .._util import FlatlensError, derive_seed
@@ -25,6 +27,9 @@ from ..perturb import Evaluator, max_points, run_chunks, tensor_digest
 from .._util import timer
 from ..objective import Objective
 from .results import QuantNoiseResult
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 
 def step_vector(obj: Objective, steps: dict) -> torch.Tensor:
@@ -110,7 +115,7 @@ def quantization_noise(obj: Objective, steps: dict, *, n_samples: int = 100, see
                             evaluator=ev.describe(), seconds=elapsed(), objective=obj.describe())
 
 
-def noise_steps(obj: Objective, *, rule: str, bits: int, ckpt: dict | None = None, given: dict | None = None,
+def noise_steps(obj: Objective, *, rule: str, bits: int, ckpt: Checkpoint | None = None, given: dict | None = None,
                 given_source: str = ""):
     """(steps, description) for the quantization-noise test, by one rule for every model compared:
     `given` steps (the learned steps of one checkpoint, applied to every model); rule "learned": the checkpoint's

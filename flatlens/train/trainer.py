@@ -15,80 +15,18 @@ import dataclasses
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .._util import FlatlensError, atomic_torch_save, check_number, resolve_device
-from ..checkpoint import save_checkpoint
+from ..checkpoint import TrainConfig, save_checkpoint
 from ..data import DomainData, load, split_indices
 from ..data.domains import gather
 from ..models import build, freeze_batchnorm
 from ..quant import latent_state, packed_size, quantize_model, step_parameters
 
 
-@dataclass
-class TrainConfig:
-    dataset: str = "rotated-digits"
-    data_root: str | None = None
-    image_size: int | None = None  # None: the data set's own default (recorded in the checkpoint either way)
-    test_domains: list = field(default_factory=lambda: ["75"])
-    arch: str = "small_cnn"
-    arch_kwargs: dict = field(default_factory=dict)
-    pretrained: bool = False
-    freeze_bn: bool = False
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    bits: int | None = None
-    per_channel: bool = True
-    quant_start: int = 400
-    eval_every: int = 100
-    holdout: float = 0.2
-    split_seed: int = 0
-    seed: int = 0
-    device: str = "cpu"
-    select: str = "best-val"  # "best-val": the evaluated step with the best in-domain validation accuracy (among
-    #                           quantized steps for QAT); "last": the final weights (keeps pairs of runs intact)
-
-    @classmethod
-    def paper_domainbed(cls, **kw) -> "TrainConfig":
-        """The paper's DomainBed defaults: ResNet-50, Adam 5e-5, no weight decay, batch 32 per domain, 5000
-        steps, quantization from step 2000, evaluation every 300 steps, frozen BatchNorm."""
-        base = dict(arch="resnet50", lr=5e-5, weight_decay=0.0, batch_size=32, steps=5000, quant_start=2000,
-                    eval_every=300, freeze_bn=True, pretrained=True)
-        base.update(kw)
-        return cls(**base)
-
-    def validate(self, data: DomainData | None = None) -> None:
-        """Every setting in range before any work (0 and NaN never mean "default"); with `data`, the domains too
-        (the numbers are checked first: a seed past int64 would overflow the data set's generator)."""
-        for name, lo, hi in (("steps", 1, 10 ** 8), ("batch_size", 1, 100_000), ("eval_every", 1, 10 ** 8),
-                             ("seed", 0, 2 ** 63 - 1), ("split_seed", 0, 2 ** 63 - 1), ("quant_start", 0, 10 ** 8)):
-            setattr(self, name, check_number(name, getattr(self, name), lo=lo, hi=hi, integer=True))
-        check_number("lr", self.lr, lo=0, lo_open=True)
-        check_number("weight_decay", self.weight_decay, lo=0)
-        check_number("holdout", self.holdout, lo=0, hi=1, lo_open=True, hi_open=True)
-        if data is None:
-            return
-        if not self.test_domains:
-            raise FlatlensError("give at least one test domain")
-        for d in self.test_domains:
-            data.index(d)
-        if len(self.test_domains) >= len(data.domains):
-            raise FlatlensError("at least one domain must remain for training")
-        if self.bits is not None and not 0 <= self.quant_start < self.steps:
-            raise FlatlensError(f"quant_start must lie in [0, steps); got {self.quant_start} of {self.steps}")
-        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
-                                      or not 2 <= self.bits <= 8):
-            raise FlatlensError(f"bits must be 2..8 (or 32 / none for full precision); got {self.bits!r}")
-        if self.select not in SELECT_RULES:
-            raise FlatlensError(f"select must be one of {', '.join(SELECT_RULES)}; got {self.select!r}")
-
-
-SELECT_RULES = ("best-val", "last")
 # what a shared prefix may differ in from the runs that branch off it: only what acts after the branch point
 BRANCH_FIELDS = ("bits", "per_channel", "select")
 
