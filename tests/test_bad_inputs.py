@@ -316,3 +316,16 @@ def test_every_bad_input_is_refused_in_one_line_and_changes_nothing(command, wor
         assert err.count("\n") == 1 and err.startswith("flatlens: error:"), (args, err)
         assert "Traceback" not in err, (args, err)
         assert _snapshot(world) == before, (args, "a file was written or changed")
+
+
+def test_an_atomic_write_never_replaces_a_special_file(tmp_path):
+    # the last line of defence behind _preflight (a path it did not know of): the rename would replace the FIFO
+    from flatlens import FlatlensError
+    from flatlens._util import atomic_write_text
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    ino = os.lstat(fifo).st_ino
+    with pytest.raises(FlatlensError, match="is a FIFO; writing there would replace it"):
+        atomic_write_text(fifo, "x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.lstat(fifo).st_ino == ino
+    assert os.listdir(tmp_path) == ["fifo"]  # no temporary file left either
