@@ -103,7 +103,7 @@ def check_output(path: str, flag: str, *, folder: bool) -> None:
     while not os.path.exists(up):
         up = os.path.dirname(up)
     if not os.path.isdir(up):
-        raise FlatlensError(f"{flag} {path}: {up} is a file, not a folder")
+        raise FlatlensError(f"{flag} {path}: {up} is {special(up) or 'a file'}, not a folder")
     try:  # the kernel's word, not os.access's (which says yes to root for /proc)
         fd, probe = tempfile.mkstemp(prefix=".flatlens-probe-", dir=up)
         os.close(fd)

@@ -7,6 +7,9 @@ import json
 import os
 import stat
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +17,9 @@ from flatlens.checkpoint import save_checkpoint
 from flatlens.cli import main
 from flatlens.data import rotated_digits
 from flatlens.train import TrainConfig, train
+
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"  # the shipped run: results.json, report, figures
 
 
 def build_small(width):
@@ -131,6 +137,27 @@ def world(tmp_path_factory):
     (d / "fzv.py").write_text("import torch\ndef make():\n    return torch.nn.Linear(4, 2)\n")
     (d / "results_cache_file").mkdir()
     (d / "results_cache_file" / "cache").write_text("a file where the cache folder goes")
+    # run folders holding a valid results.json (the shipped run's: a command that gets past preflight reads it and
+    # reaches its writes) and a special file or a file where report / figures would write by default; reproduce
+    # --out folders with one where the run writes its plan, results, report or figures
+    shutil.copy(FIGURES / "results.json", d / "run_ok_results.json")
+    nodes = {"run_fifo": ("report.md", "figures"), "run_figfile": ("figures/fig1_local_flatness.png",),
+             "rp_plan": ("plan.json",), "rp_results": ("results.json",), "rp_report": ("report.md",),
+             "rp_figures": ("figures",), "rp_figfile": ("figures/fig2_per_seed_pairs.pdf",)}
+    for folder, names in nodes.items():
+        for name in names:
+            (d / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.mkfifo(d / folder / name)
+    for folder in ("run_fifo", "run_figfile", "run_file", "run_dev"):
+        (d / folder).mkdir(exist_ok=True)
+        os.link(d / "run_ok_results.json", d / folder / "results.json")  # one copy, several names
+    (d / "run_file" / "figures").write_text("a file where the figures folder goes")
+    (d / "rp_dev").mkdir()
+    for path in ("run_dev/report.md", "run_dev/figures", "rp_dev/report.md"):
+        try:
+            os.mknod(d / path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except (OSError, AttributeError):
+            pass  # not root: the cases naming these folders are skipped
     return d
 
 
@@ -259,7 +286,11 @@ CASES = {
     + [["reproduce", "--bogus"], ["reproduce", "--quick", "--out", "r3", "--jobs", "0"],
        ["reproduce", "--out", "run"], ["reproduce", "--out", "/proc/x"], ["reproduce", "--out", ""],
        ["reproduce", "--plan", "--pilot", "fifo"], ["reproduce", "--plan", "--pilot", "a_file"],
-       ["reproduce", "--pilot", "fp.pt"], ["reproduce", "--out", "results_cache_file"]],
+       ["reproduce", "--pilot", "fp.pt"], ["reproduce", "--out", "results_cache_file"]]
+    # every file the run writes, checked before it starts: a FIFO as plan.json blocked it; the others were
+    # refused only after the whole run
+    + [["reproduce", "--quick", "--out", rp] for rp in ("rp_plan", "rp_results", "rp_report", "rp_figures",
+                                                        "rp_figfile", "rp_dev")],
     "import": [["import", f"{t}.pt", "--out", "o.pt"] for t in ("text", "trunc", "missing", "fp", "q4")]
     + [["import", "sd.pt", "--out", "o.pt", *extra] for extra in (
         [], ["--arch", "resnet50"], ["--format", "domainbed"], ["--format", "bogus"], ["--model", "not a spec"],
@@ -274,7 +305,12 @@ CASES = {
     + [["figures", "--results", "results", "--formats", "bogus"], ["figures", "--results", "results", "--out", "a_file"],
        ["figures", "--results", "results", "--out", "a_file/x"], ["figures", "--bogus"],
        ["figures", "--results", "empty", "--out", "figs"], ["figures", "--results", "badjson", "--formats", "png"],
-       ["figures", "--results", "fifo"], ["figures", "--results", "results", "--out", "/proc/figs"]],
+       ["figures", "--results", "fifo"], ["figures", "--results", "results", "--out", "/proc/figs"],
+       # the default output folder run/figures and the files in it, checked like --out (a FIFO, a file or a
+       # device there: "internal error ... FileExistsError" after loading the run)
+       ["figures", "--results", "run_fifo"], ["figures", "--results", "run_file"], ["figures", "--results", "run_dev"],
+       ["figures", "--results", "run_figfile"], ["figures", "--results", "run_ok_results.json", "--out", "run_fifo/figures"],
+       ["figures", "--results", "run_ok_results.json", "--out", "run_figfile/figures", "--formats", "png"]],
     "report": [["report", "--results", r] for r in ("missing", "empty", "results", "badjson", "dirjson", "listjson",
                                                      "a_file", "README.md")]
     + [["report", "--results", "results", "--out", "results"], ["report", "--results", "results", "--out", "a_file/x"],
@@ -283,7 +319,10 @@ CASES = {
        ["report", "--results", "empty", "--out", "r.md"], ["report", "--results", "empty/results.json",
                                                             "--out", "empty/results.json"],
        ["report", "--results", "fifo"], ["report", "--results", "results", "--out", "fifo"],
-       ["report", "--results", "results", "--out", ""]],
+       ["report", "--results", "results", "--out", ""],
+       # the default output, run/report.md, checked like --out (a FIFO there was replaced, exit 0)
+       ["report", "--results", "run_fifo"], ["report", "--results", "run_fifo/results.json"],
+       ["report", "--results", "run_dev"]],
 }
 
 
@@ -313,7 +352,7 @@ def _snapshot(folder):
 
 
 # the cases that need a device node, and where the world fixture makes it (os.mknod: root only)
-DEVICE_NODES = {"mynull": "mynull"}
+DEVICE_NODES = {"mynull": "mynull", "run_dev": "run_dev/report.md", "rp_dev": "rp_dev/report.md"}
 
 
 def _missing_device(world, args) -> str | None:
@@ -359,6 +398,29 @@ def test_every_bad_input_is_refused_in_one_line_and_changes_nothing(args, world,
     assert err.count("\n") == 1 and err.startswith("flatlens: error:"), (args, err)
     assert "Traceback" not in err, (args, err)
     assert _snapshot(world) == before, (args, "a file was written or changed")
+
+
+# the outputs a command derives (report's and figures' defaults, every file reproduce writes) are checked with the
+# explicit ones, before any work: the run is never read, the reproduce run never started
+DERIVED = [["report", "--results", "run_fifo"], ["report", "--results", "run_fifo/results.json"],
+           ["report", "--results", "run_dev"], ["figures", "--results", "run_fifo"],
+           ["figures", "--results", "run_file"], ["figures", "--results", "run_dev"],
+           ["figures", "--results", "run_figfile"]] + [["reproduce", "--quick", "--out", rp] for rp in (
+    "rp_plan", "rp_results", "rp_report", "rp_figures", "rp_figfile", "rp_dev")]
+
+
+@pytest.mark.parametrize("args", [pytest.param(a, id=" ".join(a)) for a in DERIVED])
+def test_derived_outputs_are_refused_before_any_work(args, world, capsys, monkeypatch):
+    import flatlens.reproduce as R
+    missing = _missing_device(world, args)
+    if missing:
+        pytest.skip(f"needs the device node {missing}, which os.mknod could not make here (it needs root)")
+    monkeypatch.chdir(world)
+    for name in ("load_run", "run"):  # what reads the run / starts the work: never reached
+        monkeypatch.setattr(R, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} reached with {args}"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and ("FIFO" in err or "device" in err or "file" in err), err
 
 
 def test_an_atomic_write_never_replaces_a_special_file(tmp_path):
