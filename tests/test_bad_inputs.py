@@ -115,7 +115,17 @@ def world(tmp_path_factory):
         "features.0.weight", c["quant"]["steps"]["features.0.weight"].reshape(-1, 1)))
     tampered("acc_str", lambda c: c["metrics"]["test_acc"].__setitem__("75", "high"))
     tampered("bool_str", lambda c: c["train"].__setitem__("freeze_bn", "true"))
-    tampered("huge_logits", lambda c: c["state_dict"]["classifier.weight"].fill_(3e38), base="fp")  # NaN centre
+
+    def nan_centre(c):  # a NaN loss at the centre, whatever the trained weights: every feature 1e30, logits +inf
+        c["state_dict"]["features.9.bias"].fill_(1e30)
+        c["state_dict"]["classifier.weight"].fill_(3e38)
+
+    def huge_curv(c):  # a finite centre loss (logits 0.4 apart per class) whose Hessian overflows float32:
+        c["state_dict"]["features.9.bias"].fill_(1e20)  # features of 1e20 make H_logits (x) f f^T about 1e40
+        c["state_dict"]["classifier.weight"].copy_(torch.arange(10.0)[:, None].expand(10, 4) * 1e-21)
+
+    tampered("nan_centre", nan_centre, base="fp")
+    tampered("huge_curv", huge_curv, base="fp")
     torch.save({"x": x[:10].half(), "y": y[:10]}, d / "half.pt")
     torch.save({"x": x[:10].double(), "y": y[:10]}, d / "double.pt")
     torch.save({"x": x[:10, :, :1, :1].contiguous(), "y": y[:10]}, d / "tiny.pt")
@@ -183,7 +193,7 @@ def _measuring(cmd, extra=()):
               [cmd, "fp.pt", "--bogus-flag"], [cmd, "fp.pt", "--json", "fifo", *small, *extra],
               [cmd, "fp.pt", "--json", "mynull", *small, *extra], [cmd, "fp.pt", "--json", "/proc/x.json", *small, *extra],
               [cmd, "fp.pt", "--json", LONG, *small, *extra], [cmd, "fp.pt", "--json", "", *small, *extra],
-              [cmd, "huge_logits.pt", *small, *extra], [cmd, "fifo", *small, *extra],
+              [cmd, "nan_centre.pt", *small, *extra], [cmd, "fifo", *small, *extra],
               [cmd, "sd.pt", "--model", "fzv:make", "--data", "len.pt", "--json", "fzv.py", *extra]]
     cases += [[cmd, "sd.pt", "--model", f"{m}:make", "--data", "range.pt", *extra]
               for m in ("bad_import", "bad_syntax", "bad_factory", "exit_factory")]
@@ -226,7 +236,8 @@ CASES = {
                                         ["hessian", "fp.pt", "--metric", "hessian-eig", "--max-hvp", "0"],
                                         ["hessian", "fp.pt", "--metric", "hessian-eig", "--tol", "-1"],
                                         ["hessian", "fp.pt", "--metric", "eig"],
-                                        ["hessian", "fp.pt", "--metric", "hessian-eig", "--k", "1000000"]],
+                                        ["hessian", "fp.pt", "--metric", "hessian-eig", "--k", "1000000"],
+                                        ["hessian", "huge_curv.pt", "--metric", "hessian-trace", "--samples", "16"]],
     "landscape": _measuring("landscape") + [["landscape", "fp.pt", "--points", "0"],
                                             ["landscape", "fp.pt", "--trajectory", "missing.snapshots"],
                                             ["landscape", "fp.pt", "--trajectory", "fp.pt"],
@@ -276,7 +287,8 @@ CASES = {
        ["compare", "fp.pt", "fp.pt", "--metric", "qnoise", "--qnoise-steps", "learned", "--no-cache"],
        ["compare", "fp.pt", "q4.pt", "--results", "/proc/x"], ["compare", "fp.pt", "q4.pt", "--json", "fifo"],
        ["compare", "fp.pt", "q4.pt", "--results", "results_cache_file"],
-       ["compare", "fp.pt", "huge_logits.pt", "--no-cache", "--samples", "16"],
+       ["compare", "fp.pt", "nan_centre.pt", "--no-cache", "--samples", "16"],
+       ["compare", "nan_centre.pt", "fp.pt", "--no-cache", "--samples", "16"],
        ["compare", "--paired", "fp.pt", "q4.pt"],
        ["compare", "--group", "a", "fp.pt", "q4.pt", "fp.pt", "--group", "b", "q4.pt", "fp.pt", "q4.pt"]],
     "reproduce": [["reproduce", "--jobs", "0"], ["reproduce", "--jobs", "-1"], ["reproduce", "--jobs", "x"],
@@ -421,6 +433,33 @@ def test_derived_outputs_are_refused_before_any_work(args, world, capsys, monkey
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err and ("FIFO" in err or "device" in err or "file" in err), err
+
+
+@pytest.mark.parametrize("args", [["flatness", "nan_centre.pt"], ["hessian", "nan_centre.pt"],
+                                  ["compare", "fp.pt", "nan_centre.pt", "--no-cache"],
+                                  ["compare", "nan_centre.pt", "fp.pt", "--no-cache"],
+                                  ["compare", "fp.pt", "q4.pt", "nan_centre.pt", "--metric", "all", "--no-cache"]],
+                         ids=" ".join)
+def test_a_nan_centre_loss_is_refused_by_name_before_anything_is_measured(args, world, capsys, monkeypatch):
+    # every checkpoint's centre loss is checked before the first measurement, in whatever order they come
+    import flatlens.pipeline as P
+    monkeypatch.chdir(world)
+    monkeypatch.setattr(P, "measure", lambda ck, *a, **k: pytest.fail(f"measured {ck.name} first"))
+    assert main([*args, "--samples", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("flatlens: error: nan_centre.pt: its loss at the centre is nan")
+
+
+@pytest.mark.parametrize("args", [["hessian", "huge_curv.pt", "--metric", "hessian-trace"],
+                                  ["compare", "huge_curv.pt", "fp.pt", "--metric", "hessian-trace", "--no-cache"]],
+                         ids=" ".join)
+def test_a_hessian_vector_product_that_overflows_names_the_checkpoint(args, world, capsys, monkeypatch):
+    # its centre loss is finite (it passes the check up front); the first HVP is not: the line says whose
+    monkeypatch.chdir(world)
+    assert main([*args, "--samples", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hessian-trace of huge_curv.pt (train): a Hessian-vector product came out " \
+        "non-finite" in err, err
 
 
 def test_an_atomic_write_never_replaces_a_special_file(tmp_path):
