@@ -318,25 +318,16 @@ def _validate_metrics(m, data) -> None:
 
 def _validate_train(cfg) -> None:
     """The training config, where it names TrainConfig's fields: each of the field's type (a boolean a boolean,
-    not the string "true")."""
+    not the string "true"), by the rule `train --config` applies (`TrainConfig.type_error`)."""
     import dataclasses
     from .train import TrainConfig
     _need(isinstance(cfg, dict), "train is not a mapping")
-    kinds = {f.name: type(f.default) if f.default is not dataclasses.MISSING and f.default is not None else None
-             for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     for k, v in cfg.items():
-        want = kinds.get(k)
-        if want is None or v is None:
+        if k not in names or v is None:
             continue
-        if want is bool:
-            ok = isinstance(v, bool)
-        elif want is int:
-            ok = _is_int(v)
-        elif want is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        else:
-            ok = isinstance(v, want)
-        _need(ok, f"train.{k} = {v!r} is not a {want.__name__}")
+        err = TrainConfig.type_error(k, v)
+        _need(err is None, f"train.{err}")
 
 
 def _check_shapes(name, kwargs, sd) -> None:

@@ -128,6 +128,10 @@ def _config_from_file(path):
     unknown = set(train_cfg) - names
     if unknown:
         raise FlatlensError(f"{path}: unknown training setting(s) {', '.join(sorted(unknown))}")
+    for k, v in train_cfg.items():  # each of its type ({"freeze_bn": "true"} once trained, then evaluate refused it)
+        err = TrainConfig.type_error(k, v)
+        if err:
+            raise FlatlensError(f"{path}: {err}")
     domainbed = dataset_spec(train_cfg.get("dataset", DEFAULT)).train_defaults == "domainbed"
     base = TrainConfig.paper_domainbed() if domainbed else TrainConfig()
     for k, v in train_cfg.items():

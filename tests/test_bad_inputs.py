@@ -95,7 +95,14 @@ def world(tmp_path_factory):
     (d / "cfg.json").write_text('{"steps": "many"}')
     (d / "cfg_bad.json").write_text("{oops")
     for name, text in (("cfg_list", "[1, 2]"), ("cfg_num", "3"), ("cfg_str", '"steps"'),
-                       ("cfg_train_list", '{"train": [1]}')):
+                       ("cfg_train_list", '{"train": [1]}'),
+                       # settings of the wrong type: each once trained (and the checkpoint was refused after)
+                       ("cfg_bool", '{"freeze_bn": "true"}'), ("cfg_train_bool", '{"train": {"freeze_bn": "yes"}}'),
+                       ("cfg_per_channel", '{"per_channel": 1}'), ("cfg_pretrained", '{"pretrained": "no"}'),
+                       ("cfg_bits", '{"bits": "4", "quant_start": 2, "steps": 4}'), ("cfg_arch", '{"arch": 3}'),
+                       ("cfg_domains", '{"test_domains": "75"}'), ("cfg_kwargs", '{"arch_kwargs": [8]}'),
+                       ("cfg_image", '{"image_size": "16"}'), ("cfg_select", '{"select": false}'),
+                       ("cfg_dataset", '{"dataset": null}'), ("cfg_root", '{"data_root": 7}')):
         (d / f"{name}.json").write_text(text)
     (d / "cfg_dir.json").mkdir()
     # special files: a FIFO and (where the test may make one) a device node, as outputs and as inputs
@@ -221,8 +228,10 @@ CASES = {
               ["train", "--out", "m.pt", "--snapshot-every", "0"], ["train", "--out", "m.pt", "--snapshot-every", "-2"],
               ["train", "--out", "m.pt", "--snapshot-every", "2", "--snapshot-dtype", "int8"],
               ["train", "--out", "dir.pt", "--snapshot-every", "2"]]
-    + [["train", "--out", "m.pt", "--config", f"{c}.json"] for c in ("cfg_list", "cfg_num", "cfg_str",
-                                                                     "cfg_train_list", "cfg_dir")],
+    + [["train", "--out", "m.pt", "--config", f"{c}.json"] for c in (
+        "cfg_list", "cfg_num", "cfg_str", "cfg_train_list", "cfg_dir", "cfg_bool", "cfg_train_bool",
+        "cfg_per_channel", "cfg_pretrained", "cfg_bits", "cfg_arch", "cfg_domains", "cfg_kwargs", "cfg_image",
+        "cfg_select", "cfg_dataset", "cfg_root")],
     "evaluate": [["evaluate", f"{t}.pt"] for t in TAMPERED] + [["evaluate", "fp.pt", "--json", "fp.pt"],
                                                                  ["evaluate", "fp.pt", "--device", "tpu"],
                                                                  ["evaluate", "fp.pt", "--json", "fifo"],
