@@ -40,8 +40,13 @@ def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, hi_op
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename; never over a special
+    file."""
+    from .paths import special
     path = os.fspath(path)
+    what = special(path)
+    if what:  # the rename would replace it (a FIFO, /dev/null as root): the last line of defence, after _preflight
+        raise FlatlensError(f"cannot write {path}: it is {what}; writing there would replace it")
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:

@@ -3,7 +3,9 @@ settings and the common ones (seed included), the data selection, the flatlens v
 
 Entries are JSON written atomically and carry a hash of their value, checked on read: an entry that does
 not parse, whose key does not match, whose value was edited, or that the caller cannot read back as its
-type (`reject`) is recomputed, never trusted, and counted as such."""
+type (`reject`) is recomputed, never trusted, and counted as such. A special file (FIFO, device node, socket) or a folder
+where an entry would be is read as damaged without blocking on it (`paths.open_regular`), and left in place: that
+entry is recomputed and not cached (a rename would replace the special file)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +13,7 @@ import json
 import os
 
 from ._util import atomic_write_text
+from .paths import open_regular, special
 
 
 def cache_key(parts: dict) -> str:
@@ -40,7 +43,7 @@ class ResultCache:
             self.misses += 1
             return None
         try:
-            with open(path) as fh:
+            with open_regular(path, "r") as fh:  # a FIFO here never blocks the run
                 entry = json.load(fh)
             if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("value"), dict):
                 raise ValueError("key mismatch or no value")
@@ -63,8 +66,11 @@ class ResultCache:
         if not self.folder:
             return
         key = cache_key(parts)
-        atomic_write_text(self._path(key), json.dumps({"key": key, "parts": parts, "value": value,
-                                                       "sha256": _value_hash(value)}, default=str))
+        path = self._path(key)
+        if special(path) or os.path.isdir(path):
+            return  # never replaced (get counted it as damaged): this entry stays uncached
+        atomic_write_text(path, json.dumps({"key": key, "parts": parts, "value": value,
+                                            "sha256": _value_hash(value)}, default=str))
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "corrupt_recomputed": self.recomputed_corrupt}

@@ -113,9 +113,40 @@ class TrainConfig:
         base.update(kw)
         return cls(**base)
 
+    @classmethod
+    def type_error(cls, name: str, value) -> str | None:
+        """What is wrong with `value`'s type for the setting `name` (its annotation: a bool a JSON boolean, never
+        the string "true"; numbers finite, not booleans; test domains names or numbers), or None. Ranges are
+        `validate`'s."""
+        import typing
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            return f"unknown training setting {name}"
+        kinds = [k for k in (typing.get_args(hints[name]) or (hints[name],)) if k is not type(None)]
+        kind, optional = kinds[0], len(kinds) < len(typing.get_args(hints[name]) or (hints[name],))
+        if value is None:
+            return None if optional else f"{name} must be given (not null)"
+        if kind is bool:
+            ok, what = isinstance(value, bool), "true or false"
+        elif kind in (int, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (kind is float or float(value).is_integer())  # a JSON 40.0 is the integer 40
+            what = "an integer" if kind is int else "a finite number"
+        elif kind is list:
+            ok = isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+            what = "a list of domain names"
+        else:
+            ok, what = isinstance(value, kind), {str: "a string", dict: "an object"}.get(kind, kind.__name__)
+        return None if ok else f"{name} must be {what}{' or null' if optional else ''}; got {value!r}"
+
     def validate(self, data: DomainData | None = None) -> None:
-        """Every setting in range before any work (0 and NaN never mean "default"); with `data`, the domains too
-        (the numbers are checked first: a seed past int64 would overflow the data set's generator)."""
+        """Every setting of its type and in range before any work (0 and NaN never mean "default"); with `data`,
+        the domains too (the numbers are checked first: a seed past int64 would overflow the data set's
+        generator)."""
+        for f in dataclasses.fields(self):
+            err = self.type_error(f.name, getattr(self, f.name))
+            if err:
+                raise FlatlensError(err)
         for name, lo, hi in (("steps", 1, 10 ** 8), ("batch_size", 1, 100_000), ("eval_every", 1, 10 ** 8),
                              ("seed", 0, 2 ** 63 - 1), ("split_seed", 0, 2 ** 63 - 1), ("quant_start", 0, 10 ** 8)):
             setattr(self, name, check_number(name, getattr(self, name), lo=lo, hi=hi, integer=True))
@@ -388,23 +419,14 @@ def _validate_metrics(m, data) -> None:
 
 def _validate_train(cfg) -> None:
     """The training config, where it names TrainConfig's fields: each of the field's type (a boolean a boolean,
-    not the string "true")."""
+    not the string "true"), by the rule `train --config` applies (`TrainConfig.type_error`)."""
     _need(isinstance(cfg, dict), "train is not a mapping")
-    kinds = {f.name: type(f.default) if f.default is not dataclasses.MISSING and f.default is not None else None
-             for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     for k, v in cfg.items():
-        want = kinds.get(k)
-        if want is None or v is None:
+        if k not in names or v is None:
             continue
-        if want is bool:
-            ok = isinstance(v, bool)
-        elif want is int:
-            ok = _is_int(v)
-        elif want is float:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        else:
-            ok = isinstance(v, want)
-        _need(ok, f"train.{k} = {v!r} is not a {want.__name__}")
+        err = TrainConfig.type_error(k, v)
+        _need(err is None, f"train.{err}")
 
 
 def _check_shapes(name, kwargs, sd) -> None:

@@ -128,6 +128,10 @@ def _config_from_file(path):
     unknown = set(train_cfg) - names
     if unknown:
         raise FlatlensError(f"{path}: unknown training setting(s) {', '.join(sorted(unknown))}")
+    for k, v in train_cfg.items():  # each of its type ({"freeze_bn": "true"} once trained, then evaluate refused it)
+        err = TrainConfig.type_error(k, v)
+        if err:
+            raise FlatlensError(f"{path}: {err}")
     domainbed = dataset_spec(train_cfg.get("dataset", DEFAULT)).train_defaults == "domainbed"
     base = TrainConfig.paper_domainbed() if domainbed else TrainConfig()
     for k, v in train_cfg.items():
@@ -459,9 +463,7 @@ def cmd_figures(args):
     from .plots import make_figures
     from .reproduce import load_run
     run = load_run(args.results)
-    out = args.out or os.path.join(args.results if os.path.isdir(args.results) else os.path.dirname(args.results),
-                                   "figures")
-    files = make_figures(run, out, formats=tuple(args.formats))
+    files = make_figures(run, _figures_folder(args), formats=tuple(args.formats))
     _out(args, "\n".join(files))
 
 
@@ -471,8 +473,7 @@ def cmd_report(args):
     run = load_run(args.results)
     if args.readme:
         read_readme(args.readme)  # its markers checked before the report is written
-    folder = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
-    out = args.out or os.path.join(folder, "report.md")
+    out = _report_file(args)
     write_report(run, out)
     _out(args, f"wrote {out}")
     if args.readme:
@@ -745,6 +746,44 @@ def _run_results_file(args) -> str:
     return os.path.join(args.results, "results.json") if os.path.isdir(args.results) else args.results
 
 
+def _run_folder(args) -> str | None:
+    """The folder of `--results` (a run folder or its results.json), or None where there is none to read (the
+    reader's own message says so)."""
+    if not os.path.exists(args.results):
+        return None
+    return args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
+
+
+def _report_file(args) -> str | None:
+    """report's output: --out, or the run folder's report.md."""
+    folder = _run_folder(args)
+    return args.out or (folder is not None and os.path.join(folder, "report.md")) or None
+
+
+def _figures_folder(args) -> str | None:
+    """figures' output folder: --out, or the run folder's figures/."""
+    folder = _run_folder(args)
+    return args.out or (folder is not None and os.path.join(folder, "figures")) or None
+
+
+def _figure_files(folder: str | None, formats) -> list[str]:
+    """Every file `make_figures` may write into `folder` (each figure in each format)."""
+    if folder is None:
+        return []
+    from .plots.figures import FIGURES
+    return [os.path.join(folder, f"{name}.{fmt}") for name in FIGURES for fmt in formats]
+
+
+def _reproduce_out(*names: str) -> Callable:
+    """A path reproduce writes under --out (none with --plan, which writes nothing)."""
+    return lambda a: None if a.plan else os.path.join(a.out, *names)
+
+
+def _reproduce_figures(args) -> list[str]:
+    from .reproduce import FIGURE_FORMATS
+    return [] if args.plan else _figure_files(os.path.join(args.out, "figures"), FIGURE_FORMATS)
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its flags, what it reads and writes (checked before any work), its handler. `inputs`:
@@ -811,13 +850,20 @@ COMMANDS = (
             inputs=("checkpoint",), files=("out",)),
     Command("reproduce", "the paper's question end to end, a paired design with a stated confirmatory family "
                          "(the main job)", _reproduce_flags, cmd_reproduce,
-            inputs=("pilot",), folders=(("--out", lambda a: None if a.plan else a.out),) + tuple(
-                ("--out", (lambda a, sub=sub: None if a.plan else os.path.join(a.out, sub)))
-                for sub in ("cache", "checkpoints", "figures"))),
+            inputs=("pilot",),
+            # everything the run writes, the last files too: a FIFO as RP/plan.json once blocked it, and RP/report.md
+            # was refused only after the whole run
+            files=tuple(("--out", _reproduce_out(f)) for f in ("plan.json", "results.json", "report.md"))
+            + (("--out", _reproduce_figures),),
+            folders=(("--out", _reproduce_out()),) + tuple(("--out", _reproduce_out(sub))
+                                                            for sub in ("cache", "checkpoints", "figures"))),
     Command("figures", "draw the figures from a reproduce run's results.json", _figures_flags, cmd_figures,
-            inputs=(("--results", _run_results_file),), folders=("out",)),
+            inputs=(("--results", _run_results_file),),
+            folders=("out", ("default --out", lambda a: None if a.out else _figures_folder(a))),
+            files=(("--out", lambda a: _figure_files(_figures_folder(a), a.formats)),)),
     Command("report", "write report.md (and the README's summary block) from a run's results", _report_flags,
-            cmd_report, inputs=(("--results", _run_results_file),), files=("out", "readme")),
+            cmd_report, inputs=(("--results", _run_results_file),),
+            files=("out", ("default --out", lambda a: None if a.out else _report_file(a)), "readme")),
 )
 
 
@@ -889,7 +935,7 @@ def _preflight(args) -> None:
         check_input(path, flag, folder_ok=flag in ("--pilot", "--results"))
     inputs = [p for _, p in ins]
     files, folders = named(c.files), named(c.folders)
-    for flag, path in files + folders:
+    for flag, path in folders + files:  # a folder first: its own line, not that of a file meant inside it
         check_output(path, flag, folder=(flag, path) in folders)
         for inp in inputs:
             if _same_file(path, inp):

@@ -163,14 +163,19 @@ def measure(ckpt: Checkpoint, metric: str, split: str, settings: M.Settings, *, 
                 cache.reject()
     torch.manual_seed(common.seed)
     data_axis = world > 1 and (axis == "data" or (axis == "auto" and m.axis == "data"))
-    obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size,
-                        data_parallel=data_axis)
-    # one live line per measurement (the estimators' own chunk bars stay off under it)
-    ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, prepared=prepared)
-    s = settings.of(metric)
     name = ckpt.name
-    with progress_line(obj, f"{metric} {name} ({split})", progress):
-        result = m.compute(obj, s, ctx)
+    s = settings.of(metric)
+    try:  # a model that fails here (its loss, an HVP overflowing) is named: compare measures several
+        obj = objective_for(ckpt, x, y, device=device, weights=common.weights, batch_size=common.batch_size,
+                            data_parallel=data_axis)
+        # one live line per measurement (the estimators' own chunk bars stay off under it)
+        ctx = M.Context(seed=common.seed, ckpt=ckpt, progress=False, store=store, prepared=prepared)
+        with progress_line(obj, f"{metric} {name} ({split})", progress):
+            result = m.compute(obj, s, ctx)
+    except FlatlensError as e:
+        if name in str(e):
+            raise
+        raise FlatlensError(f"{metric} of {name} ({split}): {e}") from None
     rows = m.rows(result, s)
     bad = [r.key for r in rows if not math.isfinite(r.value)]
     if bad:  # an error, never a printed nan

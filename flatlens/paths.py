@@ -4,7 +4,11 @@ minutes of measuring and then a failed write, never a FIFO that blocks, never a 
 Outputs: not empty; not a special file (FIFO, character or block device, socket), which an atomic write would
 replace; of the right kind (a file where a file is meant, a folder where a folder is); every name within the file
 system's limits; the nearest existing folder above writable, shown by creating and removing a probe file there
-(root's `os.access` says yes to /proc). Inputs: regular files (or the folder a command reads from)."""
+(root's `os.access` says yes to /proc). Inputs: regular files (or the folder a command reads from).
+
+Files flatlens finds for itself (cache entries, resumable chunks, a run's plan) are opened with `open_regular`:
+a special file there never blocks the read (O_NONBLOCK, then the kind checked on the open descriptor) and reads
+as a damaged entry; `special` tells a writer to leave it in place."""
 from __future__ import annotations
 
 import os
@@ -17,13 +21,46 @@ SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (sta
            (stat.S_ISSOCK, "a socket"))
 
 
-def _special(path: str) -> str | None:
+class NotRegularFile(OSError):
+    """A path that should hold a regular file holds a special file (or a folder): read as damaged, never opened
+    further."""
+
+
+def _kind(mode: int) -> str | None:
+    return next((what for test, what in SPECIAL if test(mode)), None)
+
+
+def special(path) -> str | None:
     """What kind of special file `path` is (following links), or None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    return next((what for test, what in SPECIAL if test(mode)), None)
+    return _kind(mode)
+
+
+def open_regular(path, mode: str = "rb"):
+    """`path` opened for reading only if it is a regular file, else NotRegularFile (an OSError: callers that read
+    a damaged file as "recompute" need no new case). A special file is refused before it is opened (opening a
+    device can act on it); the open itself is O_NONBLOCK (a FIFO swapped in meanwhile never waits for a writer) and
+    the kind is checked again on the open descriptor."""
+    if mode not in ("r", "rb"):
+        raise ValueError(f"open_regular reads; got mode {mode!r}")
+    path = os.fspath(path)
+    what = special(path)
+    if what:
+        raise NotRegularFile(f"{path}: is {what}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _kind(st.st_mode) or ("a folder" if stat.S_ISDIR(st.st_mode) else "of another kind")
+            raise NotRegularFile(f"{path}: is {what}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "r" else {}))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _limits(path: str) -> None:
@@ -50,7 +87,7 @@ def check_output(path: str, flag: str, *, folder: bool) -> None:
     """`path` can be written as a file (folder=False) or created as a folder, atomically, here."""
     if path == "":
         raise FlatlensError(f"{flag}: an empty path; give a file or folder name")
-    what = _special(path)
+    what = special(path)
     if what:
         raise FlatlensError(f"{flag} {path}: is {what}, not a regular {'folder' if folder else 'file'}; writing "
                             "there would replace it")
@@ -66,7 +103,7 @@ def check_output(path: str, flag: str, *, folder: bool) -> None:
     while not os.path.exists(up):
         up = os.path.dirname(up)
     if not os.path.isdir(up):
-        raise FlatlensError(f"{flag} {path}: {up} is a file, not a folder")
+        raise FlatlensError(f"{flag} {path}: {up} is {special(up) or 'a file'}, not a folder")
     try:  # the kernel's word, not os.access's (which says yes to root for /proc)
         fd, probe = tempfile.mkstemp(prefix=".flatlens-probe-", dir=up)
         os.close(fd)
@@ -80,7 +117,7 @@ def check_input(path: str, flag: str, *, folder_ok: bool = False) -> None:
     reads a folder, a folder. A missing input is left to the reader (its message names what it expected)."""
     if path == "":
         raise FlatlensError(f"{flag}: an empty path")
-    what = _special(path)
+    what = special(path)
     if what:
         raise FlatlensError(f"{flag} {path}: is {what}, not a regular file")
     if os.path.isdir(path) and not folder_ok:

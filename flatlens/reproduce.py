@@ -34,6 +34,7 @@ from .analysis import ACCURACY, ClaimSpec
 from .cache import ResultCache
 from .checkpoint import Checkpoint, load_checkpoint
 from .measure import MetricRecord, versions
+from .paths import open_regular
 from .pipeline import Target, measure_all
 from .quant.convert import QuantErrorResult
 from .results import Result, register
@@ -357,11 +358,14 @@ def _job(args) -> dict:
             "measure_seconds": time.perf_counter() - t0 - t_train, "cache": cache.stats()}
 
 
+FIGURE_FORMATS = ("png", "pdf")  # the figures a run draws (the CLI checks each of their paths before the run)
+
+
 def _check_plan_file(out: str, plan_dict: dict, quick: bool) -> None:
     plan_file = os.path.join(out, "plan.json")
     if os.path.exists(plan_file):
         try:
-            with open(plan_file) as fh:
+            with open_regular(plan_file, "r") as fh:  # a FIFO here once blocked the run (the CLI refuses it first)
                 old = json.load(fh)
         except (OSError, ValueError, UnicodeDecodeError):
             raise FlatlensError(f"{plan_file} is damaged; use another --out (or remove it if that folder is "
@@ -421,7 +425,8 @@ def run(out: str, *, quick: bool = False, device: str = "cpu", quiet: bool = Fal
     write_report(results, os.path.join(out, "report.md"))
     if figures:
         from .plots import make_figures
-        results.figures = [os.path.relpath(p, out) for p in make_figures(results, os.path.join(out, "figures"))]
+        drawn = make_figures(results, os.path.join(out, "figures"), formats=FIGURE_FORMATS)
+        results.figures = [os.path.relpath(p, out) for p in drawn]
     results.seconds["total"] = time.perf_counter() - t0
     results.to_json(os.path.join(out, "results.json"), indent=1)
     return results

@@ -105,3 +105,77 @@ def test_a_chunk_of_the_wrong_shape_with_a_valid_hash_is_recomputed(ckpt, tmp_pa
     torch.save({**d, "_sha256": runner._digest(d)}, chunks[0])
     again = local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s"))
     assert again.increases == good.increases  # the tampered chunk was recomputed, not concatenated
+
+
+def _make_special(path, kind):
+    """Replace `path` by a FIFO or a character device (/dev/null's numbers; skipped where mknod is refused)."""
+    import stat
+    os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (OSError, AttributeError) as e:
+        pytest.skip(f"cannot make a device node here ({e}): mknod needs root")
+
+
+def _finishes(fn, path, guard=60.0):
+    """fn() in a thread, which must return within `guard` seconds (its idle time is about a second: load cannot
+    trip this). A read blocked opening the FIFO at `path` is released (a writer opens and closes it, so the read
+    sees end of file) and the test fails, instead of hanging the suite."""
+    import threading
+    box = {}
+
+    def go():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            box["err"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(guard)
+    blocked = t.is_alive()
+    while t.is_alive():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        t.join(1.0)
+    assert not blocked, f"the read blocked on {path}"
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_special_file_in_place_of_an_entry_never_blocks_is_recomputed_and_left_in_place(kind, ckpt, tmp_path):
+    # a FIFO there once blocked `compare --results R` forever; a device node read as empty and was replaced
+    good = measure(ckpt, "flatness", "train", SETTINGS, cache=ResultCache(str(tmp_path)))
+    path = _entry(tmp_path)
+    _make_special(path, kind)
+    before = os.lstat(path)
+    again = ResultCache(str(tmp_path))
+    rec = _finishes(lambda: measure(ckpt, "flatness", "train", SETTINGS, cache=again), path)
+    assert not rec.cached and again.stats() == {"hits": 0, "misses": 1, "corrupt_recomputed": 1}
+    assert [r.value for r in rec.rows] == [r.value for r in good.rows]
+    after = os.lstat(path)  # left where it was, never replaced by the entry
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_special_file_in_place_of_a_chunk_never_blocks_is_recomputed_and_left_in_place(kind, ckpt, tmp_path):
+    # a FIFO as `--resume-dir RD`'s chunk-000000.pt once blocked `flatness` forever
+    from flatlens.measure import objective_for, select_data
+    from flatlens.sharpness import local_flatness
+    x, y, _ = select_data(ckpt.data, "train", 32, 0)
+    obj = objective_for(ckpt, x, y)
+    good = local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s"))
+    path = str(sorted((tmp_path / "s").rglob("chunk-*.pt"))[0])
+    _make_special(path, kind)
+    before = os.lstat(path)
+    again = _finishes(lambda: local_flatness(obj, [0.0, 1.0], n_directions=3, store=str(tmp_path / "s")), path)
+    assert again.increases == good.increases
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)

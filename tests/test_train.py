@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -152,6 +153,10 @@ def test_settings_are_checked_by_the_one_range_rule_before_any_work():
                        ({"seed": -1}, r"seed must be a finite integer in \[0, ")):
         with pytest.raises(FlatlensError, match=match):
             TrainConfig(**bad).validate(data)
+    for f in dataclasses.fields(TrainConfig):  # every setting of its type, booleans booleans ("true" is not)
+        wrong = 3 if f.type in ("str", "str | None") else "true"  # a number for a string, a string for the rest
+        with pytest.raises(FlatlensError, match=f"^{f.name} must be"):
+            TrainConfig(**{f.name: wrong}).validate()
     cfg = TrainConfig(steps=40.0, batch_size=16)  # a JSON config's 40.0 is the integer 40
     cfg.validate(data)
     assert cfg.steps == 40 and isinstance(cfg.steps, int)

@@ -18,6 +18,7 @@ import torch
 from .._util import FlatlensError, atomic_torch_save, atomic_write_text
 from ..resident import tensor_bytes
 from ..parallel import all_min_int, group_info
+from ..paths import open_regular, special
 
 
 def max_points(obj, budget: int = 512 << 20) -> int:
@@ -68,13 +69,15 @@ def _digest(chunk: dict) -> str:
 
 def _load_chunk(path, shapes: dict | None = None):
     """The chunk stored at `path` if it is whole, its values match their hash and (`shapes`: key -> shape) it holds
-    exactly the tensors expected, floating, of those shapes; else None (recomputed, never trusted). torch's own
-    warnings about a rejected file are not shown: the count of rejected chunks says it."""
+    exactly the tensors expected, floating, of those shapes; else None (recomputed, never trusted; a special file
+    is read as damaged without blocking on it, and never replaced). torch's own warnings about a rejected file are
+    not shown: the count of rejected chunks says it."""
     import warnings
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            d = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as fh:  # a FIFO or device node here is damaged, never blocks the read
+                d = torch.load(fh, map_location="cpu", weights_only=True)
         sha = d.pop("_sha256", None)
         if sha != _digest(d):
             return None
@@ -145,7 +148,8 @@ def run_chunks(n_chunks: int, compute: Callable[[int], dict], *, args: dict, eva
             tally["rejected"] += 1
         out[i] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in compute(i).items()}
         tally["computed"] += 1
-        if path and (shard or true_rank == 0):
+        if path and (shard or true_rank == 0) and not (special(path) or os.path.isdir(path)):
+            # a special file (or folder) in a chunk's place is left there: that chunk stays unstored
             atomic_torch_save({**out[i], "_sha256": _digest(out[i])}, path)
         bar.update(1)
     bar.close()
