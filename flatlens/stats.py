@@ -257,12 +257,14 @@ def max_of_means_test(x, *, source: str = MEASUREMENT, test: str = "simultaneous
     se = x.std(axis=0, ddof=1) / math.sqrt(n)
     spread = se > 0
     if not spread.any():
-        return mo, TestResult(test, mo.value, 0.0, n - 1, None, math.nan, math.nan, [n], source, note=NO_SPREAD)
+        return mo, TestResult(test, mo.value, 0.0, float(n - 1), None, math.nan, math.nan, [n], source,
+                              note=NO_SPREAD)
     tj = np.where(spread, x.mean(axis=0) / np.where(spread, se, 1.0), -np.inf)
     k = int(np.argmax(tj))
     p = float(min(1.0, 2 * mo.m * stats.t.sf(tj[k], n - 1)))
     # the statistic is the largest t_j (the one p comes from); the stderr is the column's at the mean curve's peak
-    return mo, TestResult(test, mo.value, float(se[mo.argmax]), n - 1, mo.ci95, float(tj[k]), p, [n], source)
+    return mo, TestResult(test, mo.value, float(se[mo.argmax]), float(n - 1), mo.ci95, float(tj[k]), p, [n],
+                          source)
 
 
 def over_seeds_estimate(values: Sequence[float], within: Sequence[float | None] | None = None) -> Estimate:
