@@ -5,6 +5,7 @@ import hashlib
 import io
 import math
 import os
+import stat
 import tempfile
 import time
 from typing import Sequence
@@ -39,10 +40,27 @@ def check_number(name: str, v, *, lo=None, hi=None, lo_open: bool = False, hi_op
     return int(v) if integer else v
 
 
+# special files: what an atomic write's rename would replace, and what a read must not block on (paths.py)
+SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+           (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int) -> str | None:
+    return next((what for test, what in SPECIAL if test(mode)), None)
+
+
+def special(path) -> str | None:
+    """What kind of special file `path` is (following links), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return special_kind(mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and an atomic rename; never over a special
     file."""
-    from .paths import special
     path = os.fspath(path)
     what = special(path)
     if what:  # the rename would replace it (a FIFO, /dev/null as root): the last line of defence, after _preflight

@@ -15,28 +15,12 @@ import os
 import stat
 import tempfile
 
-from ._util import FlatlensError
-
-SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-           (stat.S_ISSOCK, "a socket"))
+from ._util import FlatlensError, special, special_kind  # noqa: F401  (special: a public name here too)
 
 
 class NotRegularFile(OSError):
     """A path that should hold a regular file holds a special file (or a folder): read as damaged, never opened
     further."""
-
-
-def _kind(mode: int) -> str | None:
-    return next((what for test, what in SPECIAL if test(mode)), None)
-
-
-def special(path) -> str | None:
-    """What kind of special file `path` is (following links), or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return _kind(mode)
 
 
 def open_regular(path, mode: str = "rb"):
@@ -54,7 +38,7 @@ def open_regular(path, mode: str = "rb"):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            what = _kind(st.st_mode) or ("a folder" if stat.S_ISDIR(st.st_mode) else "of another kind")
+            what = special_kind(st.st_mode) or ("a folder" if stat.S_ISDIR(st.st_mode) else "of another kind")
             raise NotRegularFile(f"{path}: is {what}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "r" else {}))
