@@ -566,6 +566,8 @@ def fig_barriers(run):
     drawn = 0
     for i, d in enumerate(plan.domains):
         ax, bx = axes[i]
+        tops = []  # the upper ends the axis keeps in view: every seed's own, and the seed-level ones of >= 3 seeds
+        few = []   # seed-level intervals of fewer seeds: drawn to the axis's top where longer, their end written
         for k, (c, bits) in enumerate(quant):
             ms = sorted(run.runs(d, c), key=lambda m: m.seed)
             first, curves = True, []
@@ -582,6 +584,7 @@ def fig_barriers(run):
                 err = None if b.interval is None else [[b.value - b.interval[0]], [b.interval[1] - b.value]]
                 bx.errorbar(k - 0.12 + 0.24 * (m.seed % 7) / 6, b.value, yerr=err, fmt="o", ms=3, color=pal[c],
                             capsize=1.5, alpha=0.8)
+                tops.append(b.value if b.interval is None else b.interval[1])
             if curves and all(r.alphas == curves[0].alphas for r in curves):
                 ax.plot(curves[0].alphas, np.mean([r.excess for r in curves], axis=0), color=pal[c], lw=2.4)
             e = next((x for x in an.exploratory if x.key == f"{BARRIER}{metric}:{c}@{d}"), None)
@@ -589,6 +592,10 @@ def fig_barriers(run):
                 t = e.one_sample
                 bx.errorbar(k + 0.3, t.estimate, yerr=[[t.estimate - t.ci95[0]], [t.ci95[1] - t.estimate]], fmt="D",
                             color="k", ms=5, capsize=4, zorder=4)
+                if len(e.values) >= 3:
+                    tops.append(t.ci95[1])
+                else:
+                    few.append((k + 0.3, t.ci95[1]))
         ax.axhline(0, color="k", lw=0.7)
         ax.axvspan(0, 1, color="0.92", zorder=0)
         ax.set_xlabel(f"a (0: the seed's {plan.label(plan.config_with_bits(None))} model, 1: its quantized model)")
@@ -597,6 +604,12 @@ def fig_barriers(run):
                      fontsize=8)
         ax.legend(fontsize=7, title="quantized end")
         bx.axhline(0, color="k", lw=0.7)
+        if tops and max(tops) > 0:
+            top = 1.3 * max(tops)
+            bx.set_ylim(-0.05 * top, top)
+            for x, hi in few:
+                if hi > top:
+                    bx.text(x + 0.06, 0.97 * top, f"to {hi:.2g}", fontsize=6, ha="left", va="top")
         bx.set_xticks(range(len(quant)), [plan.label(c) for c, _ in quant])
         bx.set_xlabel("quantized model of the pair")
         bx.set_ylabel("loss barrier (nats)")
