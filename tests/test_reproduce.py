@@ -318,6 +318,18 @@ def _stable_report_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if not ln.startswith(("Generated from", "Time:", "Environment:"))]
 
 
+def test_barriers_over_seeds_refuse_seeds_measured_on_different_grids(run_dir):
+    # a mean curve needs one grid: a seed measured at other points is one line, never a misaligned average
+    from flatlens._util import FlatlensError
+    from flatlens.analysis import barriers
+    run = load_run(str(run_dir))
+    m = next(m for m in run.models if m.bits is not None and m.record("train", "interpolate") is not None)
+    r = m.record("train", "interpolate").result
+    r.alphas = [a * 0.5 for a in r.alphas]
+    with pytest.raises(FlatlensError, match="grids differ"):
+        barriers(run)
+
+
 def test_quick_run_numbers_and_report_equal_the_stored_reference(run_dir):
     """A refactor moves no number: every leaf of results.json (times, hashes and paths aside) and every line of
     report.md (its time and machine lines aside) equal the stored run of `reproduce --quick`, up to the float32
